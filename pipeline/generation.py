@@ -1,0 +1,142 @@
+"""One mechanism for every generated medium: cache key -> cache -> provider call -> verify -> store.
+
+``Generator.generate`` is the only way media enters the store. It serves provider calls
+(storyboard images, chunk videos, music) and the pipeline's own deterministic ffmpeg steps
+(last-frame extraction, stitch, mux) alike, so an identical rerun of anything is a cache hit:
+free, and still producing output. Every call that was not a cache hit is appended to
+``logs/provider_calls.jsonl`` so users (and tests) can see exactly what was generated.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+from pydantic import BaseModel, Field
+
+from pipeline import media
+from pipeline.manifests import MediaManifest, utc_now
+from pipeline.spec import sha256_json
+from pipeline.store import GenerationCache, LocalMediaStore, Workspace
+
+
+class GenerationRequest(BaseModel):
+    """Everything that determines a generated output, and nothing else.
+
+    ``inputs`` maps an input name ("start_image", "video", ...) to the sha256 of that medium.
+    ``labels`` (video, segment, chunk) are for logs only and are not part of the cache key.
+    """
+
+    media_type: Literal["image", "video", "audio"]
+    provider: str
+    model: str
+    prompt: str = ""
+    seed: int | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    inputs: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    def cache_key(self) -> str:
+        """sha256 of canonical JSON of provider, model, media type, prompt, seed, params and input hashes."""
+        return sha256_json(self.model_dump(mode="json", exclude={"labels"}))
+
+
+@dataclass
+class ProviderResult:
+    """What a provider call produced: a local file, and what it cost (USD) and was called."""
+
+    path: Path
+    model: str
+    prediction_id: str | None = None
+    cost_usd: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+ProviderCall = Callable[[Path], ProviderResult]
+"""A provider call: given a scratch directory, writes one output file there and describes it."""
+
+
+_VERIFY = {
+    "image": lambda p: media.verify_image(p),
+    "video": lambda p: media.verify_video(p),
+    "audio": lambda p: media.verify_audio(p),
+}
+
+
+class Generator:
+    """Runs generation requests through the cache and into the media store.
+
+    ``generate(request, call)``: on a cache hit returns the stored manifest with ``cache_hit=True``
+    and ``cost_usd=0``; otherwise runs ``call`` in a scratch directory, decodes the output to verify
+    it (raising media.MediaError if it is not the promised medium, and storing nothing), moves it
+    into the store, records it in the cache and returns its manifest.
+    """
+
+    def __init__(self, workspace: Workspace, store: LocalMediaStore | None = None,
+                 cache: GenerationCache | None = None):
+        self.workspace = workspace
+        self.store = store or LocalMediaStore(workspace.media)
+        self.cache = cache or GenerationCache(workspace.cache, self.store)
+        self._log_lock = threading.Lock()
+
+    def local_path(self, manifest: MediaManifest) -> Path:
+        """Readable local path of a stored medium."""
+        return self.store.local_path(manifest.uri)
+
+    def generate(self, request: GenerationRequest, call: ProviderCall) -> MediaManifest:
+        key = request.cache_key()
+        hit = self.cache.get(key)
+        if hit is not None:
+            return hit.model_copy(update={"cache_hit": True, "cost_usd": 0.0})
+        started = time.monotonic()
+        with self.workspace.scratch(f"gen-{key[:12]}") as scratch:
+            result = call(scratch)
+            info = _VERIFY[request.media_type](result.path)
+            uri, sha, size = self.store.put(result.path)
+        manifest = MediaManifest(
+            media_type=request.media_type,
+            uri=uri,
+            sha256=sha,
+            bytes=size,
+            width=info[0] if request.media_type == "image" else info.width,
+            height=info[1] if request.media_type == "image" else info.height,
+            duration_s=None if request.media_type == "image" else round(
+                info.duration_s if request.media_type == "video" else info.audio_duration_s, 6),
+            fps=info.fps if request.media_type == "video" else None,
+            provider=request.provider,
+            model=result.model,
+            prediction_id=result.prediction_id,
+            seed=request.seed,
+            prompt=request.prompt or None,
+            cost_usd=result.cost_usd,
+            cache_hit=False,
+            cache_key=key,
+            extra=result.extra,
+        )
+        self.cache.put(key, manifest)
+        self._log_call(request, manifest, time.monotonic() - started)
+        return manifest
+
+    def _log_call(self, request: GenerationRequest, manifest: MediaManifest, seconds: float) -> None:
+        line = json.dumps({
+            "timestamp": utc_now(), "provider": request.provider, "model": manifest.model,
+            "media_type": request.media_type, "cache_key": manifest.cache_key, "sha256": manifest.sha256,
+            "cost_usd": manifest.cost_usd, "seconds": round(seconds, 3), **request.labels,
+        })
+        path = self.workspace.logs / "provider_calls.jsonl"
+        with self._log_lock:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(line + "\n")
+
+
+def read_call_log(workspace: Workspace) -> list[dict[str, Any]]:
+    """Every logged (non-cached) generation, oldest first."""
+    path = workspace.logs / "provider_calls.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,360 @@
+"""Media operations: the ffmpeg binary, probing and verifying by decoding, and the video edits
+the pipeline needs (camera moves, last-frame extraction, stitching, muxing).
+
+ffmpeg commands are built with ffmpeg-python and run with the system ``ffmpeg`` when there is one,
+else the binary shipped in the imageio-ffmpeg wheel. Probing and decoding use PyAV. Nothing here
+imports Dagster.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import ffmpeg
+from PIL import Image
+
+VIDEO_CODEC_ARGS = {
+    "c:v": "libx264",
+    "preset": "veryfast",
+    "crf": 18,
+    "bf": 0,  # no B-frames: a chunk can be cut at any frame when stream-copied
+    "pix_fmt": "yuv420p",
+    "movflags": "+faststart",
+}
+"""Encoding of every video the pipeline writes itself. Stream-copy stitching relies on it."""
+
+LOUDNESS_TARGET = {"I": -16.0, "TP": -1.5, "LRA": 11.0}
+"""EBU R128 target for the final mix: -16 LUFS integrated, -1.5 dBTP (common streaming targets)."""
+
+
+class MediaError(RuntimeError):
+    """An ffmpeg command failed, or a file is not the medium it should be. Says which file and why."""
+
+
+@functools.cache
+def ffmpeg_exe() -> str:
+    """Path of the ffmpeg binary: $PIPELINE_FFMPEG, else ``ffmpeg`` on PATH, else imageio-ffmpeg's."""
+    explicit = os.environ.get("PIPELINE_FFMPEG")
+    if explicit:
+        return explicit
+    system = shutil.which("ffmpeg")
+    if system:
+        return system
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def run_ffmpeg(stream_or_args, *, what: str) -> str:
+    """Run ffmpeg (an ffmpeg-python stream or a raw argument list). Returns stderr text.
+
+    Raises MediaError with ``what`` and the tail of ffmpeg's log when it exits non-zero.
+    """
+    if isinstance(stream_or_args, list):
+        args = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-y", *stream_or_args]
+    else:
+        args = [ffmpeg_exe(), "-hide_banner", "-nostdin",
+                *ffmpeg.compile(stream_or_args.global_args("-y"), cmd=[])]
+    proc = subprocess.run(args, capture_output=True, text=True, errors="replace")
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-12:])
+        raise MediaError(f"ffmpeg failed to {what} (exit {proc.returncode}):\n{tail}")
+    return proc.stderr
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What decoding a file found. Sizes in pixels, times in seconds, ``frames`` decoded video frames."""
+
+    width: int | None
+    height: int | None
+    duration_s: float
+    fps: float | None
+    frames: int
+    video_codec: str | None
+    pix_fmt: str | None
+    has_b_frames: bool
+    audio_codec: str | None
+    audio_duration_s: float | None
+    sample_rate: int | None
+
+    @property
+    def has_video(self) -> bool:
+        return self.video_codec is not None
+
+    @property
+    def has_audio(self) -> bool:
+        return self.audio_codec is not None
+
+
+def _stream_duration(stream, container) -> float | None:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return None
+
+
+def probe(path: str | Path, *, decode: bool = True) -> MediaInfo:
+    """Open ``path`` with PyAV and, with ``decode``, decode every video frame and audio packet.
+
+    Decoding proves the file is whole. Raises MediaError when the file cannot be opened or decoded.
+    """
+    path = Path(path)
+    try:
+        with av.open(str(path)) as container:
+            v = container.streams.video[0] if container.streams.video else None
+            a = container.streams.audio[0] if container.streams.audio else None
+            frames = 0
+            last_video_end = 0.0
+            audio_end = 0.0
+            if decode:
+                streams = [s for s in (v, a) if s is not None]
+                for frame in container.decode(*streams):
+                    if isinstance(frame, av.VideoFrame):
+                        frames += 1
+                        if frame.pts is not None and frame.time_base is not None:
+                            last_video_end = float(frame.pts * frame.time_base)
+                    elif isinstance(frame, av.AudioFrame) and frame.pts is not None:
+                        audio_end = max(audio_end, float(frame.pts * frame.time_base) + frame.samples / frame.sample_rate)
+            fps = float(v.average_rate) if v is not None and v.average_rate else None
+            if v is not None:
+                duration = _stream_duration(v, container)
+                if decode and fps:
+                    duration = frames / fps if frames else 0.0
+                elif duration is None:
+                    duration = last_video_end
+            else:
+                duration = audio_end if decode else (_stream_duration(a, container) or 0.0) if a else 0.0
+            return MediaInfo(
+                width=v.codec_context.width if v else None,
+                height=v.codec_context.height if v else None,
+                duration_s=float(duration or 0.0),
+                fps=fps,
+                frames=frames,
+                video_codec=v.codec_context.name if v else None,
+                pix_fmt=v.codec_context.pix_fmt if v else None,
+                has_b_frames=bool(v.codec_context.has_b_frames) if v else False,
+                audio_codec=a.codec_context.name if a else None,
+                audio_duration_s=(audio_end if decode else _stream_duration(a, container)) if a else None,
+                sample_rate=a.codec_context.sample_rate if a else None,
+            )
+    except (av.FFmpegError, OSError, ValueError, IndexError) as exc:
+        raise MediaError(f"{path}: cannot decode media: {exc}") from None
+
+
+def verify_image(path: str | Path) -> tuple[int, int]:
+    """Decode an image fully. Returns (width, height) in pixels. Raises MediaError if it is not one."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.size
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise MediaError(f"{path}: not a decodable image: {exc}") from None
+
+
+def verify_video(path: str | Path) -> MediaInfo:
+    """Decode every frame of a video. Raises MediaError if it has no video stream or no frames."""
+    info = probe(path)
+    if not info.has_video or info.frames == 0:
+        raise MediaError(f"{path}: no decodable video frames")
+    return info
+
+
+def verify_audio(path: str | Path) -> MediaInfo:
+    """Decode an audio file. Raises MediaError if it has no audio stream or zero length."""
+    info = probe(path)
+    if not info.has_audio or not info.audio_duration_s:
+        raise MediaError(f"{path}: no decodable audio")
+    return info
+
+
+# --- camera moves -----------------------------------------------------------------------------
+
+CAMERA_MOVES = ("push_in", "pan_right", "pan_left", "tilt_up", "tilt_down", "drift")
+
+_MOTION_WORDS = [
+    (r"\b(pan|track|tracking|lateral|truck|follow|following)\b.*\bleft\b|\bleft\b.*\b(pan|track)", "pan_left"),
+    (r"\b(pan|track|tracking|lateral|truck|follow|following|sweep)\w*\b", "pan_right"),
+    (r"\btilt\w*\b.*\bdown\b|\bcrane down\b|\bdescend", "tilt_down"),
+    (r"\b(tilt|crane|rise|rising|pedestal)\w*\b", "tilt_up"),
+    (r"\b(push|zoom|dolly|close|closer|in on)\b", "push_in"),
+]
+
+
+def camera_move_for(motion: str | None) -> str:
+    """Pick a camera move from a beat's free-text ``motion`` ("slow push-in", "lateral pan", ...)."""
+    text = (motion or "").lower()
+    for pattern, move in _MOTION_WORDS:
+        if re.search(pattern, text):
+            return move
+    return "drift"
+
+
+def _move_expressions(move: str, frames: int, speed: float) -> tuple[str, str, str]:
+    """zoompan (z, x, y) expressions; at output frame 0 the view is exactly the whole input."""
+    last = max(frames - 1, 1)
+    p = f"(on/{last})"
+    zmax = {"drift": 0.04}.get(move, 0.14) * speed
+    z = f"1+{zmax:.4f}*{p}"
+    cx, cy = "(iw-iw/zoom)/2", "(ih-ih/zoom)/2"
+    x, y = cx, cy
+    if move == "pan_right":
+        x = "(iw-iw/zoom)*" + p
+    elif move == "pan_left":
+        x = "(iw-iw/zoom)*(1-" + p + ")"
+    elif move == "tilt_up":
+        y = "(ih-ih/zoom)*(1-" + p + ")"
+    elif move == "tilt_down":
+        y = "(ih-ih/zoom)*" + p
+    return z, x, y
+
+
+def render_camera_move(image: str | Path, out: str | Path, *, width: int, height: int, fps: int,
+                       seconds: float, move: str, speed: float = 1.0) -> None:
+    """Animate a still into a ``seconds``-long H.264 clip of ``width``x``height`` at ``fps``.
+
+    The first frame shows the whole image (so a continuous chunk starts on the exact frame it was
+    given); the camera then pushes in by up to 14 % while panning/tilting per ``move``. The image
+    is upscaled 4x before zoompan so sub-pixel motion does not jitter.
+    """
+    if move not in CAMERA_MOVES:
+        raise ValueError(f"unknown camera move {move!r}; expected one of {CAMERA_MOVES}")
+    frames = max(1, round(seconds * fps))
+    z, x, y = _move_expressions(move, frames, speed)
+    stream = (
+        ffmpeg.input(str(image))
+        .filter("scale", width * 4, height * 4, flags="lanczos")
+        .filter("zoompan", z=z, x=x, y=y, d=frames, s=f"{width}x{height}", fps=fps)
+        .filter("setsar", 1)
+        .output(str(out), vframes=frames, r=fps, g=fps, **VIDEO_CODEC_ARGS)
+    )
+    run_ffmpeg(stream, what=f"render a {seconds:g} s {move} clip from {Path(image).name}")
+
+
+def extract_last_frame(video: str | Path, out_png: str | Path) -> None:
+    """Write the exact last decoded frame of ``video`` to ``out_png`` (lossless PNG)."""
+    info = probe(video, decode=False)
+    seek = max(0.0, info.duration_s - 1.0)
+    run_ffmpeg(["-ss", f"{seek:.6f}", "-i", str(video), "-map", "0:v:0", "-update", "1", "-c:v", "png",
+                "-f", "image2", str(out_png)], what=f"extract the last frame of {Path(video).name}")
+    if not Path(out_png).exists():
+        raise MediaError(f"{video}: ffmpeg wrote no last frame")
+
+
+# --- stitching ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StitchPiece:
+    """A chunk file and how many of its frames the timeline keeps (at the output fps)."""
+
+    path: Path
+    keep_frames: int
+
+
+def _stream_copy_compatible(infos: list[MediaInfo], width: int, height: int, fps: int) -> bool:
+    return all(
+        i.video_codec == "h264" and i.pix_fmt == "yuv420p" and not i.has_b_frames
+        and i.width == width and i.height == height and i.fps is not None and abs(i.fps - fps) < 1e-6
+        for i in infos
+    )
+
+
+def stitch(pieces: list[StitchPiece], out: str | Path, *, width: int, height: int, fps: int,
+           workdir: str | Path) -> str:
+    """Concatenate ``pieces`` in order, keeping ``keep_frames`` of each, into ``out`` (H.264, no audio).
+
+    Stream copy (concat demuxer with exact out-points) when every piece is H.264/yuv420p without
+    B-frames at the output size and fps; otherwise one re-encode through the concat filter, scaling
+    and padding to ``width``x``height`` and resampling to ``fps``. Returns "stream_copy" or "reencode".
+    Raises MediaError if a piece has fewer frames than it must keep.
+    """
+    infos = [probe(p.path, decode=False) for p in pieces]
+    for piece, info in zip(pieces, infos):
+        available = round(info.duration_s * (info.fps or fps) * fps / (info.fps or fps))
+        if piece.keep_frames > available + 1:
+            raise MediaError(f"{piece.path}: has {info.duration_s:.3f} s but the timeline needs "
+                             f"{piece.keep_frames / fps:.3f} s from it (gap in the stitch)")
+    total_frames = sum(p.keep_frames for p in pieces)
+    workdir = Path(workdir)
+    if _stream_copy_compatible(infos, width, height, fps):
+        listing = workdir / "concat.ffconcat"
+        lines = ["ffconcat version 1.0"]
+        for piece in pieces:
+            lines.append(f"file '{piece.path.resolve()}'")
+            # Out-point is exclusive; floor to microseconds so frame keep_frames-1 stays in and
+            # frame keep_frames is out.
+            lines.append(f"outpoint {math.floor(piece.keep_frames / fps * 1e6) / 1e6:.6f}")
+        listing.write_text("\n".join(lines) + "\n")
+        run_ffmpeg(["-f", "concat", "-safe", "0", "-i", str(listing), "-map", "0:v:0", "-c", "copy",
+                    "-frames:v", str(total_frames), "-movflags", "+faststart", str(out)],
+                   what="stitch chunks by stream copy")
+        method = "stream_copy"
+    else:
+        streams = []
+        for piece in pieces:
+            s = (ffmpeg.input(str(piece.path)).video
+                 .filter("fps", fps)
+                 .filter("scale", width, height, force_original_aspect_ratio="decrease")
+                 .filter("pad", width, height, "(ow-iw)/2", "(oh-ih)/2")
+                 .filter("setsar", 1)
+                 .filter("trim", end_frame=piece.keep_frames)
+                 .filter("setpts", "PTS-STARTPTS"))
+            streams.append(s)
+        joined = ffmpeg.concat(*streams, v=1, a=0) if len(streams) > 1 else streams[0]
+        run_ffmpeg(joined.output(str(out), r=fps, g=fps, vframes=total_frames, **VIDEO_CODEC_ARGS),
+                   what="stitch chunks by re-encoding")
+        method = "reencode"
+    return method
+
+
+def mux_final(video: str | Path, music: str | Path, out: str | Path, *, duration_s: float,
+              fade_out_s: float = 2.0) -> dict:
+    """Mux ``video`` (stream-copied) with ``music`` trimmed/padded to ``duration_s`` seconds, faded
+    out over the last ``fade_out_s`` seconds and loudness-normalized to LOUDNESS_TARGET.
+
+    Two-pass EBU R128 loudnorm (ffmpeg's documented procedure): pass 1 measures, pass 2 applies a
+    linear gain. Returns pass 1's measurement (input_i LUFS etc.). Raises MediaError.
+    """
+    fade = min(fade_out_s, duration_s / 4)
+    pre = (f"atrim=0:{duration_s:.6f},apad=whole_dur={duration_s:.6f},"
+           f"afade=t=out:st={max(0.0, duration_s - fade):.6f}:d={fade:.6f}")
+    target = ":".join(f"{k}={v}" for k, v in LOUDNESS_TARGET.items())
+    log = run_ffmpeg(["-i", str(music), "-af", f"{pre},loudnorm={target}:print_format=json", "-f", "null", "-"],
+                     what="measure music loudness")
+    match = re.search(r"\{[^{}]*\"input_i\"[^{}]*\}", log, re.S)
+    if not match:
+        raise MediaError("loudnorm printed no measurement")
+    m = json.loads(match.group(0))
+    measured = (f"measured_I={m['input_i']}:measured_TP={m['input_tp']}:measured_LRA={m['input_lra']}:"
+                f"measured_thresh={m['input_thresh']}:offset={m['target_offset']}:linear=true")
+    run_ffmpeg(["-i", str(video), "-i", str(music), "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy",
+                "-af", f"{pre},loudnorm={target}:{measured},aresample=48000", "-c:a", "aac", "-b:a", "192k",
+                "-t", f"{duration_s:.6f}", "-movflags", "+faststart", str(out)],
+               what="mux the final video")
+    return m
+
+
+def encode_audio(wav: str | Path, out: str | Path) -> None:
+    """Encode a WAV file to AAC (192 kb/s) in an .m4a container."""
+    run_ffmpeg(["-i", str(wav), "-c:a", "aac", "-b:a", "192k", str(out)], what="encode music")
+
+
+def frame_count(seconds: float, fps: float) -> int:
+    """Frames that ``seconds`` covers at ``fps`` (rounded to the nearest frame)."""
+    return int(round(seconds * fps))
+
+
+def fps_fraction(fps: float) -> Fraction:
+    """``fps`` as a Fraction (24 -> 24/1, 29.97 -> 2997/100)."""
+    return Fraction(fps).limit_denominator(1001)

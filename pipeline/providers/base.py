@@ -1,0 +1,58 @@
+"""The provider interface: what every generation backend (``local``, ``replicate``) implements.
+
+A provider turns GenerationRequests into files; it knows nothing of caching, stores or Dagster
+(``pipeline.generation.Generator`` wraps every call). Both providers go through this interface.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+from pipeline.generation import GenerationRequest, ProviderResult
+from pipeline.spec import BeatSpec
+
+
+class ProviderError(RuntimeError):
+    """A provider call failed. ``retryable`` says whether trying again may succeed."""
+
+    def __init__(self, message: str, *, retryable: bool = False):
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class Provider(ABC):
+    """A generation backend.
+
+    Attributes: ``name``; the model ids it uses (``image_model``, ``video_model``, ``music_model``,
+    ``planner_model``); ``chunk_seconds``, the clip length its video model generates per call
+    (drives the chunk plan); ``fps``, its video model's frame rate.
+    """
+
+    name: str
+    image_model: str
+    video_model: str
+    music_model: str
+    planner_model: str
+    chunk_seconds: float
+    fps: int
+
+    @abstractmethod
+    def render_image(self, request: GenerationRequest, scratch: Path) -> ProviderResult:
+        """Generate a storyboard image for ``request`` (params: width, height in pixels) into ``scratch``."""
+
+    @abstractmethod
+    def render_chunk(self, request: GenerationRequest, start_image: Path, scratch: Path) -> ProviderResult:
+        """Generate a video chunk starting on ``start_image`` (params: width, height, fps, duration_s)."""
+
+    @abstractmethod
+    def render_music(self, request: GenerationRequest, scratch: Path) -> ProviderResult:
+        """Generate a music track (params: bpm, duration_s in seconds) into ``scratch``."""
+
+    @abstractmethod
+    def plan_beats(self, brief: str, *, duration_s: float, style: str, max_beats: int) -> list[BeatSpec]:
+        """Split a free-text brief into beats whose durations sum to ``duration_s``, none under 5 s."""
+
+    def estimate_cost_usd(self, request: GenerationRequest) -> float:
+        """Price of ``request`` before it is made (USD). Free providers return 0."""
+        return 0.0

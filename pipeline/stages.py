@@ -1,0 +1,320 @@
+"""The work behind each asset, as plain functions of manifests, specs and services.
+
+Each asset in ``pipeline.defs.assets`` is a thin wrapper over one function here, so the whole
+pipeline can be run and tested without Dagster. Nothing here imports Dagster.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from pipeline import media
+from pipeline.generation import GenerationRequest, Generator, ProviderResult
+from pipeline.manifests import (
+    BeatManifest,
+    ChunkManifest,
+    ChunkPlan,
+    ChunkVideosManifest,
+    CostLine,
+    FinalManifest,
+    MediaManifest,
+    MusicManifest,
+    PlannedBeat,
+    StitchedManifest,
+    StoryboardManifest,
+    VideoPlan,
+    segment_key,
+    utc_now,
+)
+from pipeline.providers import Provider
+from pipeline.spec import BeatSpec, Truncation, fit_beats, sha256_json
+from pipeline.store import Workspace
+from pipeline.submissions import Submission
+
+FFMPEG = "ffmpeg"
+"""Provider name recorded for the pipeline's own deterministic ffmpeg steps (always free)."""
+
+
+class FanInError(RuntimeError):
+    """Fan-in found real segments missing or rendered from another version of the spec."""
+
+
+# --- video_spec --------------------------------------------------------------------------------
+
+def plan_video(submission: Submission, provider: Provider) -> VideoPlan:
+    """Validate a submission's spec and lay its beats on the timeline.
+
+    A ``brief`` is split into beats by the provider's planner. Beats beyond ceil(duration_s / 5)
+    are dropped from the end (``VideoPlan.truncation`` records it); start times are the running
+    sum of the kept durations. Raises SpecError for an invalid spec.
+    """
+    spec = submission.video_spec()
+    if spec.beats is not None:
+        beats, planned_by = list(spec.beats), "spec"
+    else:
+        beats = provider.plan_beats(spec.brief or "", duration_s=spec.duration_s, style=spec.style,
+                                    max_beats=spec.max_beats)
+        beats = [BeatSpec.model_validate(b.model_dump()) for b in beats]
+        planned_by = f"planner:{provider.planner_model}"
+    kept, truncation = fit_beats(beats, spec.duration_s)
+    planned, start = [], 0.0
+    for i, beat in enumerate(kept):
+        planned.append(PlannedBeat(index=i, prompt=beat.prompt, motion=beat.motion,
+                                   duration_s=beat.duration_s, start_s=round(start, 6)))
+        start += beat.duration_s
+    width, height = spec.resolution
+    seed = spec.seed if spec.seed is not None else int(sha256_json(spec.video_id)[:8], 16) % 2**31
+    return VideoPlan(
+        video_id=spec.video_id, title=spec.title, target_duration_s=spec.duration_s,
+        duration_s=round(start, 6), aspect_ratio=spec.aspect_ratio, width=width, height=height,
+        fps=provider.fps, style=spec.style, music=spec.music, seed=seed, max_cost_usd=spec.max_cost_usd,
+        provider=provider.name, beats=planned, truncation=truncation, planned_by=planned_by,
+        spec_sha256=submission.spec_sha256, source=submission.source,
+    )
+
+
+def record_truncation(workspace: Workspace, plan: VideoPlan) -> Path | None:
+    """Append ``{timestamp, video_id, original_count, truncated_count}`` as one JSON line to
+    ``logs/beat_truncation.log`` if the plan truncated beats. Returns the log path, or None."""
+    if plan.truncation is None:
+        return None
+    path = workspace.logs / "beat_truncation.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps({"timestamp": utc_now(), "video_id": plan.video_id,
+                       "original_count": plan.truncation.original_count,
+                       "truncated_count": plan.truncation.truncated_count})
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+    return path
+
+
+def truncation_message(plan: VideoPlan, truncation: Truncation) -> str:
+    return (f"{plan.video_id}: the spec has {truncation.original_count} beats but a {plan.target_duration_s:g} s "
+            f"video holds at most {truncation.truncated_count} (one per 5 s); dropped the last "
+            f"{truncation.original_count - truncation.truncated_count} beats")
+
+
+# --- beats -------------------------------------------------------------------------------------
+
+def chunk_plan(duration_s: float, chunk_s: float) -> list[ChunkPlan]:
+    """ceil(duration_s / chunk_s) chunks: chunk 0 the reference image chunk, the rest continuous.
+
+    Every chunk is generated ``chunk_s`` long; the last keeps only what the beat still needs.
+    """
+    if duration_s <= 0 or chunk_s <= 0:
+        raise ValueError(f"beat and chunk lengths must be positive (got {duration_s} s, {chunk_s} s)")
+    count = max(1, math.ceil(duration_s / chunk_s - 1e-9))
+    return [
+        ChunkPlan(index=i, chunk_type="reference_image" if i == 0 else "continuous", generate_s=chunk_s,
+                  keep_s=round(min(chunk_s, duration_s - i * chunk_s), 6))
+        for i in range(count)
+    ]
+
+
+def plan_beat(plan: VideoPlan, beat: PlannedBeat, provider: Provider) -> BeatManifest:
+    """The beat record of one real beat: prompts, seed, chunk plan and a fingerprint."""
+    image_prompt = f"{beat.prompt}. Style: {plan.style}."
+    motion_prompt = f"{beat.prompt}. Camera: {beat.motion or 'gentle, steady camera drift'}. Style: {plan.style}."
+    seed = (plan.seed + 7919 * beat.index) % 2**31
+    chunks = chunk_plan(beat.duration_s, provider.chunk_seconds)
+    body = dict(video_id=plan.video_id, index=beat.index, start_s=beat.start_s, duration_s=beat.duration_s,
+                image_prompt=image_prompt, motion_prompt=motion_prompt, motion=beat.motion, seed=seed,
+                width=plan.width, height=plan.height, fps=plan.fps, provider=provider.name,
+                video_model=provider.video_model)
+    fingerprint = sha256_json({**body, "start_s": None, "image_model": provider.image_model,
+                               "chunks": [c.model_dump() for c in chunks]})
+    return BeatManifest(**body, chunks=chunks, fingerprint=fingerprint)
+
+
+# --- storyboard_images -------------------------------------------------------------------------
+
+def _labels(video_id: str, index: int, **more: object) -> dict[str, str]:
+    return {"video_id": video_id, "segment": segment_key(index), **{k: str(v) for k, v in more.items()}}
+
+
+def render_storyboard(beat: BeatManifest, provider: Provider, generator: Generator) -> StoryboardManifest:
+    """Exactly one storyboard image for ``beat``, at the beat's draft resolution."""
+    request = GenerationRequest(
+        media_type="image", provider=provider.name, model=provider.image_model, prompt=beat.image_prompt,
+        seed=beat.seed,
+        params={"width": beat.width, "height": beat.height,
+                "caption": f"Beat {beat.index + 1} · {beat.start_s:g}-{beat.start_s + beat.duration_s:g} s"},
+        labels=_labels(beat.video_id, beat.index, stage="storyboard_images"),
+    )
+    image = generator.generate(request, lambda scratch: provider.render_image(request, scratch))
+    return StoryboardManifest(video_id=beat.video_id, index=beat.index, fingerprint=beat.fingerprint, image=image)
+
+
+# --- chunk_videos ------------------------------------------------------------------------------
+
+def extract_last_frame(video: MediaManifest, generator: Generator, labels: dict[str, str]) -> MediaManifest:
+    """The exact last frame of a stored video, as a stored PNG (cached by the video's sha256)."""
+    request = GenerationRequest(media_type="image", provider=FFMPEG, model="last-frame-v1",
+                                inputs={"video": video.sha256}, labels={**labels, "stage": "last_frame"})
+
+    def call(scratch: Path) -> ProviderResult:
+        out = scratch / "last.png"
+        media.extract_last_frame(generator.local_path(video), out)
+        return ProviderResult(path=out, model="last-frame-v1")
+
+    return generator.generate(request, call)
+
+
+def render_chunks(beat: BeatManifest, storyboard: StoryboardManifest, provider: Provider,
+                  generator: Generator) -> ChunkVideosManifest:
+    """Render a beat's chunk chain: the reference image chunk from the storyboard image, then each
+    continuous chunk from the last frame of the chunk before it.
+
+    Every finished chunk is in the cache, so a rerun after a failure at chunk k resumes at chunk k.
+    """
+    start = storyboard.image
+    chunks: list[ChunkManifest] = []
+    for plan in beat.chunks:
+        request = GenerationRequest(
+            media_type="video", provider=provider.name, model=provider.video_model, prompt=beat.motion_prompt,
+            seed=(beat.seed + plan.index) % 2**31,
+            params={"width": beat.width, "height": beat.height, "fps": beat.fps, "duration_s": plan.generate_s,
+                    "motion": beat.motion, "chunk_type": plan.chunk_type},
+            inputs={"start_image": start.sha256},
+            labels=_labels(beat.video_id, beat.index, stage="chunk_videos", chunk=plan.index),
+        )
+        start_path = generator.local_path(start)
+        video = generator.generate(request, lambda scratch: provider.render_chunk(request, start_path, scratch))
+        last = extract_last_frame(video, generator, request.labels)
+        chunks.append(ChunkManifest(plan=plan, video=video, start_image_sha256=start.sha256, last_frame=last))
+        start = last
+    return ChunkVideosManifest(video_id=beat.video_id, index=beat.index, fingerprint=beat.fingerprint,
+                               duration_s=beat.duration_s, storyboard=storyboard.image, chunks=chunks)
+
+
+# --- stitched_video ----------------------------------------------------------------------------
+
+def check_fan_in(plan: VideoPlan, chunk_sets: dict[str, ChunkVideosManifest],
+                 expected_fingerprints: dict[str, str]) -> list[ChunkVideosManifest]:
+    """The real segments' chunk sets in timeline order. Raises FanInError naming every segment that
+    is missing or was rendered from a different version of its beat. Phantom segments are ignored."""
+    missing = [s for s in plan.segment_keys if s not in chunk_sets]
+    stale = [s for s in plan.segment_keys
+             if s in chunk_sets and chunk_sets[s].fingerprint != expected_fingerprints[s]]
+    problems = []
+    if missing:
+        problems.append(f"segments {', '.join(missing)} have no chunk_videos")
+    if stale:
+        problems.append(f"segments {', '.join(stale)} were rendered from another version of the spec")
+    if problems:
+        raise FanInError(f"{plan.video_id}: cannot stitch {len(plan.beats)} beats: " + "; ".join(problems)
+                         + ". Materialize those segments (pipeline retry, or a backfill) and stitch again.")
+    return [chunk_sets[s] for s in plan.segment_keys]
+
+
+def stitch_video(plan: VideoPlan, ordered: list[ChunkVideosManifest], generator: Generator) -> StitchedManifest:
+    """Concatenate every chunk in timeline order, each beat trimmed to its exact duration.
+
+    Beat b covers frames [round(start_b * fps), round(end_b * fps)); its chunks give frames in order.
+    Raises media.MediaError when the chunks of a beat are shorter than the beat (a gap).
+    """
+    pieces_spec, pieces = [], []
+    for cv, beat in zip(ordered, plan.beats):
+        need = media.frame_count(beat.start_s + beat.duration_s, plan.fps) - media.frame_count(beat.start_s, plan.fps)
+        have = sum(media.frame_count(c.video.duration_s or 0, plan.fps) for c in cv.chunks)
+        if have < need:
+            raise media.MediaError(f"{plan.video_id}: segment {segment_key(beat.index)} has {have} frames of "
+                                   f"chunks for a {need}-frame beat (gap of {need - have} frames)")
+        for c in cv.chunks:
+            if need <= 0:
+                break
+            take = min(need, media.frame_count(c.video.duration_s or 0, plan.fps))
+            pieces.append((c.video, take))
+            pieces_spec.append({"sha256": c.video.sha256, "frames": take})
+            need -= take
+    request = GenerationRequest(media_type="video", provider=FFMPEG, model="stitch-v1",
+                                params={"width": plan.width, "height": plan.height, "fps": plan.fps,
+                                        "pieces": pieces_spec},
+                                inputs={f"piece{i}": m.sha256 for i, (m, _) in enumerate(pieces)},
+                                labels={"video_id": plan.video_id, "stage": "stitched_video"})
+
+    def call(scratch: Path) -> ProviderResult:
+        out = scratch / "stitched.mp4"
+        method = media.stitch(
+            [media.StitchPiece(generator.local_path(m), frames) for m, frames in pieces], out,
+            width=plan.width, height=plan.height, fps=plan.fps, workdir=scratch)
+        return ProviderResult(path=out, model="stitch-v1", extra={"method": method})
+
+    video = generator.generate(request, call)
+    return StitchedManifest(video_id=plan.video_id, method=video.extra["method"], segments=plan.segment_keys,
+                            video=video, costs=segment_costs(ordered))
+
+
+def segment_costs(ordered: list[ChunkVideosManifest]) -> list[CostLine]:
+    """Cost table rows of every storyboard image and chunk video (USD, per manifest)."""
+    rows: list[CostLine] = []
+    for cv in ordered:
+        seg = segment_key(cv.index)
+        s = cv.storyboard
+        rows.append(CostLine(stage="storyboard_images", segment=seg, item="storyboard image", provider=s.provider,
+                             model=s.model, units=1, unit="image", cost_usd=s.cost_usd, cache_hit=s.cache_hit))
+        for c in cv.chunks:
+            rows.append(CostLine(stage="chunk_videos", segment=seg,
+                                 item=f"chunk {c.plan.index} ({c.plan.chunk_type.replace('_', ' ')})",
+                                 provider=c.video.provider, model=c.video.model, units=c.video.duration_s or 0,
+                                 unit="video s", cost_usd=c.video.cost_usd, cache_hit=c.video.cache_hit))
+    return rows
+
+
+# --- music -------------------------------------------------------------------------------------
+
+def render_music(plan: VideoPlan, provider: Provider, generator: Generator) -> MusicManifest:
+    """A music track of at least the video's duration (seconds) at the spec's bpm."""
+    request = GenerationRequest(media_type="audio", provider=provider.name, model=provider.music_model,
+                                prompt=plan.music.prompt, seed=plan.seed,
+                                params={"bpm": plan.music.bpm, "duration_s": math.ceil(plan.duration_s)},
+                                labels={"video_id": plan.video_id, "stage": "music"})
+    audio = generator.generate(request, lambda scratch: provider.render_music(request, scratch))
+    return MusicManifest(video_id=plan.video_id, audio=audio)
+
+
+# --- final_video -------------------------------------------------------------------------------
+
+def mux_video(plan: VideoPlan, stitched: StitchedManifest, music: MusicManifest, generator: Generator,
+              workspace: Workspace) -> FinalManifest:
+    """Mux the stitched video with the music (faded out, loudness-normalized) and publish the
+    result at ``videos/<video_id>.mp4`` (a hard link to the stored file when possible)."""
+    request = GenerationRequest(media_type="video", provider=FFMPEG, model="mux-loudnorm-v1",
+                                params={"duration_s": plan.duration_s, "fade_out_s": 2.0,
+                                        "loudness": media.LOUDNESS_TARGET},
+                                inputs={"video": stitched.video.sha256, "music": music.audio.sha256},
+                                labels={"video_id": plan.video_id, "stage": "final_video"})
+
+    def call(scratch: Path) -> ProviderResult:
+        out = scratch / "final.mp4"
+        loudness = media.mux_final(generator.local_path(stitched.video), generator.local_path(music.audio), out,
+                                   duration_s=plan.duration_s)
+        return ProviderResult(path=out, model="mux-loudnorm-v1", extra={"loudness": loudness})
+
+    video = generator.generate(request, call)
+    published = publish(generator.local_path(video), workspace.videos / f"{plan.video_id}.mp4")
+    costs = list(stitched.costs)
+    a = music.audio
+    costs.append(CostLine(stage="music", segment=None, item="music track", provider=a.provider, model=a.model,
+                          units=a.duration_s or 0, unit="audio s", cost_usd=a.cost_usd, cache_hit=a.cache_hit))
+    return FinalManifest(video_id=plan.video_id, video=video, path=str(published), beats=len(plan.beats),
+                         chunks=sum(1 for c in costs if c.stage == "chunk_videos"),
+                         cost_usd=round(sum(c.cost_usd for c in costs), 6), costs=costs)
+
+
+def publish(src: Path, dest: Path) -> Path:
+    """Atomically place ``src`` at ``dest`` (hard link, or copy across filesystems)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        import shutil
+
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dest)
+    return dest
