@@ -29,6 +29,8 @@ class GenerationRequest(BaseModel):
 
     ``inputs`` maps an input name ("start_image", "video", ...) to the sha256 of that medium.
     ``labels`` (video, segment, chunk) are for logs only and are not part of the cache key.
+    ``max_cost_usd`` is the video's budget (USD, None for none): a paid provider refuses a call
+    that would take the video's spend past it (``pipeline.ledger``); not part of the cache key.
     """
 
     media_type: Literal["image", "video", "audio"]
@@ -39,10 +41,11 @@ class GenerationRequest(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     inputs: dict[str, str] = Field(default_factory=dict)
     labels: dict[str, str] = Field(default_factory=dict)
+    max_cost_usd: float | None = None
 
     def cache_key(self) -> str:
         """sha256 of canonical JSON of provider, model, media type, prompt, seed, params and input hashes."""
-        return sha256_json(self.model_dump(mode="json", exclude={"labels"}))
+        return sha256_json(self.model_dump(mode="json", exclude={"labels", "max_cost_usd"}))
 
 
 @dataclass

@@ -140,6 +140,8 @@ class BeatManifest(_Manifest):
     chunks: list[ChunkPlan]
     fingerprint: str
     """sha256 of every parameter that shapes this beat's media; stitch checks it against the plan."""
+    max_cost_usd: float | None = None
+    """The video's budget (USD) from the spec; paid providers refuse calls past it. Not in the fingerprint."""
 
     @property
     def segment(self) -> str:

@@ -126,7 +126,7 @@ def plan_beat(plan: VideoPlan, beat: PlannedBeat, provider: Provider) -> BeatMan
                 video_model=provider.video_model)
     fingerprint = sha256_json({**body, "start_s": None, "image_model": provider.image_model,
                                "chunks": [c.model_dump() for c in chunks]})
-    return BeatManifest(**body, chunks=chunks, fingerprint=fingerprint)
+    return BeatManifest(**body, chunks=chunks, fingerprint=fingerprint, max_cost_usd=plan.max_cost_usd)
 
 
 # --- storyboard_images -------------------------------------------------------------------------
@@ -142,7 +142,7 @@ def render_storyboard(beat: BeatManifest, provider: Provider, generator: Generat
         seed=beat.seed,
         params={"width": beat.width, "height": beat.height,
                 "caption": f"Beat {beat.index + 1} · {beat.start_s:g}-{beat.start_s + beat.duration_s:g} s"},
-        labels=_labels(beat.video_id, beat.index, stage="storyboard_images"),
+        labels=_labels(beat.video_id, beat.index, stage="storyboard_images"), max_cost_usd=beat.max_cost_usd,
     )
     image = generator.generate(request, lambda scratch: provider.render_image(request, scratch))
     return StoryboardManifest(video_id=beat.video_id, index=beat.index, fingerprint=beat.fingerprint, image=image)
@@ -180,6 +180,7 @@ def render_chunks(beat: BeatManifest, storyboard: StoryboardManifest, provider: 
                     "motion": beat.motion, "chunk_type": plan.chunk_type},
             inputs={"start_image": start.sha256},
             labels=_labels(beat.video_id, beat.index, stage="chunk_videos", chunk=plan.index),
+            max_cost_usd=beat.max_cost_usd,
         )
         start_path = generator.local_path(start)
         video = generator.generate(request, lambda scratch: provider.render_chunk(request, start_path, scratch))
@@ -271,7 +272,8 @@ def render_music(plan: VideoPlan, provider: Provider, generator: Generator) -> M
     request = GenerationRequest(media_type="audio", provider=provider.name, model=provider.music_model,
                                 prompt=plan.music.prompt, seed=plan.seed,
                                 params={"bpm": plan.music.bpm, "duration_s": math.ceil(plan.duration_s)},
-                                labels={"video_id": plan.video_id, "stage": "music"})
+                                labels={"video_id": plan.video_id, "stage": "music"},
+                                max_cost_usd=plan.max_cost_usd)
     audio = generator.generate(request, lambda scratch: provider.render_music(request, scratch))
     return MusicManifest(video_id=plan.video_id, audio=audio)
 
