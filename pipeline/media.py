@@ -119,6 +119,8 @@ def probe(path: str | Path, *, decode: bool = True) -> MediaInfo:
             last_video_end = 0.0
             audio_end = 0.0
             if decode:
+                if v is not None:
+                    v.thread_type = "AUTO"  # frame + slice threads: about 2x faster on 2 cores
                 streams = [s for s in (v, a) if s is not None]
                 for frame in container.decode(*streams):
                     if isinstance(frame, av.VideoFrame):

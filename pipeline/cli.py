@@ -1,0 +1,186 @@
+"""``pipeline``: render, validate and operate videos from the command line.
+
+    pipeline render SPEC [--provider local|replicate] [--max-parallel N]
+    pipeline validate SPEC
+
+Runs are recorded in the Dagster instance at $DAGSTER_HOME (default: the current directory when it
+holds a dagster.yaml, else ``<data dir>/dagster_home``), so ``dagster dev`` shows them afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from pipeline.providers import PROVIDERS
+from pipeline.spec import SpecError
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+DEFAULT_INSTANCE_YAML = "telemetry:\n  enabled: false\n"
+
+
+def ensure_dagster_home(data_dir: str) -> str:
+    """Set $DAGSTER_HOME if unset: the working directory if it has a dagster.yaml (the repo root),
+    else ``<data_dir>/dagster_home`` (created with telemetry off). Returns the directory."""
+    home = os.environ.get("DAGSTER_HOME")
+    if not home:
+        if Path("dagster.yaml").exists():
+            home = str(Path.cwd())
+        else:
+            home = str(Path(data_dir).resolve() / "dagster_home")
+            Path(home).mkdir(parents=True, exist_ok=True)
+            yaml_path = Path(home) / "dagster.yaml"
+            if not yaml_path.exists():
+                yaml_path.write_text(DEFAULT_INSTANCE_YAML)
+        os.environ["DAGSTER_HOME"] = home
+    return home
+
+
+def _data_dir(args) -> str:
+    from pipeline.defs.resources import default_data_dir
+
+    return args.data_dir or default_data_dir()
+
+
+def cmd_validate(args) -> int:
+    from pipeline import stages
+    from pipeline.providers import get_provider
+    from pipeline.spec import load_spec
+    from pipeline.submissions import Submission
+
+    spec = load_spec(args.spec)
+    provider = get_provider("local") if args.provider == "local" else get_provider(args.provider)
+    sub = Submission(video_id=spec.video_id, provider=args.provider, source=args.spec,
+                     spec=spec.model_dump(mode="json", exclude_none=True), spec_sha256=spec.fingerprint(),
+                     submitted_at="")
+    plan = stages.plan_video(sub, provider)
+    console.print(f"[green]valid[/green] {args.spec}: video [bold]{plan.video_id}[/bold], {len(plan.beats)} beats, "
+                  f"{plan.duration_s:g} s, {plan.width}x{plan.height} @ {plan.fps} fps ({plan.planned_by})")
+    if plan.truncation:
+        console.print(f"[yellow]warning[/yellow]: {stages.truncation_message(plan, plan.truncation)}")
+    table = Table("segment", "start_s", "duration_s", "chunks", "motion")
+    table.add_column("prompt", no_wrap=True, overflow="ellipsis", max_width=60)
+    for b in plan.beats:
+        table.add_row(b.segment, f"{b.start_s:g}", f"{b.duration_s:g}",
+                      str(len(stages.chunk_plan(b.duration_s, provider.chunk_seconds))), b.motion or "", b.prompt)
+    console.print(table)
+    return 0
+
+
+def cmd_render(args) -> int:
+    import dagster as dg
+
+    from pipeline import stages
+    from pipeline.definitions import build_definitions
+    from pipeline.defs.render import render_video
+
+    data_dir = _data_dir(args)
+    ensure_dagster_home(data_dir)
+    defs = build_definitions(data_dir)
+    instance = dg.DagsterInstance.get()
+    started = time.monotonic()
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=False) as progress:
+        overall = progress.add_task("planning", total=None)
+
+        def on_plan(plan):
+            progress.update(overall, description=f"rendering {plan.video_id}", total=len(plan.beats) + 3, completed=1)
+            if plan.truncation:
+                progress.console.print(f"[yellow]warning[/yellow]: {stages.truncation_message(plan, plan.truncation)}")
+
+        def on_run(name, outcome):
+            if outcome is None:
+                return
+            elapsed = time.monotonic() - started
+            if outcome.success:
+                progress.console.print(f"  [green]✓[/green] {name:<12} {outcome.seconds:5.1f} s   (t={elapsed:.1f} s)")
+            else:
+                progress.console.print(f"  [red]✗[/red] {name:<12} failed: {outcome.error}")
+            if name != "video_spec":
+                progress.advance(overall)
+
+        report = render_video(args.spec, defs=defs, instance=instance, provider=args.provider,
+                              max_parallel=args.max_parallel, on_run=on_run, on_plan=on_plan)
+    if report.final is None:
+        failed = ", ".join(r.name for r in report.failed) or "unknown"
+        err_console.print(f"[red]render of {report.video_id} failed[/red] ({failed}). Fix the cause and run the "
+                          f"same command again: finished, paid-for work is reused.")
+        return 1
+    print_summary(report)
+    return 0
+
+
+def print_summary(report) -> None:
+    """The per-beat table, cost and final path of a finished render."""
+    plan, final = report.plan, report.final
+    table = Table(title=f"{plan.title} ({plan.video_id})", show_footer=True)
+    by_segment = {cv.index: cv for cv in report.chunk_sets}
+    costs: dict[str | None, float] = {}
+    for line in final.costs:
+        costs[line.segment] = costs.get(line.segment, 0.0) + line.cost_usd
+    table.add_column("segment", footer="total")
+    table.add_column("start_s", justify="right")
+    table.add_column("duration_s", justify="right", footer=f"{plan.duration_s:g}")
+    table.add_column("chunks", justify="right", footer=str(final.chunks))
+    table.add_column("cached", justify="right")
+    table.add_column("cost_usd", justify="right", footer=f"{final.cost_usd:.4f}")
+    table.add_column("prompt", no_wrap=True, overflow="ellipsis", max_width=48)
+    for b in plan.beats:
+        cv = by_segment.get(b.index)
+        table.add_row(b.segment, f"{b.start_s:g}", f"{b.duration_s:g}", str(len(cv.chunks)) if cv else "?",
+                      f"{sum(c.video.cache_hit for c in cv.chunks)}/{len(cv.chunks)}" if cv else "?",
+                      f"{costs.get(b.segment, 0.0):.4f}", b.prompt)
+    table.add_row("music", "0", f"{plan.duration_s:g}", "", "", f"{costs.get(None, 0.0):.4f}", plan.music.prompt)
+    console.print(table)
+    console.print(f"final video: [bold]{final.path}[/bold]  ({final.video.duration_s:.3f} s, "
+                  f"{final.video.width}x{final.video.height}, {final.beats} beats, {final.chunks} chunks, "
+                  f"${final.cost_usd:.4f})  in {report.seconds:.1f} s")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pipeline", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", help="data directory (default: $PIPELINE_DATA_DIR or ./data)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("render", help="render a spec end to end (all assets, in the Dagster instance)")
+    p.add_argument("spec", help="spec file (.yaml, .yml or .json)")
+    p.add_argument("--provider", choices=PROVIDERS, default="local", help="generation provider (default: local)")
+    p.add_argument("--max-parallel", type=int, default=2, metavar="N",
+                   help="segment runs at once (default: 2, one per core here)")
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("validate", help="validate a spec and print its beat plan; renders nothing")
+    p.add_argument("spec")
+    p.add_argument("--provider", choices=PROVIDERS, default="local")
+    p.set_defaults(func=cmd_validate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.data_dir:
+        os.environ["PIPELINE_DATA_DIR"] = args.data_dir
+    try:
+        return args.func(args)
+    except SpecError as exc:
+        err_console.print(f"[red]error[/red]: {exc}")
+        return 2
+    except FileNotFoundError as exc:
+        err_console.print(f"[red]error[/red]: {exc}")
+        return 2
+    except KeyboardInterrupt:
+        err_console.print("interrupted; finished work is kept and reused on the next run")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+"""Asset jobs: the units of work the CLI, sensors and schedules request."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from pipeline.defs.assets import final_video, music, segment_assets, stitched_video, video_spec
+from pipeline.defs.partitions import per_segment, videos
+
+plan_video_job = dg.define_asset_job("plan_video", selection=[video_spec], partitions_def=videos,
+                                     description="Validate and plan one video (video_spec).")
+render_segment_job = dg.define_asset_job(
+    "render_segment", selection=segment_assets, partitions_def=per_segment,
+    description="Render one beat: beats -> storyboard_images -> chunk_videos for one (video, segment).")
+render_music_job = dg.define_asset_job("render_music", selection=[music], partitions_def=videos,
+                                       description="Generate one video's music track.")
+assemble_video_job = dg.define_asset_job("assemble_video", selection=[stitched_video, final_video],
+                                         partitions_def=videos,
+                                         description="Stitch a video's chunks and mux the music into the final video.")
+
+all_jobs = [plan_video_job, render_segment_job, render_music_job, assemble_video_job]

@@ -1,0 +1,57 @@
+"""Resources: where the pipeline keeps its data, and which providers it generates with."""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+from pydantic import PrivateAttr
+
+from pipeline.generation import Generator
+from pipeline.providers import Provider, get_provider
+from pipeline.store import Workspace
+
+
+class PipelineResource(dg.ConfigurableResource):
+    """The pipeline's data directory and provider settings.
+
+    ``data_dir``: root of media store, cache, manifests, spec registry and logs (see data/README.md).
+    ``replicate_api_token``: the Replicate token; set it from ``dg.EnvVar("REPLICATE_API_TOKEN")``
+    (``pipeline.definitions`` does) so it never appears in run config. ``replicate_base_url``:
+    the API root (tests point it at a loopback fake).
+    """
+
+    data_dir: str = "data"
+    replicate_api_token: str | None = None
+    replicate_base_url: str | None = None
+
+    _generator: Generator | None = PrivateAttr(default=None)
+    _providers: dict = PrivateAttr(default_factory=dict)
+
+    @property
+    def workspace(self) -> Workspace:
+        return Workspace.at(self.data_dir)
+
+    @property
+    def generator(self) -> Generator:
+        if self._generator is None:
+            self._generator = Generator(self.workspace)
+        return self._generator
+
+    def provider(self, name: str) -> Provider:
+        """The provider called ``name`` (one instance per resource). Raises ValueError if unknown."""
+        if name not in self._providers:
+            options: dict = {}
+            if name == "replicate":
+                options = {"workspace": self.workspace}
+                if self.replicate_api_token:
+                    options["api_token"] = self.replicate_api_token
+                if self.replicate_base_url:
+                    options["base_url"] = self.replicate_base_url
+            self._providers[name] = get_provider(name, **options)
+        return self._providers[name]
+
+
+def default_data_dir() -> str:
+    """$PIPELINE_DATA_DIR, else ``data`` (relative to the working directory)."""
+    return os.environ.get("PIPELINE_DATA_DIR", "data")
