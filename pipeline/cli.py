@@ -127,13 +127,13 @@ def print_summary(report) -> None:
     costs: dict[str | None, float] = {}
     for line in final.costs:
         costs[line.segment] = costs.get(line.segment, 0.0) + line.cost_usd
-    table.add_column("segment", footer="total")
-    table.add_column("start_s", justify="right")
-    table.add_column("duration_s", justify="right", footer=f"{plan.duration_s:g}")
-    table.add_column("chunks", justify="right", footer=str(final.chunks))
-    table.add_column("cached", justify="right")
-    table.add_column("cost_usd", justify="right", footer=f"{final.cost_usd:.4f}")
-    table.add_column("prompt", no_wrap=True, overflow="ellipsis", max_width=48)
+    table.add_column("segment", min_width=7, footer="total", no_wrap=True)
+    table.add_column("start_s", min_width=7, justify="right", no_wrap=True)
+    table.add_column("duration_s", min_width=10, justify="right", footer=f"{plan.duration_s:g}", no_wrap=True)
+    table.add_column("chunks", min_width=6, justify="right", footer=str(final.chunks), no_wrap=True)
+    table.add_column("cached", min_width=6, justify="right", no_wrap=True)
+    table.add_column("cost_usd", min_width=8, justify="right", footer=f"{final.cost_usd:.4f}", no_wrap=True)
+    table.add_column("prompt", no_wrap=True, overflow="ellipsis", max_width=28)
     for b in plan.beats:
         cv = by_segment.get(b.index)
         table.add_row(b.segment, f"{b.start_s:g}", f"{b.duration_s:g}", str(len(cv.chunks)) if cv else "?",
@@ -141,9 +141,9 @@ def print_summary(report) -> None:
                       f"{costs.get(b.segment, 0.0):.4f}", b.prompt)
     table.add_row("music", "0", f"{plan.duration_s:g}", "", "", f"{costs.get(None, 0.0):.4f}", plan.music.prompt)
     console.print(table)
-    console.print(f"final video: [bold]{final.path}[/bold]  ({final.video.duration_s:.3f} s, "
-                  f"{final.video.width}x{final.video.height}, {final.beats} beats, {final.chunks} chunks, "
-                  f"${final.cost_usd:.4f})  in {report.seconds:.1f} s")
+    console.print(f"{final.video.duration_s:.3f} s, {final.video.width}x{final.video.height}, {final.beats} beats, "
+                  f"{final.chunks} chunks, ${final.cost_usd:.4f}, rendered in {report.seconds:.1f} s")
+    console.print(f"final video: [bold]{final.path}[/bold]", soft_wrap=True)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -283,8 +283,11 @@ def stitch(pieces: list[StitchPiece], out: str | Path, *, width: int, height: in
     """
     infos = [probe(p.path, decode=False) for p in pieces]
     for piece, info in zip(pieces, infos):
-        available = round(info.duration_s * (info.fps or fps) * fps / (info.fps or fps))
-        if piece.keep_frames > available + 1:
+        available = round(info.duration_s * fps)
+        if piece.keep_frames > available:  # the container's duration may be off: count by decoding
+            info = probe(piece.path)
+            available = round(info.duration_s * fps)
+        if piece.keep_frames > available:
             raise MediaError(f"{piece.path}: has {info.duration_s:.3f} s but the timeline needs "
                              f"{piece.keep_frames / fps:.3f} s from it (gap in the stitch)")
     total_frames = sum(p.keep_frames for p in pieces)

@@ -249,5 +249,13 @@ def plan_brief(brief: str, *, duration_s: float, max_beats: int) -> list[BeatSpe
         j = max(range(len(durations) - 1), key=lambda k: durations[k])
         durations[j] -= 0.5
         durations[-1] += 0.5
+    i = 0
+    while i < len(durations):  # a BeatSpec is at most 600 s: hold a longer scene over several beats
+        if durations[i] > 600.0:
+            k = math.ceil(durations[i] / 600.0)
+            part = math.ceil(durations[i] / k * 2) / 2
+            durations[i:i + 1] = [part] * (k - 1) + [round(durations[i] - part * (k - 1), 6)]
+            pieces[i:i + 1] = [pieces[i]] * k
+        i += 1
     return [BeatSpec(prompt=p, duration_s=d, motion=_MOTIONS[i % len(_MOTIONS)])
             for i, (p, d) in enumerate(zip(pieces, durations))]
