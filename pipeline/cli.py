@@ -58,7 +58,10 @@ def cmd_validate(args) -> int:
     from pipeline.submissions import Submission
 
     spec = load_spec(args.spec)
-    provider = get_provider("local") if args.provider == "local" else get_provider(args.provider)
+    from pipeline.store import Workspace
+
+    options = {} if args.provider == "local" else {"workspace": Workspace.at(_data_dir(args))}
+    provider = get_provider(args.provider, **options)
     sub = Submission(video_id=spec.video_id, provider=args.provider, source=args.spec,
                      spec=spec.model_dump(mode="json", exclude_none=True), spec_sha256=spec.fingerprint(),
                      submitted_at="")

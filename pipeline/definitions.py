@@ -16,16 +16,20 @@ from pipeline.defs.jobs import all_jobs
 from pipeline.defs.resources import PipelineResource, default_data_dir
 
 
-def build_definitions(data_dir: str | None = None) -> dg.Definitions:
-    """Definitions bound to ``data_dir`` (default: $PIPELINE_DATA_DIR or ``data``)."""
+def build_definitions(data_dir: str | None = None, **pipeline_options) -> dg.Definitions:
+    """Definitions bound to ``data_dir`` (default: $PIPELINE_DATA_DIR or ``data``).
+
+    ``pipeline_options`` override PipelineResource fields (e.g. ``replicate_output_hosts``).
+    """
     root = str(Path(data_dir or default_data_dir()).expanduser().resolve())
     token = dg.EnvVar("REPLICATE_API_TOKEN") if os.environ.get("REPLICATE_API_TOKEN") else None
+    options = {"replicate_api_token": token, "replicate_base_url": os.environ.get("REPLICATE_BASE_URL"),
+               **pipeline_options}
     return dg.Definitions(
         assets=all_assets,
         jobs=all_jobs,
         resources={
-            "pipeline": PipelineResource(data_dir=root, replicate_api_token=token,
-                                         replicate_base_url=os.environ.get("REPLICATE_BASE_URL")),
+            "pipeline": PipelineResource(data_dir=root, **options),
             "io_manager": ManifestIOManager(base_dir=str(Path(root) / "manifests")),
         },
     )

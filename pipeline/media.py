@@ -87,6 +87,8 @@ class MediaInfo:
     audio_codec: str | None
     audio_duration_s: float | None
     sample_rate: int | None
+    declared_duration_s: float | None = None
+    """What the container/stream header claims, before decoding (None if it claims nothing)."""
 
     @property
     def has_video(self) -> bool:
@@ -150,6 +152,7 @@ def probe(path: str | Path, *, decode: bool = True) -> MediaInfo:
                 audio_codec=a.codec_context.name if a else None,
                 audio_duration_s=(audio_end if decode else _stream_duration(a, container)) if a else None,
                 sample_rate=a.codec_context.sample_rate if a else None,
+                declared_duration_s=_stream_duration(v or a, container) if (v or a) else None,
             )
     except (av.FFmpegError, OSError, ValueError, IndexError) as exc:
         raise MediaError(f"{path}: cannot decode media: {exc}") from None
@@ -166,10 +169,17 @@ def verify_image(path: str | Path) -> tuple[int, int]:
 
 
 def verify_video(path: str | Path) -> MediaInfo:
-    """Decode every frame of a video. Raises MediaError if it has no video stream or no frames."""
+    """Decode every frame of a video. Raises MediaError if it has no video stream, fewer than two
+    frames (a still image is not a video), or decodes to under 95 % of the duration its header
+    declares (a truncated download or upload)."""
     info = probe(path)
     if not info.has_video or info.frames == 0:
         raise MediaError(f"{path}: no decodable video frames")
+    if info.frames < 2:
+        raise MediaError(f"{path}: a single {info.video_codec} frame, not a video")
+    declared = info.declared_duration_s
+    if declared and info.fps and info.duration_s + 2 / info.fps < 0.95 * declared:
+        raise MediaError(f"{path}: truncated: decoded {info.duration_s:.3f} s of the {declared:.3f} s its header declares")
     return info
 
 

@@ -113,7 +113,7 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
+    return out or "beats/brief"
 
 
 def parse_spec(data: Any, source: str = "<spec>") -> VideoSpec:
@@ -126,7 +126,7 @@ def parse_spec(data: Any, source: str = "<spec>") -> VideoSpec:
         problems = []
         for err in exc.errors():
             loc = _format_loc(err["loc"])
-            msg = err["msg"]
+            msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown field (not part of the spec format; check the spelling)"
             elif err["type"] == "string_pattern_mismatch" and loc == "video_id":

@@ -30,7 +30,7 @@ from pipeline.manifests import (
     utc_now,
 )
 from pipeline.providers import Provider
-from pipeline.spec import BeatSpec, Truncation, fit_beats, sha256_json
+from pipeline.spec import BeatSpec, SpecError, Truncation, fit_beats, sha256_json
 from pipeline.store import Workspace
 from pipeline.submissions import Submission
 
@@ -55,8 +55,11 @@ def plan_video(submission: Submission, provider: Provider) -> VideoPlan:
     if spec.beats is not None:
         beats, planned_by = list(spec.beats), "spec"
     else:
-        beats = provider.plan_beats(spec.brief or "", duration_s=spec.duration_s, style=spec.style,
-                                    max_beats=spec.max_beats)
+        try:
+            beats = provider.plan_beats(spec.brief or "", duration_s=spec.duration_s, style=spec.style,
+                                        max_beats=spec.max_beats)
+        except ValueError as exc:
+            raise SpecError(submission.source, [f"brief: cannot be planned: {exc}"]) from None
         beats = [BeatSpec.model_validate(b.model_dump()) for b in beats]
         planned_by = f"planner:{provider.planner_model}"
     kept, truncation = fit_beats(beats, spec.duration_s)

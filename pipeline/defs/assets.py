@@ -17,6 +17,7 @@ import pandas as pd
 from pipeline import stages
 from pipeline.defs.partitions import BY_VIDEO, per_segment, segment_beat, split_key, videos
 from pipeline.defs.resources import PipelineResource
+from pipeline.ledger import cost_table
 from pipeline.manifests import (
     BeatManifest,
     ChunkVideosManifest,
@@ -202,7 +203,7 @@ def final_video(context: dg.AssetExecutionContext, pipeline: PipelineResource, v
     plan = _require(video_spec, "video_spec", context)
     manifest = stages.mux_video(plan, _require(stitched_video, "stitched_video", context),
                                 _require(music, "music", context), pipeline.generator, pipeline.workspace)
-    costs = pd.DataFrame([c.model_dump() for c in manifest.costs])
+    costs = cost_table(manifest.costs)
     return dg.Output(manifest, metadata={
         "path": dg.MetadataValue.path(manifest.path),
         "duration_s": manifest.video.duration_s,

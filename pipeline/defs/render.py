@@ -60,7 +60,9 @@ class RenderReport:
 
     @property
     def chunk_sets(self) -> list[ChunkVideosManifest]:
-        return [r.outputs["chunk_videos"] for r in self.runs if "chunk_videos" in r.outputs]
+        """The chunk_videos manifests this render produced, in timeline order."""
+        sets = [r.outputs["chunk_videos"] for r in self.runs if "chunk_videos" in r.outputs]
+        return sorted(sets, key=lambda cv: cv.index)
 
 
 def _failure_message(result: dg.ExecuteInProcessResult) -> str:
@@ -94,19 +96,21 @@ def execute(defs: dg.Definitions, instance: dg.DagsterInstance, job_name: str, p
                       error=None if result.success else _failure_message(result), outputs=outputs)
 
 
-_WORKER: dict = {}
+_FORKED_DEFS: list[dg.Definitions] = []
+"""The parent's definitions, set just before the pool forks, so workers run the very same ones."""
+_WORKER_INSTANCE: dict[int, dg.DagsterInstance] = {}
 
 
-def _worker_execute(data_dir: str, job_name: str, key: str | dict, name: str, tags: dict[str, str],
+def _worker_execute(job_name: str, key: str | dict, name: str, tags: dict[str, str],
                     want: tuple[str, ...]) -> RunOutcome:
-    """``execute`` in a pool worker; definitions and instance are built once per worker process."""
-    if "defs" not in _WORKER:
-        from pipeline.definitions import build_definitions
+    """``execute`` in a forked pool worker, with its own instance (opened once per process)."""
+    import os
 
-        _WORKER["defs"] = build_definitions(data_dir)
-        _WORKER["instance"] = dg.DagsterInstance.get()
+    instance = _WORKER_INSTANCE.get(os.getpid())
+    if instance is None:
+        instance = _WORKER_INSTANCE[os.getpid()] = dg.DagsterInstance.get()
     partition_key = dg.MultiPartitionKey(key) if isinstance(key, dict) else key
-    return execute(_WORKER["defs"], _WORKER["instance"], job_name, partition_key, name=name, tags=tags, want=want)
+    return execute(_FORKED_DEFS[-1], instance, job_name, partition_key, name=name, tags=tags, want=want)
 
 
 def render_video(spec_path: str | Path, *, defs: dg.Definitions, instance: dg.DagsterInstance,
@@ -136,7 +140,7 @@ def render_video(spec_path: str | Path, *, defs: dg.Definitions, instance: dg.Da
     def submit(pool: ProcessPoolExecutor, job: str, key, name: str, want: tuple[str, ...] = ()):
         notify(name, None)
         plain_key = dict(key.keys_by_dimension) if isinstance(key, dg.MultiPartitionKey) else key
-        future = pool.submit(_worker_execute, pipeline.data_dir, job, plain_key, name, tags, want)
+        future = pool.submit(_worker_execute, job, plain_key, name, tags, want)
         future.add_done_callback(lambda f: notify(name, f.result()) if not f.exception() else None)
         return future
 
@@ -151,6 +155,7 @@ def render_video(spec_path: str | Path, *, defs: dg.Definitions, instance: dg.Da
     # Longest chains first: the makespan is bounded below by the longest beat.
     order = sorted(plan.beats, key=lambda b: -b.duration_s)
     workers = max(1, min(max_parallel, len(order) + 1))
+    _FORKED_DEFS[:] = [defs]
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
         futures = [submit(pool, "render_segment", segment_partition_key(video_id, b.index), f"segment {b.segment}",
                           ("beats", "chunk_videos")) for b in order]

@@ -18,12 +18,16 @@ class PipelineResource(dg.ConfigurableResource):
     ``data_dir``: root of media store, cache, manifests, spec registry and logs (see data/README.md).
     ``replicate_api_token``: the Replicate token; set it from ``dg.EnvVar("REPLICATE_API_TOKEN")``
     (``pipeline.definitions`` does) so it never appears in run config. ``replicate_base_url``:
-    the API root (tests point it at a loopback fake).
+    the API root (tests point it at a loopback fake). ``replicate_output_hosts``: hosts (https)
+    or exact origins (http://127.0.0.1:PORT) outputs may be downloaded from; default Replicate's
+    delivery hosts. ``replicate_poll_interval_s``: first polling interval, seconds.
     """
 
     data_dir: str = "data"
     replicate_api_token: str | None = None
     replicate_base_url: str | None = None
+    replicate_output_hosts: list[str] | None = None
+    replicate_poll_interval_s: float = 1.0
 
     _generator: Generator | None = PrivateAttr(default=None)
     _providers: dict = PrivateAttr(default_factory=dict)
@@ -43,7 +47,9 @@ class PipelineResource(dg.ConfigurableResource):
         if name not in self._providers:
             options: dict = {}
             if name == "replicate":
-                options = {"workspace": self.workspace}
+                options = {"workspace": self.workspace, "poll_interval_s": self.replicate_poll_interval_s}
+                if self.replicate_output_hosts:
+                    options["allowed_hosts"] = list(self.replicate_output_hosts)
                 if self.replicate_api_token:
                     options["api_token"] = self.replicate_api_token
                 if self.replicate_base_url:

@@ -1,0 +1,75 @@
+"""A full render with ``--provider replicate`` against the fake Replicate server on loopback:
+a valid final video whose cost table equals the registry prices times the usage."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pytest
+
+from pipeline import media, models
+from pipeline.definitions import build_definitions
+from pipeline.defs.render import render_video
+from pipeline.ledger import Ledger, default_ledger_path
+from pipeline_tests.conftest import write_spec
+from pipeline_tests.fake_replicate import FakeReplicate
+
+
+@pytest.fixture
+def replicate_env(env, monkeypatch):
+    with FakeReplicate(run_seconds=(0.02, 0.05), render_scale=0.25) as server:
+        monkeypatch.setenv("REPLICATE_API_TOKEN", server.token)
+        monkeypatch.setenv("REPLICATE_BASE_URL", server.base_url)
+        env.defs = build_definitions(str(env.data_dir), replicate_output_hosts=[server.origin],
+                                     replicate_poll_interval_s=0.02)
+        yield env, server
+
+
+def test_full_render_with_replicate_costs_registry_prices(replicate_env, tmp_path):
+    env, server = replicate_env
+    spec = write_spec(tmp_path / "rep.yaml", video_id="rep-video", aspect="16:9",
+                      beats=[{"prompt": "A fox runs through snow", "duration_s": 5},
+                             {"prompt": "The fox leaps over a frozen stream", "duration_s": 8, "motion": "tracking"}])
+    report = render_video(spec, defs=env.defs, instance=env.instance, provider="replicate", max_parallel=2)
+    assert report.final is not None, [r.error for r in report.failed]
+    plan, final = report.plan, report.final
+    video = models.get_model(models.DEFAULTS["video"])
+    assert plan.provider == "replicate" and plan.fps == video.fps  # the model's frame rate drives the plan
+    assert [len(cv.chunks) for cv in report.chunk_sets] == [1, 2]  # 5 s and 8 s beats, 5 s chunks
+
+    info = media.probe(final.path)
+    assert abs(info.frames / info.fps - 13) <= 1 / info.fps
+    assert (info.width, info.height) == (854, 480) and info.has_audio
+    assert abs(info.audio_duration_s - 13) <= 1 / info.fps
+
+    # One paid create per storyboard, per chunk and for the music; nothing else.
+    chunks = sum(len(cv.chunks) for cv in report.chunk_sets)
+    assert server.create_count() == len(plan.beats) + chunks + 1
+
+    # The cost table is registry price x usage, line by line, and sums to the total.
+    for line in final.costs:
+        assert line.provider == "replicate"
+        model = models.get_model(line.model.split(":")[0])
+        price = model.prices[model.tier({"width": 854, "height": 480})] if "default" not in model.prices \
+            else model.prices["default"]
+        if price.unit == "image":
+            assert line.cost_usd == pytest.approx(price.usd)
+        elif price.unit in ("video", "audio"):
+            assert line.cost_usd == pytest.approx(price.usd)
+        elif price.unit.endswith("second"):
+            assert line.cost_usd == pytest.approx(price.usd * line.units, abs=1e-4)
+    assert final.cost_usd == pytest.approx(sum(c.cost_usd for c in final.costs))
+    assert final.cost_usd > 0
+    ledger = Ledger(default_ledger_path(env.data_dir))
+    assert ledger.spent_usd("rep-video") == pytest.approx(final.cost_usd, abs=1e-6)
+
+    # The cost table is in final_video's metadata, with a total row.
+    [record] = env.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("final_video"), asset_partitions=["rep-video"]), limit=1).records
+    table = record.asset_materialization.metadata["cost_table"].value
+    assert "total" in table and "replicate" in table
+
+    # A rerun is free: every call is a cache hit and the server sees no new create.
+    creates = server.create_count()
+    again = render_video(spec, defs=env.defs, instance=env.instance, provider="replicate", max_parallel=2)
+    assert again.final is not None and again.final.cost_usd == 0
+    assert server.create_count() == creates
