@@ -1,7 +1,10 @@
 """``pipeline``: render, validate and operate videos from the command line.
 
-    pipeline render SPEC [--provider local|replicate] [--max-parallel N]
+    pipeline render SPEC [--provider local|replicate] [--max-parallel N] [--force]
     pipeline validate SPEC
+    pipeline submit SPEC          (into the inbox; the daemon's sensors take it from there)
+    pipeline status VIDEO_ID
+    pipeline retry VIDEO_ID
 
 Runs are recorded in the Dagster instance at $DAGSTER_HOME (default: the current directory when it
 holds a dagster.yaml, else ``<data dir>/dagster_home``), so ``dagster dev`` shows them afterwards.
@@ -79,17 +82,21 @@ def cmd_validate(args) -> int:
     return 0
 
 
-def cmd_render(args) -> int:
+def _dagster(args):
     import dagster as dg
 
-    from pipeline import stages
     from pipeline.definitions import build_definitions
-    from pipeline.defs.render import render_video
 
     data_dir = _data_dir(args)
     ensure_dagster_home(data_dir)
-    defs = build_definitions(data_dir)
-    instance = dg.DagsterInstance.get()
+    return build_definitions(data_dir), dg.DagsterInstance.get()
+
+
+def cmd_render(args) -> int:
+    from pipeline import stages
+    from pipeline.defs.render import render_video
+
+    defs, instance = _dagster(args)
     started = time.monotonic()
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=False) as progress:
@@ -112,7 +119,14 @@ def cmd_render(args) -> int:
                 progress.advance(overall)
 
         report = render_video(args.spec, defs=defs, instance=instance, provider=args.provider,
-                              max_parallel=args.max_parallel, on_run=on_run, on_plan=on_plan)
+                              max_parallel=args.max_parallel, force=args.force, on_run=on_run, on_plan=on_plan)
+    return _report(report)
+
+
+def _report(report) -> int:
+    if report.up_to_date:
+        console.print(f"[green]up to date[/green]: {report.video_id} was already rendered from this exact spec "
+                      "(use --force to re-materialize every asset from the cache)")
     if report.final is None:
         failed = ", ".join(r.name for r in report.failed) or "unknown"
         err_console.print(f"[red]render of {report.video_id} failed[/red] ({failed}). Fix the cause and run the "
@@ -149,6 +163,78 @@ def print_summary(report) -> None:
     console.print(f"final video: [bold]{final.path}[/bold]", soft_wrap=True)
 
 
+def cmd_submit(args) -> int:
+    """Copy a valid spec into the inbox, where the spec_inbox_sensor picks it up."""
+    import shutil
+
+    from pipeline.defs.resources import PipelineResource
+    from pipeline.spec import load_spec
+
+    spec = load_spec(args.spec)  # fail here, not in the inbox, on a bad spec
+    pipeline = PipelineResource(data_dir=_data_dir(args), inbox_dir=os.environ.get("PIPELINE_INBOX_DIR"))
+    inbox = pipeline.inbox_path
+    inbox.mkdir(parents=True, exist_ok=True)
+    tmp = inbox / f".{spec.video_id}.yaml.part"
+    shutil.copyfile(args.spec, tmp)
+    target = inbox / f"{spec.video_id}{Path(args.spec).suffix.lower()}"
+    os.replace(tmp, target)
+    console.print(f"submitted {spec.video_id} to {target}; with `make dev` (the Dagster daemon) running, "
+                  f"spec_inbox_sensor plans it within seconds. Follow it with `pipeline status {spec.video_id}`.")
+    return 0
+
+
+STATE_STYLE = {"materialized": "green", "in_progress": "cyan", "failed": "red", "stale": "yellow", "missing": "dim"}
+STATE_WORD = {"materialized": "done", "in_progress": "running", "failed": "FAILED", "stale": "stale", "missing": "missing"}
+
+
+def cmd_status(args) -> int:
+    from pipeline.defs.status import SEGMENT_ASSETS, video_status
+
+    defs, instance = _dagster(args)
+    pipeline = defs.resources["pipeline"]
+    status = video_status(instance, pipeline.manifests_dir, args.video_id)
+    if status.plan is None:
+        err_console.print(f"[red]error[/red]: {args.video_id!r} has no materialized video_spec "
+                          "(unknown video, or its spec is still being planned)")
+        return 1
+    table = Table(title=f"{status.plan.title} ({args.video_id})", show_footer=True)
+    table.add_column("segment", footer="total", no_wrap=True, min_width=7)
+    for asset in SEGMENT_ASSETS:
+        table.add_column(asset, no_wrap=True, min_width=len(asset))
+    table.add_column("cost_usd", justify="right", no_wrap=True, min_width=8,
+                     footer=f"{sum(s.cost_usd for s in status.segments):.4f}")
+    table.add_column("latest run", no_wrap=True)
+    for seg in status.segments:
+        cells = [f"[{STATE_STYLE[seg.states[a]]}]{STATE_WORD[seg.states[a]]}[/]" for a in SEGMENT_ASSETS]
+        table.add_row(seg.segment, *cells, f"{seg.cost_usd:.4f}",
+                      f"{(seg.latest_run_id or '')[:8]} {(seg.latest_run_status or '').lower()}".strip())
+    console.print(table)
+    console.print("  ".join(f"{a}: [{STATE_STYLE[v]}]{STATE_WORD[v]}[/]" for a, v in status.video_assets.items()))
+    failed = status.failed_or_missing
+    if failed:
+        console.print(f"segments to redo: {', '.join(failed)}; run `pipeline retry {args.video_id}` "
+                      "or backfill them from the UI")
+    return 0 if not failed else 3
+
+
+def cmd_retry(args) -> int:
+    from pipeline.defs.render import retry_video
+
+    defs, instance = _dagster(args)
+
+    def on_run(name, outcome):
+        if outcome is not None:
+            mark = "[green]✓[/green]" if outcome.success else "[red]✗[/red]"
+            console.print(f"  {mark} {name:<12} {outcome.seconds:5.1f} s {outcome.error or ''}")
+
+    try:
+        report = retry_video(args.video_id, defs=defs, instance=instance, max_parallel=args.max_parallel, on_run=on_run)
+    except LookupError as exc:
+        err_console.print(f"[red]error[/red]: {exc}")
+        return 1
+    return _report(report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pipeline", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", help="data directory (default: $PIPELINE_DATA_DIR or ./data)")
@@ -159,7 +245,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--provider", choices=PROVIDERS, default="local", help="generation provider (default: local)")
     p.add_argument("--max-parallel", type=int, default=2, metavar="N",
                    help="segment runs at once (default: 2, one per core here)")
+    p.add_argument("--force", action="store_true",
+                   help="re-materialize every asset even if the video is up to date (cache hits are free)")
     p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("submit", help="drop a spec into the inbox for the Dagster daemon's sensors")
+    p.add_argument("spec")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("status", help="table of a video's segments x assets: materialized/failed/missing/in progress")
+    p.add_argument("video_id")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("retry", help="re-materialize only failed or missing segments of a video, then reassemble")
+    p.add_argument("video_id")
+    p.add_argument("--max-parallel", type=int, default=2, metavar="N")
+    p.set_defaults(func=cmd_retry)
 
     p = sub.add_parser("validate", help="validate a spec and print its beat plan; renders nothing")
     p.add_argument("spec")

@@ -14,6 +14,8 @@ from pipeline.defs.assets import all_assets
 from pipeline.defs.io_manager import ManifestIOManager
 from pipeline.defs.jobs import all_jobs
 from pipeline.defs.resources import PipelineResource, default_data_dir
+from pipeline.defs.schedules import all_schedules
+from pipeline.defs.sensors import all_sensors
 
 
 def build_definitions(data_dir: str | None = None, **pipeline_options) -> dg.Definitions:
@@ -24,10 +26,12 @@ def build_definitions(data_dir: str | None = None, **pipeline_options) -> dg.Def
     root = str(Path(data_dir or default_data_dir()).expanduser().resolve())
     token = dg.EnvVar("REPLICATE_API_TOKEN") if os.environ.get("REPLICATE_API_TOKEN") else None
     options = {"replicate_api_token": token, "replicate_base_url": os.environ.get("REPLICATE_BASE_URL"),
-               **pipeline_options}
+               "inbox_dir": os.environ.get("PIPELINE_INBOX_DIR"), **pipeline_options}
     return dg.Definitions(
         assets=all_assets,
         jobs=all_jobs,
+        sensors=all_sensors,
+        schedules=all_schedules,
         resources={
             "pipeline": PipelineResource(data_dir=root, **options),
             "io_manager": ManifestIOManager(base_dir=str(Path(root) / "manifests")),

@@ -77,3 +77,15 @@ def load_submission(workspace: Workspace, video_id: str) -> Submission:
         raise UnknownVideoError(
             f"no spec is registered for video {video_id!r} (expected {path}); submit one with "
             f"`pipeline submit SPEC` or `pipeline render SPEC`") from None
+
+
+def list_submissions(workspace: Workspace) -> list[Submission]:
+    """Every registered submission, by video_id. Unreadable entries are skipped (and reported by
+    ``load_submission`` when that video is materialized)."""
+    out = []
+    for path in sorted(workspace.specs.glob("*.json")):
+        try:
+            out.append(Submission.model_validate_json(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            continue
+    return out

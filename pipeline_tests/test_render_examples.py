@@ -111,8 +111,12 @@ def test_runs_are_recorded_in_the_instance(rendered_examples):
 def test_rerun_reuses_everything(rendered_examples):
     env, first = rendered_examples["tortoise-and-hare"]
     before = len(read_call_log(Workspace.at(env.data_dir)))
-    again = env.render(Path("examples/tortoise-and-hare.yaml"), max_parallel=2)
-    assert again.final is not None
+    runs_before = len(env.instance.get_run_records(dg.RunsFilter(tags={"video": "tortoise-and-hare"})))
+    same = env.render(Path("examples/tortoise-and-hare.yaml"), max_parallel=2)
+    assert same.up_to_date and same.runs == [] and same.final.video.sha256 == first.final.video.sha256
+    assert len(env.instance.get_run_records(dg.RunsFilter(tags={"video": "tortoise-and-hare"}))) == runs_before
+    again = env.render(Path("examples/tortoise-and-hare.yaml"), max_parallel=2, force=True)
+    assert again.final is not None and not again.up_to_date
     assert again.final.video.sha256 == first.final.video.sha256
     assert len(read_call_log(Workspace.at(env.data_dir))) == before  # nothing generated again
     assert all(c.video.cache_hit for cv in again.chunk_sets for c in cv.chunks)

@@ -70,6 +70,7 @@ def test_full_render_with_replicate_costs_registry_prices(replicate_env, tmp_pat
 
     # A rerun is free: every call is a cache hit and the server sees no new create.
     creates = server.create_count()
-    again = render_video(spec, defs=env.defs, instance=env.instance, provider="replicate", max_parallel=2)
+    again = render_video(spec, defs=env.defs, instance=env.instance, provider="replicate", max_parallel=2,
+                         force=True)
     assert again.final is not None and again.final.cost_usd == 0
     assert server.create_count() == creates

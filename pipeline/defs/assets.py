@@ -11,11 +11,14 @@ on a phantom segment (no output, no provider call, a log line saying why).
 from contextlib import contextmanager
 from typing import Iterator
 
+import base64
+
 import dagster as dg
 import pandas as pd
 
-from pipeline import stages
-from pipeline.defs.partitions import BY_VIDEO, per_segment, segment_beat, split_key, videos
+from pipeline import media, stages
+from pipeline.defs.io_manager import read_manifest
+from pipeline.defs.partitions import BY_VIDEO, per_segment, segment_beat, segment_partition_key, split_key, videos
 from pipeline.defs.resources import PipelineResource
 from pipeline.ledger import cost_table
 from pipeline.manifests import (
@@ -195,23 +198,54 @@ def music(context: dg.AssetExecutionContext, pipeline: PipelineResource, video_s
     })
 
 
-@dg.asset(partitions_def=videos, group_name="video", kinds={"mp4"})
+FINAL_CHECKS = [
+    dg.AssetCheckSpec("storyboards_match_beats", asset="final_video",
+                      description="Exactly one storyboard image per beat of the plan."),
+    dg.AssetCheckSpec("duration_matches_spec", asset="final_video",
+                      description="The final video lasts the spec's duration_s, within one frame."),
+    dg.AssetCheckSpec("audio_present", asset="final_video",
+                      description="The final video has an audio track as long as the video, within one frame."),
+]
+
+
+@dg.asset(partitions_def=videos, group_name="video", kinds={"mp4"}, check_specs=FINAL_CHECKS)
 def final_video(context: dg.AssetExecutionContext, pipeline: PipelineResource, video_spec: VideoPlan | None,
-                stitched_video: StitchedManifest | None, music: MusicManifest | None) -> dg.Output[FinalManifest]:
+                stitched_video: StitchedManifest | None, music: MusicManifest | None):
     """The stitched video muxed with the music, faded out and loudness-normalized (EBU R128),
-    published at ``data/videos/<video_id>.mp4``. Metadata carries the video's cost table."""
+    published at ``data/videos/<video_id>.mp4``. Metadata: the cost table and a storyboard contact
+    sheet. Checks: storyboards match beats, duration matches the spec, audio present."""
     plan = _require(video_spec, "video_spec", context)
     manifest = stages.mux_video(plan, _require(stitched_video, "stitched_video", context),
                                 _require(music, "music", context), pipeline.generator, pipeline.workspace)
-    costs = cost_table(manifest.costs)
-    return dg.Output(manifest, metadata={
+    boards = [read_manifest(pipeline.manifests_dir, "storyboard_images", str(segment_partition_key(plan.video_id, b.index)))
+              for b in plan.beats]
+    board_paths = [pipeline.generator.local_path(b.image) for b in boards if isinstance(b, StoryboardManifest)]
+    sheet = media.contact_sheet(board_paths, labels=[b.segment for b in plan.beats][:len(board_paths)])
+    info = media.probe(manifest.path, decode=False)
+    frame = 1 / plan.fps
+    yield dg.Output(manifest, metadata={
         "path": dg.MetadataValue.path(manifest.path),
         "duration_s": manifest.video.duration_s,
         "beats": manifest.beats, "chunks": manifest.chunks,
         "cost_usd": manifest.cost_usd,
-        "cost_table": dg.MetadataValue.md(costs.to_markdown(index=False)),
+        "cost_table": dg.MetadataValue.md(cost_table(manifest.costs).to_markdown(index=False)),
+        "storyboard": dg.MetadataValue.md(
+            f"![storyboard contact sheet](data:image/jpeg;base64,{base64.b64encode(sheet).decode()})"),
         "loudness_in_lufs": float(manifest.video.extra.get("loudness", {}).get("input_i", "nan")),
     })
+    board_shas = {b.image.sha256 for b in boards if isinstance(b, StoryboardManifest)}
+    yield dg.AssetCheckResult(check_name="storyboards_match_beats", passed=len(board_shas) == len(plan.beats),
+                              metadata={"beats": len(plan.beats), "storyboard_images": len(board_shas)})
+    duration = manifest.video.duration_s or 0.0
+    yield dg.AssetCheckResult(check_name="duration_matches_spec",
+                              passed=abs(duration - plan.target_duration_s) <= frame + 1e-6,
+                              severity=dg.AssetCheckSeverity.WARN,
+                              metadata={"duration_s": duration, "spec_duration_s": plan.target_duration_s,
+                                        "beats_duration_s": plan.duration_s})
+    audio_s = info.audio_duration_s or 0.0
+    yield dg.AssetCheckResult(check_name="audio_present",
+                              passed=info.has_audio and abs(audio_s - duration) <= frame + 0.05,
+                              metadata={"audio_codec": info.audio_codec or "none", "audio_duration_s": audio_s})
 
 
 segment_assets = [beats, storyboard_images, chunk_videos]

@@ -19,19 +19,34 @@ from pipeline.manifests import dump_manifest, load_manifest
 from pipeline.store import atomic_write_text
 
 
+def manifest_path(base_dir: str | Path, asset: str | dg.AssetKey, partition_key: str | None) -> Path:
+    """Where the manifest of ``asset`` at ``partition_key`` lives under ``base_dir``."""
+    asset_key = asset if isinstance(asset, dg.AssetKey) else dg.AssetKey(asset)
+    root = Path(base_dir).joinpath(*asset_key.path)
+    if partition_key is None:
+        return root / "_unpartitioned.json"
+    if "|" in str(partition_key):
+        video, segment = split_key(partition_key)
+        return root / video / f"{segment}.json"
+    return root / f"{partition_key}.json"
+
+
+def read_manifest(base_dir: str | Path, asset: str, partition_key: str | None) -> BaseModel | None:
+    """The stored manifest of ``asset`` at ``partition_key``, or None if it was never materialized."""
+    path = manifest_path(base_dir, asset, partition_key)
+    try:
+        return load_manifest(path.read_bytes())
+    except FileNotFoundError:
+        return None
+
+
 class ManifestIOManager(dg.ConfigurableIOManager):
     """Stores manifests as JSON under ``base_dir`` (see module doc)."""
 
     base_dir: str
 
     def _path(self, asset_key: dg.AssetKey, partition_key: str | None) -> Path:
-        root = Path(self.base_dir).joinpath(*asset_key.path)
-        if partition_key is None:
-            return root / "_unpartitioned.json"
-        if "|" in partition_key:
-            video, segment = split_key(partition_key)
-            return root / video / f"{segment}.json"
-        return root / f"{partition_key}.json"
+        return manifest_path(self.base_dir, asset_key, partition_key)
 
     def handle_output(self, context: dg.OutputContext, obj: BaseModel | None) -> None:
         if obj is None:

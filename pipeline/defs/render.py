@@ -24,7 +24,9 @@ import dagster as dg
 
 from pipeline.defs.partitions import ensure_partitions, segment_partition_key, videos
 from pipeline.defs.resources import PipelineResource
-from pipeline.manifests import ChunkVideosManifest, FinalManifest, VideoPlan
+from pipeline.defs.io_manager import read_manifest
+from pipeline.defs.status import video_status
+from pipeline.manifests import ChunkVideosManifest, FinalManifest, PlannedBeat, VideoPlan
 from pipeline.submissions import submit_file
 
 QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
@@ -53,6 +55,9 @@ class RenderReport:
     runs: list[RunOutcome]
     final: FinalManifest | None
     seconds: float
+    up_to_date: bool = False
+    """Nothing ran: the final video was already materialized from this exact spec."""
+    stored_chunk_sets: list[ChunkVideosManifest] = field(default_factory=list)
 
     @property
     def failed(self) -> list[RunOutcome]:
@@ -61,7 +66,7 @@ class RenderReport:
     @property
     def chunk_sets(self) -> list[ChunkVideosManifest]:
         """The chunk_videos manifests this render produced, in timeline order."""
-        sets = [r.outputs["chunk_videos"] for r in self.runs if "chunk_videos" in r.outputs]
+        sets = [r.outputs["chunk_videos"] for r in self.runs if "chunk_videos" in r.outputs] or self.stored_chunk_sets
         return sorted(sets, key=lambda cv: cv.index)
 
 
@@ -113,38 +118,91 @@ def _worker_execute(job_name: str, key: str | dict, name: str, tags: dict[str, s
     return execute(_FORKED_DEFS[-1], instance, job_name, partition_key, name=name, tags=tags, want=want)
 
 
+class _Launcher:
+    """Launches this render's runs (in-process, or in the forked pool) and reports them."""
+
+    def __init__(self, defs: dg.Definitions, instance: dg.DagsterInstance, tags: dict[str, str],
+                 on_run: Callable[[str, RunOutcome | None], None] | None):
+        self.defs, self.instance, self.tags = defs, instance, tags
+        self.notify = on_run or (lambda name, outcome: None)
+
+    def run(self, job: str, key, name: str, want: tuple[str, ...] = ()) -> RunOutcome:
+        self.notify(name, None)
+        outcome = execute(self.defs, self.instance, job, key, name=name, tags=self.tags, want=want)
+        self.notify(name, outcome)
+        return outcome
+
+    def run_parallel(self, plan: VideoPlan, segments: list[PlannedBeat], music: bool, max_parallel: int) -> list[RunOutcome]:
+        """Segment runs (longest chains first: the makespan is bounded below by the longest
+        beat) and the music run, ``max_parallel`` at a time in forked worker processes."""
+        order = sorted(segments, key=lambda b: -b.duration_s)
+        jobs = [("render_segment", dict(segment_partition_key(plan.video_id, b.index).keys_by_dimension),
+                 f"segment {b.segment}", ("beats", "chunk_videos")) for b in order]
+        if music:
+            jobs.insert(len(jobs) // 2, ("render_music", plan.video_id, "music", ()))
+        if not jobs:
+            return []
+        _FORKED_DEFS[:] = [self.defs]
+        context = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(max_workers=max(1, min(max_parallel, len(jobs))), mp_context=context) as pool:
+            futures = []
+            for job, key, name, want in jobs:
+                self.notify(name, None)
+                future = pool.submit(_worker_execute, job, key, name, self.tags, want)
+                future.add_done_callback(lambda f, n=name: self.notify(n, f.result()) if not f.exception() else None)
+                futures.append(future)
+            return [f.result() for f in as_completed(futures)]
+
+
+def _finish(launcher: _Launcher, plan: VideoPlan, runs: list[RunOutcome], started: float) -> RenderReport:
+    """Assemble if every run so far succeeded; the report either way."""
+    if any(not r.success for r in runs):
+        return RenderReport(plan.video_id, plan, runs, None, time.monotonic() - started)
+    assembled = launcher.run("assemble_video", plan.video_id, "assemble", want=("final_video",))
+    runs.append(assembled)
+    return RenderReport(plan.video_id, plan, runs, assembled.outputs.get("final_video"), time.monotonic() - started)
+
+
+def up_to_date_report(instance: dg.DagsterInstance, pipeline: PipelineResource, video_id: str,
+                      started: float) -> RenderReport | None:
+    """A report from stored manifests if ``video_id``'s final video is materialized after its spec
+    and after every real segment and its music, and the file is there; else None."""
+    status = video_status(instance, pipeline.manifests_dir, video_id)
+    final = read_manifest(pipeline.manifests_dir, "final_video", video_id)
+    if status.plan is None or not status.ready_to_assemble or not isinstance(final, FinalManifest):
+        return None
+    inputs = [s.chunk_videos_storage_id or 0 for s in status.segments] + [status.music_storage_id or 0]
+    if (status.final_storage_id or 0) <= max(inputs) or not Path(final.path).exists():
+        return None
+    sets = [read_manifest(pipeline.manifests_dir, "chunk_videos", str(segment_partition_key(video_id, b.index)))
+            for b in status.plan.beats]
+    return RenderReport(video_id, status.plan, [], final, time.monotonic() - started,
+                        up_to_date=True, stored_chunk_sets=[c for c in sets if c is not None])
+
+
 def render_video(spec_path: str | Path, *, defs: dg.Definitions, instance: dg.DagsterInstance,
-                 provider: str = "local", max_parallel: int = 2,
+                 provider: str = "local", max_parallel: int = 2, force: bool = False,
                  on_run: Callable[[str, RunOutcome | None], None] | None = None,
                  on_plan: Callable[[VideoPlan], None] | None = None) -> RenderReport:
     """Submit ``spec_path`` and materialize its whole graph. Raises SpecError for an invalid spec.
 
-    ``on_run(name, None)`` is called when a run starts and ``on_run(name, outcome)`` when it ends.
-    Segment runs and the music run share ``max_parallel`` worker processes.
+    When the same spec was rendered before and its final video is up to date, nothing runs
+    (``report.up_to_date``) unless ``force``; a forced rerun re-materializes everything from the
+    cache. ``on_run(name, None)`` is called when a run starts and ``on_run(name, outcome)`` when it
+    ends. Segment runs and the music run share ``max_parallel`` worker processes.
     """
     started = time.monotonic()
     pipeline: PipelineResource = defs.resources["pipeline"]
-    submission, _ = submit_file(pipeline.workspace, spec_path, provider=provider)
+    submission, changed = submit_file(pipeline.workspace, spec_path, provider=provider)
     video_id = submission.video_id
     if not instance.has_dynamic_partition(videos.name, video_id):
         instance.add_dynamic_partitions(videos.name, [video_id])
-    tags = {"video": video_id, "launched_by": "pipeline-cli"}
-    notify = on_run or (lambda name, outcome: None)
-
-    def launch(job: str, key, name: str, want: tuple[str, ...] = ()) -> RunOutcome:
-        notify(name, None)
-        outcome = execute(defs, instance, job, key, name=name, tags=tags, want=want)
-        notify(name, outcome)
-        return outcome
-
-    def submit(pool: ProcessPoolExecutor, job: str, key, name: str, want: tuple[str, ...] = ()):
-        notify(name, None)
-        plain_key = dict(key.keys_by_dimension) if isinstance(key, dg.MultiPartitionKey) else key
-        future = pool.submit(_worker_execute, job, plain_key, name, tags, want)
-        future.add_done_callback(lambda f: notify(name, f.result()) if not f.exception() else None)
-        return future
-
-    planned = launch("plan_video", video_id, "video_spec", want=("video_spec",))
+    if not changed and not force:
+        report = up_to_date_report(instance, pipeline, video_id, started)
+        if report is not None:
+            return report
+    launcher = _Launcher(defs, instance, {"video": video_id, "launched_by": "pipeline-cli"}, on_run)
+    planned = launcher.run("plan_video", video_id, "video_spec", want=("video_spec",))
     runs = [planned]
     if not planned.success:
         return RenderReport(video_id, None, runs, None, time.monotonic() - started)
@@ -152,17 +210,22 @@ def render_video(spec_path: str | Path, *, defs: dg.Definitions, instance: dg.Da
     if on_plan:
         on_plan(plan)
     ensure_partitions(instance, plan)
-    # Longest chains first: the makespan is bounded below by the longest beat.
-    order = sorted(plan.beats, key=lambda b: -b.duration_s)
-    workers = max(1, min(max_parallel, len(order) + 1))
-    _FORKED_DEFS[:] = [defs]
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        futures = [submit(pool, "render_segment", segment_partition_key(video_id, b.index), f"segment {b.segment}",
-                          ("beats", "chunk_videos")) for b in order]
-        futures.insert(len(futures) // 2, submit(pool, "render_music", video_id, "music"))
-        runs += [f.result() for f in as_completed(futures)]
-    if any(not r.success for r in runs):
-        return RenderReport(video_id, plan, runs, None, time.monotonic() - started)
-    assembled = launch("assemble_video", video_id, "assemble", want=("final_video",))
-    runs.append(assembled)
-    return RenderReport(video_id, plan, runs, assembled.outputs.get("final_video"), time.monotonic() - started)
+    runs += launcher.run_parallel(plan, plan.beats, True, max_parallel)
+    return _finish(launcher, plan, runs, started)
+
+
+def retry_video(video_id: str, *, defs: dg.Definitions, instance: dg.DagsterInstance, max_parallel: int = 2,
+                on_run: Callable[[str, RunOutcome | None], None] | None = None) -> RenderReport:
+    """Re-materialize only the failed, missing or stale real segments of ``video_id`` (and its
+    music if needed), then reassemble. Raises LookupError if the video was never planned."""
+    started = time.monotonic()
+    pipeline: PipelineResource = defs.resources["pipeline"]
+    status = video_status(instance, pipeline.manifests_dir, video_id)
+    if status.plan is None:
+        raise LookupError(f"video {video_id!r} has no materialized video_spec; render or submit its spec first")
+    redo = set(status.failed_or_missing)
+    launcher = _Launcher(defs, instance, {"video": video_id, "launched_by": "pipeline-cli", "pipeline/retry": "cli"},
+                         on_run)
+    runs = launcher.run_parallel(status.plan, [b for b in status.plan.beats if b.segment in redo],
+                                 status.video_assets.get("music") != "materialized", max_parallel)
+    return _finish(launcher, status.plan, runs, started)

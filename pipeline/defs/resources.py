@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import dagster as dg
 from pydantic import PrivateAttr
@@ -16,6 +17,7 @@ class PipelineResource(dg.ConfigurableResource):
     """The pipeline's data directory and provider settings.
 
     ``data_dir``: root of media store, cache, manifests, spec registry and logs (see data/README.md).
+    ``inbox_dir``: the folder the inbox sensor watches (default ``<data_dir>/inbox``).
     ``replicate_api_token``: the Replicate token; set it from ``dg.EnvVar("REPLICATE_API_TOKEN")``
     (``pipeline.definitions`` does) so it never appears in run config. ``replicate_base_url``:
     the API root (tests point it at a loopback fake). ``replicate_output_hosts``: hosts (https)
@@ -24,6 +26,7 @@ class PipelineResource(dg.ConfigurableResource):
     """
 
     data_dir: str = "data"
+    inbox_dir: str | None = None
     replicate_api_token: str | None = None
     replicate_base_url: str | None = None
     replicate_output_hosts: list[str] | None = None
@@ -35,6 +38,16 @@ class PipelineResource(dg.ConfigurableResource):
     @property
     def workspace(self) -> Workspace:
         return Workspace.at(self.data_dir)
+
+    @property
+    def inbox_path(self) -> Path:
+        """Where the inbox sensor looks for spec files: ``inbox_dir``, default ``<data_dir>/inbox``."""
+        return Path(self.inbox_dir) if self.inbox_dir else self.workspace.root / "inbox"
+
+    @property
+    def manifests_dir(self) -> Path:
+        """Where the manifest IO manager keeps asset outputs."""
+        return self.workspace.manifests
 
     @property
     def generator(self) -> Generator:

@@ -12,7 +12,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+import os
 import re
 import textwrap
 import wave
@@ -23,7 +25,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from pipeline import media
 from pipeline.generation import GenerationRequest, ProviderResult
-from pipeline.providers.base import Provider
+from pipeline.providers.base import Provider, ProviderError
 from pipeline.spec import MIN_BEAT_S, BeatSpec
 
 SAMPLE_RATE = 44_100
@@ -112,6 +114,7 @@ class LocalProvider(Provider):
     # --- video ---------------------------------------------------------------------------------
 
     def render_chunk(self, request: GenerationRequest, start_image: Path, scratch: Path) -> ProviderResult:
+        injected_fault(request)
         p = request.params
         out = scratch / "chunk.mp4"
         media.render_camera_move(
@@ -140,6 +143,23 @@ class LocalProvider(Provider):
 
     def plan_beats(self, brief: str, *, duration_s: float, style: str, max_beats: int) -> list[BeatSpec]:
         return plan_brief(brief, duration_s=duration_s, max_beats=max_beats)
+
+
+def injected_fault(request: GenerationRequest) -> None:
+    """Fault injection for operating drills and tests: if $PIPELINE_LOCAL_FAULTS names a JSON file
+    ``{"fail": ["<video_id>/<segment>", ...], "retryable": false}``, chunk renders of those segments
+    raise ProviderError. The file is re-read on every call, so editing it heals the segment."""
+    path = os.environ.get("PIPELINE_LOCAL_FAULTS")
+    if not path:
+        return
+    try:
+        faults = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return
+    target = f"{request.labels.get('video_id')}/{request.labels.get('segment')}"
+    if target in faults.get("fail", []):
+        raise ProviderError(f"injected fault for segment {target} (PIPELINE_LOCAL_FAULTS={path})",
+                            retryable=bool(faults.get("retryable", False)))
 
 
 # --- music synthesis ---------------------------------------------------------------------------

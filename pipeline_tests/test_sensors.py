@@ -1,0 +1,173 @@
+"""Sensor and schedule logic with an ephemeral instance and build_sensor_context: partition
+requests, run requests and cursors for new, repeated, changed and invalid specs; fan-out that
+never requests a phantom segment; assembly once per state; bounded scheduled retries."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from pipeline.defs.partitions import segment_partition_key
+from pipeline.defs.render import execute
+from pipeline.defs.resources import PipelineResource
+from pipeline.defs.schedules import MAX_SCHEDULED_RETRIES, failed_segment_requests
+from pipeline.defs.sensors import assembly_sensor, segment_fanout_sensor, spec_inbox_sensor
+from pipeline_tests.conftest import EXAMPLES, write_spec
+
+
+def _drop(inbox: Path, src: Path, name: str | None = None) -> Path:
+    inbox.mkdir(parents=True, exist_ok=True)
+    target = inbox / (name or src.name)
+    target.write_bytes(src.read_bytes())
+    old = time.time() - 10  # settled: not being written any more
+    os.utime(target, (old, old))
+    return target
+
+
+def _tick(sensor, instance, pipeline, cursor=None) -> dg.SensorResult:
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"pipeline": pipeline})
+    return sensor(context)
+
+
+@pytest.fixture
+def setup(tmp_path):
+    with dg.DagsterInstance.ephemeral() as instance:
+        pipeline = PipelineResource(data_dir=str(tmp_path / "data"))
+        yield instance, pipeline, pipeline.inbox_path
+
+
+def test_inbox_new_repeated_changed_and_invalid_specs(setup, tmp_path):
+    instance, pipeline, inbox = setup
+    # Nothing there: nothing requested.
+    empty = _tick(spec_inbox_sensor, instance, pipeline)
+    assert empty.run_requests == [] and empty.dynamic_partitions_requests == []
+
+    # New valid spec: registered, moved to processed/, partition added, video_spec requested.
+    _drop(inbox, EXAMPLES / "tortoise-and-hare.yaml")
+    first = _tick(spec_inbox_sensor, instance, pipeline)
+    [request] = first.run_requests
+    assert request.partition_key == "tortoise-and-hare"
+    assert [r.partition_keys for r in first.dynamic_partitions_requests] == [["tortoise-and-hare"]]
+    assert (inbox / "processed" / "tortoise-and-hare.yaml").exists()
+    assert not (inbox / "tortoise-and-hare.yaml").exists()
+    cursor = json.loads(first.cursor)
+    assert set(cursor) == {"tortoise-and-hare"}
+
+    # Idempotent across ticks: the same cursor requests nothing again.
+    instance.add_dynamic_partitions("videos", ["tortoise-and-hare"])
+    assert _tick(spec_inbox_sensor, instance, pipeline, first.cursor).run_requests == []
+
+    # Identical re-drop: filed away (with a new name), nothing new started.
+    _drop(inbox, EXAMPLES / "tortoise-and-hare.yaml")
+    again = _tick(spec_inbox_sensor, instance, pipeline, first.cursor)
+    assert again.run_requests == [] and again.dynamic_partitions_requests == []
+    assert len(list((inbox / "processed").glob("tortoise-and-hare*.yaml"))) == 2
+
+    # Changed spec for the same video_id: re-plans that video (no new partition needed).
+    spec = yaml.safe_load((EXAMPLES / "tortoise-and-hare.yaml").read_text())
+    spec["beats"][0]["prompt"] = "A boastful hare juggles acorns"
+    changed_path = tmp_path / "changed.yaml"
+    changed_path.write_text(yaml.safe_dump(spec))
+    _drop(inbox, changed_path, "tortoise-v2.yaml")
+    changed = _tick(spec_inbox_sensor, instance, pipeline, again.cursor)
+    [rerun] = changed.run_requests
+    assert rerun.partition_key == "tortoise-and-hare" and rerun.run_key != request.run_key
+    assert changed.dynamic_partitions_requests == []
+
+    # Invalid spec: moved to rejected/ with the reason beside it; nothing requested.
+    bad = write_spec(tmp_path / "bad.yaml", video_id="Bad Id", colour="blue")
+    _drop(inbox, bad)
+    rejected = _tick(spec_inbox_sensor, instance, pipeline, changed.cursor)
+    assert rejected.run_requests == []
+    error = (inbox / "rejected" / "bad.yaml.error.txt").read_text()
+    assert "video_id" in error and "colour: unknown field" in error and "bad.yaml" in error
+    assert (inbox / "rejected" / "bad.yaml").exists() and not (inbox / "bad.yaml").exists()
+
+
+def test_inbox_waits_for_a_file_still_being_written(setup):
+    instance, pipeline, inbox = setup
+    inbox.mkdir(parents=True)
+    (inbox / "fresh.yaml").write_text((EXAMPLES / "water-cycle.yaml").read_text())
+    result = _tick(spec_inbox_sensor, instance, pipeline)
+    assert result.run_requests == [] and (inbox / "fresh.yaml").exists()
+
+
+def _plan(env_defs, instance, spec: Path, data_dir: Path) -> None:
+    from pipeline.store import Workspace
+    from pipeline.submissions import submit_file
+
+    sub, _ = submit_file(Workspace.at(data_dir), spec)
+    instance.add_dynamic_partitions("videos", [sub.video_id])
+    assert execute(env_defs, instance, "plan_video", sub.video_id, name="plan").success
+
+
+def test_fanout_requests_real_segments_and_music_only(env, tmp_path):
+    # A 3-beat video first, so segments 000-002 exist; then a 1-beat video whose 001/002 are phantoms.
+    _plan(env.defs, env.instance, write_spec(tmp_path / "a.yaml", video_id="three"), env.data_dir)
+    pipeline = env.defs.resources["pipeline"]
+    first = _tick(segment_fanout_sensor, env.instance, pipeline)
+    assert [r.partition_keys for r in first.dynamic_partitions_requests] == [["000", "001", "002"]]
+    segs = sorted(r.partition_key.keys_by_dimension["segment"] for r in first.run_requests
+                  if r.job_name == "render_segment")
+    assert segs == ["000", "001", "002"]
+    assert [r.partition_key for r in first.run_requests if r.job_name == "render_music"] == ["three"]
+    env.instance.add_dynamic_partitions("segments", ["000", "001", "002"])
+
+    _plan(env.defs, env.instance, write_spec(tmp_path / "b.yaml", video_id="one",
+                                             beats=[{"prompt": "One shot", "duration_s": 5}]), env.data_dir)
+    second = _tick(segment_fanout_sensor, env.instance, pipeline, first.cursor)
+    assert second.dynamic_partitions_requests == []  # 000 exists already
+    keys = [dict(r.partition_key.keys_by_dimension) for r in second.run_requests if r.job_name == "render_segment"]
+    assert keys == [{"video": "one", "segment": "000"}]  # no phantom 001/002
+    assert int(second.cursor) > int(first.cursor)
+    # Idempotent: the same cursor sees nothing new.
+    assert _tick(segment_fanout_sensor, env.instance, pipeline, second.cursor).run_requests == []
+
+
+def test_assembly_waits_for_every_real_segment_then_fires_once(env, tmp_path):
+    pipeline = env.defs.resources["pipeline"]
+    _plan(env.defs, env.instance, write_spec(tmp_path / "a.yaml", video_id="asm"), env.data_dir)
+    env.instance.add_dynamic_partitions("segments", ["000", "001", "002"])
+    cursor = None
+    for i in (0, 1):
+        assert execute(env.defs, env.instance, "render_segment", segment_partition_key("asm", i), name="s").success
+    assert execute(env.defs, env.instance, "render_music", "asm", name="m").success
+    partial = _tick(assembly_sensor, env.instance, pipeline, cursor)
+    assert partial.run_requests == []  # segment 002 missing
+    assert execute(env.defs, env.instance, "render_segment", segment_partition_key("asm", 2), name="s").success
+    ready = _tick(assembly_sensor, env.instance, pipeline, partial.cursor)
+    [request] = ready.run_requests
+    assert request.partition_key == "asm"
+    assert _tick(assembly_sensor, env.instance, pipeline, ready.cursor).run_requests == []
+    # A re-materialized segment (say, a backfill) assembles again, with a new run key.
+    assert execute(env.defs, env.instance, "render_segment", segment_partition_key("asm", 1), name="s").success
+    [again] = _tick(assembly_sensor, env.instance, pipeline, ready.cursor).run_requests
+    assert again.run_key != request.run_key
+
+
+def test_schedule_retries_failed_segments_a_bounded_number_of_times(env, tmp_path, monkeypatch):
+    pipeline = env.defs.resources["pipeline"]
+    faults = tmp_path / "faults.json"
+    faults.write_text(json.dumps({"fail": ["flaky/001"]}))
+    monkeypatch.setenv("PIPELINE_LOCAL_FAULTS", str(faults))
+    _plan(env.defs, env.instance, write_spec(tmp_path / "a.yaml", video_id="flaky"), env.data_dir)
+    env.instance.add_dynamic_partitions("segments", ["000", "001", "002"])
+    bad = execute(env.defs, env.instance, "render_segment", segment_partition_key("flaky", 1), name="s")
+    assert not bad.success and "injected fault for segment flaky/001" in bad.error
+    requests, exhausted = failed_segment_requests(env.instance, pipeline.manifests_dir, ["flaky"])
+    [request] = requests
+    assert dict(request.partition_key.keys_by_dimension) == {"video": "flaky", "segment": "001"}
+    assert request.tags["pipeline/retry"] == "scheduled" and request.tags["pipeline/retry_attempt"] == "1"
+    assert exhausted == []
+    for _ in range(MAX_SCHEDULED_RETRIES):  # each scheduled retry fails again
+        again = execute(env.defs, env.instance, "render_segment", request.partition_key, name="retry",
+                        tags=request.tags)
+        assert not again.success
+    requests, exhausted = failed_segment_requests(env.instance, pipeline.manifests_dir, ["flaky"])
+    assert requests == [] and exhausted == ["flaky/001"]
