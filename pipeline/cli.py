@@ -245,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--provider", choices=PROVIDERS, default="local", help="generation provider (default: local)")
     p.add_argument("--max-parallel", type=int, default=2, metavar="N",
                    help="segment runs at once (default: 2, one per core here)")
+    for kind in ("image", "video", "music"):
+        p.add_argument(f"--{kind}-model", metavar="REF",
+                       help=f"replicate {kind} model (default: $REPLICATE_{kind.upper()}_MODEL or the registry default)")
     p.add_argument("--force", action="store_true",
                    help="re-materialize every asset even if the video is up to date (cache hits are free)")
     p.set_defaults(func=cmd_render)
@@ -273,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.data_dir:
         os.environ["PIPELINE_DATA_DIR"] = args.data_dir
+    for kind in ("image", "video", "music"):
+        if getattr(args, f"{kind}_model", None):
+            os.environ[f"REPLICATE_{kind.upper()}_MODEL"] = getattr(args, f"{kind}_model")
     try:
         return args.func(args)
     except SpecError as exc:

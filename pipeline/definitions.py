@@ -26,7 +26,10 @@ def build_definitions(data_dir: str | None = None, **pipeline_options) -> dg.Def
     root = str(Path(data_dir or default_data_dir()).expanduser().resolve())
     token = dg.EnvVar("REPLICATE_API_TOKEN") if os.environ.get("REPLICATE_API_TOKEN") else None
     options = {"replicate_api_token": token, "replicate_base_url": os.environ.get("REPLICATE_BASE_URL"),
-               "inbox_dir": os.environ.get("PIPELINE_INBOX_DIR"), **pipeline_options}
+               "inbox_dir": os.environ.get("PIPELINE_INBOX_DIR"),
+               **{f"replicate_{kind}_model": os.environ.get(f"REPLICATE_{kind.upper()}_MODEL")
+                  for kind in ("image", "video", "music")},
+               **pipeline_options}
     return dg.Definitions(
         assets=all_assets,
         jobs=all_jobs,

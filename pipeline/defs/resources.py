@@ -23,6 +23,8 @@ class PipelineResource(dg.ConfigurableResource):
     the API root (tests point it at a loopback fake). ``replicate_output_hosts``: hosts (https)
     or exact origins (http://127.0.0.1:PORT) outputs may be downloaded from; default Replicate's
     delivery hosts. ``replicate_poll_interval_s``: first polling interval, seconds.
+    ``replicate_image_model`` / ``_video_model`` / ``_music_model``: registry refs (pipeline/models.py)
+    replacing the defaults; the video model's chunk length drives the chunk plan.
     """
 
     data_dir: str = "data"
@@ -31,6 +33,9 @@ class PipelineResource(dg.ConfigurableResource):
     replicate_base_url: str | None = None
     replicate_output_hosts: list[str] | None = None
     replicate_poll_interval_s: float = 1.0
+    replicate_image_model: str | None = None
+    replicate_video_model: str | None = None
+    replicate_music_model: str | None = None
 
     _generator: Generator | None = PrivateAttr(default=None)
     _providers: dict = PrivateAttr(default_factory=dict)
@@ -61,6 +66,10 @@ class PipelineResource(dg.ConfigurableResource):
             options: dict = {}
             if name == "replicate":
                 options = {"workspace": self.workspace, "poll_interval_s": self.replicate_poll_interval_s}
+                for kind in ("image", "video", "music"):
+                    ref = getattr(self, f"replicate_{kind}_model")
+                    if ref:
+                        options[f"{kind}_model"] = ref
                 if self.replicate_output_hosts:
                     options["allowed_hosts"] = list(self.replicate_output_hosts)
                 if self.replicate_api_token:
