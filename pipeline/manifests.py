@@ -92,6 +92,8 @@ class VideoPlan(_Manifest):
     beats: list[PlannedBeat]
     truncation: Truncation | None = None
     planned_by: str
+    planning_cost_usd: float = 0.0
+    """What planning a ``brief`` into beats cost (USD); 0 for explicit beats or a cached plan."""
     spec_sha256: str
     source: str
 

@@ -52,6 +52,7 @@ def plan_video(submission: Submission, provider: Provider) -> VideoPlan:
     sum of the kept durations. Raises SpecError for an invalid spec.
     """
     spec = submission.video_spec()
+    paid_before = provider.planner_cost_usd
     if spec.beats is not None:
         beats, planned_by = list(spec.beats), "spec"
     else:
@@ -75,6 +76,7 @@ def plan_video(submission: Submission, provider: Provider) -> VideoPlan:
         duration_s=round(start, 6), aspect_ratio=spec.aspect_ratio, width=width, height=height,
         fps=provider.fps, style=spec.style, music=spec.music, seed=seed, max_cost_usd=spec.max_cost_usd,
         provider=provider.name, beats=planned, truncation=truncation, planned_by=planned_by,
+        planning_cost_usd=round(provider.planner_cost_usd - paid_before, 6),
         spec_sha256=submission.spec_sha256, source=submission.source,
     )
 
@@ -302,6 +304,10 @@ def mux_video(plan: VideoPlan, stitched: StitchedManifest, music: MusicManifest,
     video = generator.generate(request, call)
     published = publish(generator.local_path(video), workspace.videos / f"{plan.video_id}.mp4")
     costs = list(stitched.costs)
+    if plan.planning_cost_usd:
+        costs.insert(0, CostLine(stage="video_spec", segment=None, item="beat plan from the brief", provider=plan.provider,
+                                 model=plan.planned_by.removeprefix("planner:"), units=1, unit="plan",
+                                 cost_usd=plan.planning_cost_usd, cache_hit=False))
     a = music.audio
     costs.append(CostLine(stage="music", segment=None, item="music track", provider=a.provider, model=a.model,
                           units=a.duration_s or 0, unit="audio s", cost_usd=a.cost_usd, cache_hit=a.cache_hit))

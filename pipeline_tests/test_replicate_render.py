@@ -3,6 +3,9 @@ a valid final video whose cost table equals the registry prices times the usage.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import dagster as dg
 import pytest
 
@@ -68,9 +71,35 @@ def test_full_render_with_replicate_costs_registry_prices(replicate_env, tmp_pat
     table = record.asset_materialization.metadata["cost_table"].value
     assert "total" in table and "replicate" in table
 
+    # The token is nowhere: not in the Dagster instance (event log, run storage, compute logs), nor in data/.
+    home = Path(os.environ["DAGSTER_HOME"])
+    leaks = [p for root in (home, env.data_dir) for p in root.rglob("*")
+             if p.is_file() and server.token.encode() in p.read_bytes()]
+    assert leaks == []
+
     # A rerun is free: every call is a cache hit and the server sees no new create.
     creates = server.create_count()
     again = render_video(spec, defs=env.defs, instance=env.instance, provider="replicate", max_parallel=2,
                          force=True)
     assert again.final is not None and again.final.cost_usd == 0
     assert server.create_count() == creates
+
+
+def test_planning_a_brief_is_costed_once(tmp_path):
+    from pipeline import stages
+    from pipeline.providers import get_provider
+    from pipeline.store import Workspace
+    from pipeline.submissions import submit_file
+    from pipeline_tests.conftest import EXAMPLES
+    from pipeline_tests.fake_replicate import provider_options
+
+    with FakeReplicate(run_seconds=(0.01, 0.02)) as server:
+        ws = Workspace.at(tmp_path / "data")
+        provider = get_provider("replicate", **provider_options(server, ws.root))
+        submission, _ = submit_file(ws, EXAMPLES / "water-cycle.yaml", provider="replicate")
+        plan = stages.plan_video(submission, provider)
+        assert plan.planned_by.startswith("planner:meta/") and plan.planning_cost_usd > 0
+        assert abs(sum(b.duration_s for b in plan.beats) - 45) < 1e-6
+        again = stages.plan_video(submission, provider)  # the ledger holds the plan: no new call, no cost
+        assert again.planning_cost_usd == 0 and again.beats == plan.beats
+        assert server.create_count() == 1

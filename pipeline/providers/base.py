@@ -36,6 +36,8 @@ class Provider(ABC):
     planner_model: str
     chunk_seconds: float
     fps: int
+    planner_cost_usd: float = 0.0
+    """Running total (USD) this instance paid for planning; ``plan_video`` records the difference."""
 
     @abstractmethod
     def render_image(self, request: GenerationRequest, scratch: Path) -> ProviderResult:
