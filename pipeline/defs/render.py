@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -145,13 +146,23 @@ class _Launcher:
         _FORKED_DEFS[:] = [self.defs]
         context = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(max_workers=max(1, min(max_parallel, len(jobs))), mp_context=context) as pool:
-            futures = []
+            futures = {}
             for job, key, name, want in jobs:
                 self.notify(name, None)
                 future = pool.submit(_worker_execute, job, key, name, self.tags, want)
                 future.add_done_callback(lambda f, n=name: self.notify(n, f.result()) if not f.exception() else None)
-                futures.append(future)
-            return [f.result() for f in as_completed(futures)]
+                futures[future] = (job, key, name)
+            outcomes = []
+            for future in as_completed(futures):
+                try:
+                    outcomes.append(future.result())
+                except BrokenProcessPool as exc:  # a worker died (OOM, a signal): report, don't crash
+                    job, key, name = futures[future]
+                    outcome = RunOutcome(name=name, job=job, partition=str(key), run_id="", success=False, seconds=0.0,
+                                         error=f"the worker process died ({exc}); run `pipeline retry` to resume")
+                    self.notify(name, outcome)
+                    outcomes.append(outcome)
+            return outcomes
 
 
 def _finish(launcher: _Launcher, plan: VideoPlan, runs: list[RunOutcome], started: float) -> RenderReport:
