@@ -16,7 +16,6 @@ import re
 import shutil
 import subprocess
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -369,10 +368,6 @@ def frame_count(seconds: float, fps: float) -> int:
     """Frames that ``seconds`` covers at ``fps`` (rounded to the nearest frame)."""
     return int(round(seconds * fps))
 
-
-def fps_fraction(fps: float) -> Fraction:
-    """``fps`` as a Fraction (24 -> 24/1, 29.97 -> 2997/100)."""
-    return Fraction(fps).limit_denominator(1001)
 
 
 def contact_sheet(images: list[str | Path], *, columns: int = 4, thumb_width: int = 192,
