@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 from pipeline import media
 from pipeline.manifests import MediaManifest, utc_now
 from pipeline.spec import sha256_json
-from pipeline.store import GenerationCache, LocalMediaStore, Workspace
+from pipeline.store import GenerationCache, LocalMediaStore, MediaStore, Workspace
 
 
 class GenerationRequest(BaseModel):
@@ -77,9 +77,12 @@ class Generator:
     and ``cost_usd=0``; otherwise runs ``call`` in a scratch directory, decodes the output to verify
     it (raising media.MediaError if it is not the promised medium, and storing nothing), moves it
     into the store, records it in the cache and returns its manifest.
+
+    ``store`` and ``cache`` default to the local media store and cache under ``workspace``; pass
+    an ``S3MediaStore`` and a cache over ``S3TextObjects`` to keep both in S3.
     """
 
-    def __init__(self, workspace: Workspace, store: LocalMediaStore | None = None,
+    def __init__(self, workspace: Workspace, store: MediaStore | None = None,
                  cache: GenerationCache | None = None):
         self.workspace = workspace
         self.store = store or LocalMediaStore(workspace.media)

@@ -1,8 +1,12 @@
-"""Where the pipeline keeps things on disk: the workspace layout, the content-addressed media
-store, the generation cache, and atomic file writes.
+"""Where the pipeline keeps things: the workspace layout, the content-addressed media store, small
+text objects (cache index, manifests), the generation cache, and atomic file writes.
 
-Everything is written atomically (temp file in the same directory, then ``os.replace``) so a
-crash never leaves a half-written file where a reader would find it.
+Two small interfaces, each with a local variant here and an S3 variant in ``pipeline.s3_store``:
+``MediaStore`` (put / local_path / has) and ``TextObjects`` (read / write / location). Which
+variant is used is configuration (``PipelineResource``); nothing else knows.
+
+Everything is written atomically (temp file in the same directory, then ``os.replace``; one PUT on
+S3) so a crash never leaves a half-written file where a reader would find it.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Protocol
 
 from pipeline.manifests import MediaManifest
 
@@ -78,6 +82,11 @@ class Workspace:
         return self.root / "videos"
 
     @property
+    def s3cache(self) -> Path:
+        """Local read-through cache of media downloaded from the S3 media store."""
+        return self.root / "s3cache"
+
+    @property
     def logs(self) -> Path:
         return self.root / "logs"
 
@@ -94,6 +103,78 @@ class Workspace:
             yield path
         finally:
             shutil.rmtree(path, ignore_errors=True)
+
+
+class MediaStore(Protocol):
+    """Content-addressed media: ``LocalMediaStore`` or ``pipeline.s3_store.S3MediaStore``."""
+
+    scheme: str
+
+    def put(self, src: str | Path, ext: str | None = None) -> tuple[str, str, int]:
+        """Store the file ``src`` (consumed) under its sha256. Returns (uri, sha256, bytes)."""
+        ...
+
+    def local_path(self, uri: str) -> Path:
+        """A readable local file with the bytes at ``uri``. FileNotFoundError if gone."""
+        ...
+
+    def has(self, uri: str, sha256: str, size: int) -> bool:
+        """True if ``uri`` is stored with ``size`` bytes under ``sha256``'s address."""
+        ...
+
+
+class TextObjects(Protocol):
+    """Small UTF-8 text objects (JSON) by relative "/"-separated key: ``LocalTextObjects`` or
+    ``pipeline.s3_store.S3TextObjects``."""
+
+    def read(self, key: str) -> str | None:
+        """The text at ``key``, or None if there is none."""
+        ...
+
+    def write(self, key: str, text: str) -> None:
+        """Replace the text at ``key`` atomically."""
+        ...
+
+    def location(self, key: str) -> str:
+        """Where ``key`` lives (a local path or an ``s3://`` URI), for metadata and messages."""
+        ...
+
+
+class LocalTextObjects:
+    """Text objects as files under ``root`` (``<root>/<key>``), written with ``atomic_write_text``."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def read(self, key: str) -> str | None:
+        """The file's text, or None if it does not exist."""
+        try:
+            return (self.root / key).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+
+    def write(self, key: str, text: str) -> None:
+        """Write the file atomically, creating directories."""
+        atomic_write_text(self.root / key, text)
+
+    def location(self, key: str) -> str:
+        """The file's path."""
+        return str(self.root / key)
+
+    def __str__(self) -> str:
+        return str(self.root)
+
+
+def text_objects(where: "str | Path | TextObjects") -> "TextObjects":
+    """``where`` as TextObjects: TextObjects as is; an ``s3://bucket/prefix`` string becomes
+    ``S3TextObjects`` (a boto3 client configured by the environment); any other str or Path is a
+    local directory (``LocalTextObjects``)."""
+    if isinstance(where, str) and where.startswith("s3://"):
+        from pipeline.s3_store import S3Location
+
+        bucket, _, prefix = where[len("s3://"):].partition("/")
+        return S3Location(bucket, prefix).text_objects()
+    return LocalTextObjects(where) if isinstance(where, (str, os.PathLike)) else where
 
 
 class LocalMediaStore:
@@ -144,27 +225,33 @@ class LocalMediaStore:
 
 
 class GenerationCache:
-    """Cache key -> manifest of the stored output (JSON files under ``root``).
+    """Cache key -> manifest of the stored output: JSON text objects ``<key[:2]>/<key>.json``
+    under ``root`` (a local directory, or any ``TextObjects`` such as an S3 prefix).
 
     A hit needs both the entry and its media file; anything else is a miss.
     """
 
-    def __init__(self, root: str | Path, store: LocalMediaStore):
-        self.root = Path(root)
+    def __init__(self, root: "str | Path | TextObjects", store: MediaStore):
+        self.objects = text_objects(root)
         self.store = store
 
-    def _path(self, key: str) -> Path:
-        return self.root / key[:2] / f"{key}.json"
+    @staticmethod
+    def _key(key: str) -> str:
+        return f"{key[:2]}/{key}.json"
 
     def get(self, key: str) -> MediaManifest | None:
-        path = self._path(key)
+        """The cached manifest for ``key`` if its entry and its media are both stored, else None."""
+        text = self.objects.read(self._key(key))
+        if text is None:
+            return None
         try:
-            manifest = MediaManifest.model_validate_json(path.read_text())
-        except (FileNotFoundError, ValueError):
+            manifest = MediaManifest.model_validate_json(text)
+        except ValueError:
             return None
         if not self.store.has(manifest.uri, manifest.sha256, manifest.bytes):
             return None
         return manifest
 
     def put(self, key: str, manifest: MediaManifest) -> None:
-        atomic_write_text(self._path(key), manifest.model_dump_json(indent=2))
+        """Record ``manifest`` as the output of ``key`` (atomically replacing any entry)."""
+        self.objects.write(self._key(key), manifest.model_dump_json(indent=2))
