@@ -1,0 +1,213 @@
+"""Real Dagster services for integration tests: a temporary instance (DAGSTER_HOME) configured like
+the repository's dagster.yaml, and ``dagster-daemon`` / ``dagster-webserver`` subprocesses on
+127.0.0.1 that are always stopped, children included, with their logs kept for failure reports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKSPACE_YAML = ROOT / "workspace.yaml"
+BIN = Path(sys.executable).parent
+_ENV_DROP_PREFIXES = ("PIPELINE_", "REPLICATE_", "DAGSTER_")
+"""The services get a clean pipeline/Dagster environment: only the variables set here."""
+
+
+def write_instance_yaml(home: Path) -> Path:
+    """``home/dagster.yaml``: the repository's dagster.yaml (run queue, pools, run retries, run
+    monitoring, telemetry off) with every storage path moved inside ``home`` (absolute paths)."""
+    config = yaml.safe_load((ROOT / "dagster.yaml").read_text())
+    home = home.resolve()
+    config["storage"] = {"sqlite": {"base_dir": str(home / "storage")}}
+    config["local_artifact_storage"]["config"]["base_dir"] = str(home)
+    config["compute_logs"]["config"]["base_dir"] = str(home / "compute_logs")
+    config["telemetry"] = {"enabled": False}
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / "dagster.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    # Create the SQLite storages now: a daemon and a webserver starting together on an empty
+    # instance race to create the same tables ("table alembic_version already exists").
+    import dagster as dg
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        instance.get_runs(limit=1)
+        instance.all_instigator_state()
+        instance.event_log_storage.get_event_records(
+            dg.EventRecordsFilter(event_type=dg.DagsterEventType.ASSET_MATERIALIZATION), limit=1)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], Any], *, timeout: float, interval: float = 1.0,
+               what: str = "condition", on_timeout: Callable[[], str] | None = None) -> Any:
+    """Poll ``predicate`` until it returns something truthy (returned) or ``timeout`` seconds pass
+    (AssertionError naming ``what``, plus ``on_timeout()``'s text)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            detail = on_timeout() if on_timeout else ""
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{detail}")
+        time.sleep(interval)
+
+
+@dataclass
+class Service:
+    """One subprocess in its own session (so it and every child it spawns can be signalled)."""
+
+    name: str
+    proc: subprocess.Popen
+    log_path: Path
+
+    def tail(self, lines: int = 60) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return f"({self.name}: no log)"
+        return f"--- {self.name} ({self.log_path}), last {lines} lines ---\n" + "\n".join(text[-lines:])
+
+    def stop(self, grace_s: float = 15.0) -> None:
+        """SIGTERM the whole process group, then SIGKILL whatever is left after ``grace_s``."""
+        try:
+            pgid = os.getpgid(self.proc.pid)
+        except ProcessLookupError:
+            pgid = self.proc.pid  # leader gone; its group may still have members
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                break
+            if sig == signal.SIGTERM:
+                try:
+                    self.proc.wait(timeout=grace_s)
+                except subprocess.TimeoutExpired:
+                    pass
+                time.sleep(0.5)  # let children of a clean leader exit too, else SIGKILL them
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+@dataclass
+class DagsterStack:
+    """A temporary instance and data directory, and the services running against them."""
+
+    root: Path
+    home: Path
+    data_dir: Path
+    faults: Path
+    env: dict[str, str]
+    services: list[Service] = field(default_factory=list)
+    port: int | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.port is not None, "the webserver is not started"
+        return f"http://127.0.0.1:{self.port}"
+
+    @classmethod
+    def create(cls, root: Path) -> "DagsterStack":
+        home, data = root / "dagster_home", root / "data"
+        write_instance_yaml(home)
+        (data / "inbox").mkdir(parents=True, exist_ok=True)
+        faults = root / "faults.json"
+        faults.write_text('{"fail": []}')
+        env = {k: v for k, v in os.environ.items() if not k.startswith(_ENV_DROP_PREFIXES)}
+        env.update(DAGSTER_HOME=str(home.resolve()), PIPELINE_DATA_DIR=str(data.resolve()),
+                   PIPELINE_LOCAL_FAULTS=str(faults.resolve()), PYTHONUNBUFFERED="1")
+        return cls(root, home, data, faults, env)
+
+    def _start(self, name: str, args: list[str]) -> Service:
+        log_path = self.root / f"{name}.log"
+        log = open(log_path, "ab")
+        try:
+            proc = subprocess.Popen(args, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        finally:
+            log.close()
+        service = Service(name, proc, log_path)
+        self.services.append(service)
+        return service
+
+    def start_daemon(self) -> Service:
+        return self._start("dagster-daemon", [str(BIN / "dagster-daemon"), "run", "-w", str(WORKSPACE_YAML)])
+
+    def start_webserver(self, timeout: float = 120.0) -> Service:
+        self.port = free_port()
+        service = self._start("dagster-webserver", [str(BIN / "dagster-webserver"), "-w", str(WORKSPACE_YAML),
+                                                    "-h", "127.0.0.1", "-p", str(self.port)])
+
+        def up() -> bool:
+            if service.proc.poll() is not None:
+                raise AssertionError(f"dagster-webserver exited with {service.proc.returncode}\n{service.tail()}")
+            try:
+                return httpx.get(f"{self.url}/server_info", timeout=5).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(up, timeout=timeout, interval=0.5, what="dagster-webserver /server_info",
+                   on_timeout=service.tail)
+        # /server_info answers before the code location has loaded; wait until it has.
+        wait_until(lambda: self.location_loaded(), timeout=timeout, interval=1.0,
+                   what="the code location to load in the webserver", on_timeout=service.tail)
+        return service
+
+    def location_loaded(self) -> bool:
+        data = self.graphql("""{ workspaceOrError { __typename ... on Workspace {
+            locationEntries { name loadStatus locationOrLoadError { __typename } } } } }""")
+        entries = data["workspaceOrError"].get("locationEntries") or []
+        return bool(entries) and all(e["loadStatus"] == "LOADED" for e in entries) and \
+            all(e["locationOrLoadError"]["__typename"] == "RepositoryLocation" for e in entries)
+
+    def graphql(self, query: str, variables: dict | None = None, timeout: float = 60.0) -> dict:
+        response = httpx.post(f"{self.url}/graphql", json={"query": query, "variables": variables or {}},
+                              timeout=timeout)
+        response.raise_for_status()
+        body = response.json()
+        if body.get("errors"):
+            raise AssertionError(f"GraphQL errors: {body['errors']}")
+        return body["data"]
+
+    def stop_schedule(self, name: str) -> str:
+        """Stop schedule ``name`` through GraphQL, as the UI's toggle does. Returns its new status."""
+        data = self.graphql("""{ repositoriesOrError { __typename ... on RepositoryConnection {
+            nodes { schedules { name scheduleState { id status } } } } } }""")
+        states = [s["scheduleState"] for repo in data["repositoriesOrError"]["nodes"] for s in repo["schedules"]
+                  if s["name"] == name]
+        assert len(states) == 1, f"schedule {name!r}: {data}"
+        result = self.graphql("""mutation Stop($id: String) { stopRunningSchedule(id: $id) { __typename
+            ... on ScheduleStateResult { scheduleState { status } } ... on PythonError { message } } }""",
+                              {"id": states[0]["id"]})["stopRunningSchedule"]
+        assert result["__typename"] == "ScheduleStateResult", result
+        return result["scheduleState"]["status"]
+
+    def check_alive(self) -> None:
+        for service in self.services:
+            if service.proc.poll() is not None:
+                raise AssertionError(f"{service.name} exited with {service.proc.returncode}\n{service.tail()}")
+
+    def tails(self) -> str:
+        return "\n".join(s.tail() for s in self.services)
+
+    def stop(self) -> None:
+        for service in reversed(self.services):
+            service.stop()
