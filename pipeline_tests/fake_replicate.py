@@ -29,6 +29,14 @@ Fault injection (``FakeReplicate.inject(kind, times=1, model=None, **options)``)
 Latency: ``latency`` (every API request) and ``run_seconds`` (create -> terminal) take a number,
 a ``(low, high)`` uniform range, or a callable returning seconds.
 
+Per-prediction control (benchmarks; all optional): ``run_seconds_for(model, input)`` returns a
+prediction's run time from its model and input (None: use ``run_seconds``), so a run can be keyed
+deterministically by what is asked; ``fault_for(model, input, n)`` returns a fault kind (or a
+``(kind, options)`` pair, or None) for a create request, ``n`` counting the earlier create requests
+with the same model and input (0 for the first); ``render_during_run=True`` renders the output
+inside the run time instead of after it, so create -> terminal takes ``max(run, render)``.
+Each prediction records its drawn run time in ``FakePrediction.run_s``.
+
 Counters: ``creates`` counts predictions actually created per (model, canonical input JSON) --
 the paid attempts; ``create_requests`` counts every create POST received; ``cancels`` lists
 canceled ids; ``requests`` logs (method, path, status).
@@ -142,6 +150,8 @@ class FakePrediction:
     outcome: dict[str, Fault] = field(default_factory=dict)
     release: threading.Event = field(default_factory=threading.Event)
     cancel: threading.Event = field(default_factory=threading.Event)
+    run_s: float | None = None
+    """The run time drawn for this prediction (seconds, create -> terminal), once its worker starts."""
 
     def to_json(self, base: str) -> dict[str, Any]:
         return {
@@ -162,16 +172,25 @@ class FakeReplicate:
     rendered at this fraction of the real models' sizes (speed). ``page_size``: predictions per
     list page. ``output_ttl_s``: output URLs answer 404 this long after completion.
     ``output_origin``: origin used in output URLs (default: this server's own).
+    ``run_seconds_for``, ``fault_for``, ``render_during_run``: per-prediction run times and faults
+    (see the module doc).
     """
 
     def __init__(self, *, token: str = DEFAULT_TOKEN, port: int = 0,
                  latency: float | tuple[float, float] | Callable[[], float] = 0.0,
                  run_seconds: float | tuple[float, float] | Callable[[], float] = (0.05, 0.15),
                  render_scale: float = 0.25, page_size: int = 100, output_ttl_s: float = 3600.0,
-                 output_origin: str | None = None, seed: int = 0):
+                 output_origin: str | None = None, seed: int = 0,
+                 run_seconds_for: Callable[[str, dict[str, Any]], float | None] | None = None,
+                 fault_for: Callable[[str, dict[str, Any], int], Any] | None = None,
+                 render_during_run: bool = False):
         self.token = token
         self.latency = latency
         self.run_seconds = run_seconds
+        self.run_seconds_for = run_seconds_for
+        self.fault_for = fault_for
+        self.render_during_run = render_during_run
+        self.create_requests_by_input: Counter[tuple[str, str]] = Counter()
         self.render_scale = render_scale
         self.page_size = page_size
         self.output_ttl_s = output_ttl_s
@@ -301,9 +320,27 @@ class FakeReplicate:
         with self._lock:
             return "".join(self._rng.choice(string.ascii_lowercase + "0123456789") for _ in range(26))
 
-    def create(self, model: str, version: str, inp: dict[str, Any]) -> FakePrediction:
+    def _fault_for(self, model: str, inp: dict[str, Any]) -> Fault | None:
+        """The ``fault_for`` fault of one create request (counting the request), or None."""
+        with self._lock:
+            n = self.create_requests_by_input[(model, canonical(inp))]
+            self.create_requests_by_input[(model, canonical(inp))] += 1
+        if self.fault_for is None:
+            return None
+        decided = self.fault_for(model, inp, n)
+        if decided is None:
+            return None
+        kind, options = (decided, {}) if isinstance(decided, str) else decided
+        if not any(kind in kinds for kinds in FAULT_KINDS.values()):
+            raise ValueError(f"fault_for returned an unknown fault {kind!r}")
+        return Fault(kind, 0, model, dict(options))
+
+    def create(self, model: str, version: str, inp: dict[str, Any], extra: Fault | None = None) -> FakePrediction:
+        outcome = self._outcome_faults(model)
+        if extra is not None and extra.kind in FAULT_KINDS["outcome"]:
+            outcome[extra.kind] = extra
         pred = FakePrediction(id=self._new_id(), model=model, version=version, input=inp, created_at=time.time(),
-                              outcome=self._outcome_faults(model))
+                              outcome=outcome)
         with self._lock:
             self.predictions[pred.id] = pred
             self.creates[(model, canonical(inp))] += 1
@@ -319,8 +356,17 @@ class FakeReplicate:
             pred.cancel.set()
 
     def _work(self, pred: FakePrediction) -> None:
-        run = pred.outcome["slow"].options.get("seconds", 5.0) if "slow" in pred.outcome else self._seconds(self.run_seconds)
-        if pred.cancel.wait(min(run * 0.2, 0.5)):
+        run = None
+        if "slow" in pred.outcome:
+            run = pred.outcome["slow"].options.get("seconds", 5.0)
+        elif self.run_seconds_for is not None:
+            run = self.run_seconds_for(pred.model, pred.input)
+        if run is None:
+            run = self._seconds(self.run_seconds)
+        run = float(run)
+        pred.run_s = run
+        starting = min(run * 0.2, 0.5)
+        if pred.cancel.wait(starting):
             return
         with self._lock:
             if pred.status != "starting":
@@ -334,11 +380,16 @@ class FakeReplicate:
             while not pred.release.wait(0.05):
                 if pred.cancel.is_set() or self._stop.is_set():
                     return
-        elif pred.cancel.wait(max(0.0, run - run * 0.2)):
+        rendered = None
+        if self.render_during_run and not ({"fail", "abort", "never_finish", "hold"} & pred.outcome.keys()):
+            rendered = self._render_result(pred)
+        if "hold" not in pred.outcome and pred.cancel.wait(max(0.0, pred.created_at + run - time.time())):
             return
         output, error, metrics = None, None, {}
         status = "succeeded"
-        if "fail" in pred.outcome:
+        if rendered is not None:
+            status, output, error, metrics = rendered
+        elif "fail" in pred.outcome:
             status, error = "failed", pred.outcome["fail"].options.get(
                 "error", "The input or output was flagged as sensitive. Please try again with different inputs. (E005)")
         elif "abort" in pred.outcome:
@@ -356,6 +407,14 @@ class FakeReplicate:
             pred.metrics = {"predict_time": round(now - (pred.started_at or now), 3),
                             "total_time": round(now - pred.created_at, 3), **metrics}
             pred.logs += "Done.\n" if status == "succeeded" else f"{status}\n"
+
+    def _render_result(self, pred: FakePrediction) -> tuple[str, Any, str | None, dict[str, Any]]:
+        """(status, output, error, metrics) of rendering ``pred``'s output now."""
+        try:
+            output, metrics = self._render(pred)
+            return "succeeded", output, None, metrics
+        except Exception as exc:  # a bad input the schema check let through
+            return "failed", None, f"{type(exc).__name__}: {exc}", {}
 
     def _add_file(self, pred: FakePrediction, name: str, data: bytes, content_type: str) -> str:
         if "corrupt_output" in pred.outcome:
@@ -601,7 +660,9 @@ def _handler_for(server: FakeReplicate) -> type[BaseHTTPRequestHandler]:
         def _create(self, ref: str, version: str, body: dict[str, Any]) -> None:
             with server._lock:
                 server.create_requests += 1
-            f = server._fault("create", ref)
+            inp = body.get("input")
+            extra = server._fault_for(ref, inp) if isinstance(inp, dict) else None
+            f = extra if extra is not None and extra.kind in FAULT_KINDS["create"] else server._fault("create", ref)
             if f is not None and f.kind == "rate_limit":
                 ra = f.options.get("retry_after", 1)
                 return self._problem(429, "Too Many Requests", f"Request was throttled. Expected available in {ra} second.",
@@ -611,14 +672,13 @@ def _handler_for(server: FakeReplicate) -> type[BaseHTTPRequestHandler]:
                                      f.options.get("detail", "- input.prompt: Does not match the content policy"))
             if f is not None and f.kind == "server_error" and not f.options.get("after_create"):
                 return self._problem(f.options.get("status", 500), "Internal Server Error", "Something went wrong")
-            inp = body.get("input")
             if not isinstance(inp, dict):
                 return self._problem(422, "Input validation failed", "input is required")
             missing = [k for k in FAKE_MODELS[ref]["required"] if k not in inp]
             if missing:
                 return self._problem(422, "Input validation failed",
                                      "; ".join(f"- input: {k} is required" for k in missing))
-            pred = server.create(ref, version, inp)
+            pred = server.create(ref, version, inp, extra)
             if f is not None and f.kind == "server_error":
                 return self._problem(f.options.get("status", 500), "Internal Server Error", "Something went wrong")
             if f is not None and f.kind == "drop_connection":

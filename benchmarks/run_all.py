@@ -1,0 +1,98 @@
+"""Run every benchmark in turn and print every table (``make bench``).
+
+Each benchmark is a script in this directory that also runs alone and prints its own tables:
+
+    bench_makespan.py          1-2. makespan vs the critical path and the reference schedulers; faults
+    bench_local_render.py      3.   local render speed and scaling, first run vs cached rerun
+    bench_stitch.py            4.   stitch throughput (stream copy and re-encode), final mux
+    bench_dagster_overhead.py  5.   Dagster overhead per run, in-process and with the daemon
+
+The combined output (Markdown) is also written to benchmarks/results/latest.md, each script's raw
+numbers to benchmarks/results/<name>.json. Every benchmark uses temporary Dagster homes and data
+directories; nothing touches the repository's data/.
+
+Usage: python benchmarks/run_all.py [--only makespan stitch ...] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import BENCH, RESULTS, machine_info, table  # noqa: E402
+
+BENCHMARKS = [
+    ("makespan", "bench_makespan.py", [], ["--quick"]),
+    ("local_render", "bench_local_render.py", [], ["--lengths", "15", "40"]),
+    ("stitch", "bench_stitch.py", [], ["--lengths", "40", "120"]),
+    ("dagster_overhead", "bench_dagster_overhead.py", [], ["--repeat", "4"]),
+]
+
+
+def load1() -> float:
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--only", nargs="+", choices=[b[0] for b in BENCHMARKS], help="run only these")
+    ap.add_argument("--quick", action="store_true", help="smaller variants of each benchmark (a smoke run)")
+    ap.add_argument("--wait-quiet", type=float, default=60.0,
+                    help="wait up to this many seconds for the 1-minute load average to drop below 1.0")
+    args = ap.parse_args(argv)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out_path = RESULTS / "latest.md"
+    out = open(out_path, "w")
+
+    def say(text: str = "") -> None:
+        print(text, flush=True)
+        out.write(text + "\n")
+        out.flush()
+
+    waited = 0.0
+    while load1() >= 1.0 and waited < args.wait_quiet:
+        time.sleep(5)
+        waited += 5
+    info = machine_info()
+    say("# Benchmark run\n")
+    say(f"Started {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; 1-minute load average at start {load1():.2f}"
+        + (" (the machine was busy: numbers may be inflated)" if load1() >= 1.0 else "") + ".\n")
+    say(table([{"": k, "value": v} for k, v in info.items()]))
+    failures = []
+    started = time.perf_counter()
+    timings = []
+    for name, script, full_args, quick_args in BENCHMARKS:
+        if args.only and name not in args.only:
+            continue
+        cmd = [sys.executable, str(BENCH / script), *(quick_args if args.quick else full_args)]
+        say(f"\n---\n\n<!-- {' '.join(Path(c).name if i < 2 else c for i, c in enumerate(cmd))} -->")
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+                                env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            say(line.rstrip("\n"))
+        rc = proc.wait()
+        timings.append({"benchmark": script, "wall_s": time.perf_counter() - t0, "exit": rc})
+        if rc != 0:
+            failures.append(script)
+    say("\n---\n")
+    say(table(timings))
+    say(f"\nAll benchmarks: {time.perf_counter() - started:.0f} s. Output: {out_path}")
+    if failures:
+        say(f"FAILED: {', '.join(failures)}")
+    out.close()
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
