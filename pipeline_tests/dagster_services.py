@@ -10,9 +10,10 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import httpx
 import yaml
@@ -204,6 +205,22 @@ class DagsterStack:
         for service in self.services:
             if service.proc.poll() is not None:
                 raise AssertionError(f"{service.name} exited with {service.proc.returncode}\n{service.tail()}")
+
+    @contextmanager
+    def running(self, *, daemon: bool) -> Iterator["DagsterStack"]:
+        """Start the webserver (and the daemon if ``daemon``); stop both afterwards, printing the
+        tails of their logs when the body failed."""
+        failed = True
+        try:
+            if daemon:
+                self.start_daemon()
+            self.start_webserver()
+            yield self
+            failed = False
+        finally:
+            self.stop()
+            if failed:
+                print(self.tails())
 
     def tails(self) -> str:
         return "\n".join(s.tail() for s in self.services)

@@ -59,17 +59,8 @@ query BackfillStatus($backfillId: String!) {
 
 @pytest.fixture
 def stack(tmp_path):
-    stack = DagsterStack.create(tmp_path)
-    failed = True
-    try:
-        stack.start_daemon()
-        stack.start_webserver()
+    with DagsterStack.create(tmp_path).running(daemon=True) as stack:
         yield stack
-        failed = False
-    finally:
-        stack.stop()
-        if failed:
-            print(stack.tails())
 
 
 def _drop_specs(stack: DagsterStack, staging: Path) -> None:

@@ -48,15 +48,8 @@ def webserver(tmp_path, monkeypatch):
     with dg.DagsterInstance.get() as instance:
         report = render_video(spec, defs=build_definitions(str(stack.data_dir)), instance=instance)
     assert report.final is not None, [r.error for r in report.failed]
-    failed = True
-    try:
-        stack.start_webserver()
+    with stack.running(daemon=False):
         yield stack
-        failed = False
-    finally:
-        stack.stop()
-        if failed:
-            print(stack.tails())
 
 
 def test_chunk_videos_partitions_page_in_chromium(webserver, tmp_path):
