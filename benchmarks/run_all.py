@@ -35,11 +35,16 @@ BENCHMARKS = [
 ]
 
 
-def load1() -> float:
+def loadavg() -> tuple[float, float, float]:
     try:
-        return float(Path("/proc/loadavg").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return float("nan")
+        a, b, c = Path("/proc/loadavg").read_text().split()[:3]
+        return float(a), float(b), float(c)
+    except (OSError, ValueError):
+        return float("nan"), float("nan"), float("nan")
+
+
+def load1() -> float:
+    return loadavg()[0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,11 +87,14 @@ def main(argv: list[str] | None = None) -> int:
         for line in proc.stdout:
             say(line.rstrip("\n"))
         rc = proc.wait()
-        timings.append({"benchmark": script, "wall_s": time.perf_counter() - t0, "exit": rc})
+        la = loadavg()
+        timings.append({"benchmark": script, "wall_s": time.perf_counter() - t0, "exit": rc,
+                        "load_avg_1/5/15_min_at_end": f"{la[0]:.2f} / {la[1]:.2f} / {la[2]:.2f}"})
         if rc != 0:
             failures.append(script)
     say("\n---\n")
     say(table(timings))
+    say("\nThe load average includes this benchmark's own processes (2 cores: a load of 2 is a busy machine).")
     say(f"\nAll benchmarks: {time.perf_counter() - started:.0f} s. Output: {out_path}")
     if failures:
         say(f"FAILED: {', '.join(failures)}")
