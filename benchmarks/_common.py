@@ -37,6 +37,15 @@ INSTANCE_YAML = "telemetry:\n  enabled: false\n"
 
 # --- environments ------------------------------------------------------------------------------
 
+def scratch_dir(prefix: str) -> Path:
+    """A temporary directory removed when the process exits."""
+    import atexit
+
+    path = Path(tempfile.mkdtemp(prefix=f"bench-{prefix}-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
 @contextlib.contextmanager
 def temp_env(prefix: str, *, keep: bool = False, instance_yaml: str = INSTANCE_YAML) -> Iterator[Path]:
     """A temporary directory with ``dagster_home/`` (a dagster.yaml) and ``data/``; sets

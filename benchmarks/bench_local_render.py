@@ -21,7 +21,6 @@ import argparse
 import math
 import re
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -35,6 +34,7 @@ from _common import (  # noqa: E402
     pyspy_record,
     run_measured,
     save_results,
+    scratch_dir,
     stack_shares,
     subprocess_env,
     table,
@@ -87,7 +87,7 @@ LOCAL_BUCKETS = [
 def profile(args: list[str], root: Path, label: str) -> None:
     """py-spy CPU samples of every Python process of ``args``, bucketed (ffmpeg's own CPU is not
     sampled; the Python frames waiting for it are idle)."""
-    out = Path(tempfile.mkdtemp(prefix="bench-prof-")) / "stacks.txt"
+    out = scratch_dir("prof") / "stacks.txt"
     r = pyspy_record(args, env=subprocess_env(root), cwd=root, out=out)
     if not out.exists():
         emit(f"\n(py-spy could not profile {label}: {r['stderr_tail'][-300:]})")
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     cli = str(VENV_BIN / "pipeline")
     heading("Local render speed and scaling (`pipeline render SPEC`, local provider, --max-parallel 2)", 2)
-    specs_dir = Path(tempfile.mkdtemp(prefix="bench-local-specs-"))
+    specs_dir = scratch_dir("local-specs")
     specs = local_specs(specs_dir, EXAMPLES)
     rows, results = [], {}
     with temp_env("local-baseline") as root:

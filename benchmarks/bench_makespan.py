@@ -30,7 +30,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from _common import (  # noqa: E402
     emit,
     heading,
     save_results,
+    scratch_dir,
     stack_shares,
     table,
     temp_env,
@@ -321,7 +321,7 @@ PROFILE_BUCKETS = [
 
 def profile_run(spec: Path, w: Workload, *, seed: int, scale: float, workers: int) -> None:
     """One more production-polling run, sampled by py-spy (wall time, every worker process)."""
-    out = Path(tempfile.mkdtemp(prefix="bench-prof-")) / "stacks.txt"
+    out = scratch_dir("prof") / "stacks.txt"
     try:
         with PySpyAttach(os.getpid(), out, rate=25):
             r = run_pipeline(spec, w, seed=seed, scale=scale, polling="production", max_parallel=workers)
@@ -373,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
          f"first interval, x1.5 per poll, capped at {REAL_MAX_POLL_INTERVAL_S:g} s) x the same; 'tight' = constant "
          f"{TIGHT_POLL_S * 1000:g} ms. Reference schedulers are simulated on the same draws with zero overhead.")
     results: dict[str, Any] = {"scale": scale, "seed": seed}
-    scratch = tempfile.mkdtemp(prefix="bench-specs-")
+    scratch = str(scratch_dir("specs"))
     specs = makespan_specs(Path(scratch))
 
     if args.real_latency:
@@ -405,7 +405,7 @@ def part_one(args, specs: dict[str, Path], scratch: str, results: dict[str, Any]
     if args.full:
         variants += [("tight polling", "tight", INSTANCE_YAML),
                      ("production polling, consolidated SQLite event log (experiment)", "production",
-                      CONSOLIDATED_YAML.format(base_dir=Path(tempfile.mkdtemp(prefix="bench-evlog-"))))]
+                      CONSOLIDATED_YAML.format(base_dir=scratch_dir("evlog")))]
     runs = {label: run_pipeline(spec, w, seed=seed, scale=scale, polling=polling, max_parallel=workers,
                                 instance_yaml=yaml_text)
             for label, polling, yaml_text in variants}
