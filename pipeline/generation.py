@@ -50,13 +50,23 @@ class GenerationRequest(BaseModel):
 
 @dataclass
 class ProviderResult:
-    """What a provider call produced: a local file, and what it cost (USD) and was called."""
+    """What a provider call produced: a local file, what it was called, and who paid for it.
+
+    - ``cost_usd``: USD *this call* paid (0 for free providers, and 0 when the call adopted a
+      prediction that was paid for already: another process's job, or a refetch of a succeeded one).
+    - ``reused_cost_usd``: USD of the already-paid prediction this call adopted without paying
+      (0 when it paid itself or the provider is free).
+    - ``paid_by``: the video_id whose call paid for the prediction (the ledger job's video), or None
+      for free output. Equal to the request's video when this call paid.
+    """
 
     path: Path
     model: str
     prediction_id: str | None = None
     cost_usd: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    reused_cost_usd: float = 0.0
+    paid_by: str | None = None
 
 
 ProviderCall = Callable[[Path], ProviderResult]
