@@ -84,9 +84,13 @@ class Generator:
     """Runs generation requests through the cache and into the media store.
 
     ``generate(request, call)``: on a cache hit returns the stored manifest with ``cache_hit=True``
-    and ``cost_usd=0``; otherwise runs ``call`` in a scratch directory, decodes the output to verify
-    it (raising media.MediaError if it is not the promised medium, and storing nothing), moves it
-    into the store, records it in the cache and returns its manifest.
+    and ``cost_usd=0`` (``price_usd`` and ``paid_by`` still say what it cost and who paid);
+    otherwise runs ``call`` in a scratch directory, decodes the output to verify it (raising
+    media.MediaError if it is not the promised medium, and storing nothing), moves it into the
+    store, records it in the cache and returns its manifest, whose ``cost_usd`` is what the call
+    paid, ``price_usd`` what the output cost whoever paid (``ProviderResult.cost_usd``, else its
+    ``reused_cost_usd``) and ``paid_by`` the payer (``ProviderResult.paid_by``; when a provider
+    paid without naming the payer, the request's ``video_id`` label; None when free).
 
     ``store`` and ``cache`` default to the local media store and cache under ``workspace``; pass
     an ``S3MediaStore`` and a cache over ``S3TextObjects`` to keep both in S3.
@@ -113,6 +117,7 @@ class Generator:
             result = call(scratch)
             info = _VERIFY[request.media_type](result.path)
             uri, sha, size = self.store.put(result.path)
+        price, payer = _price_and_payer(request, result)
         manifest = MediaManifest(
             media_type=request.media_type,
             uri=uri,
@@ -132,6 +137,8 @@ class Generator:
             cache_hit=False,
             cache_key=key,
             extra=result.extra,
+            price_usd=price,
+            paid_by=payer,
         )
         self.cache.put(key, manifest)
         self._log_call(request, manifest, time.monotonic() - started)
@@ -141,13 +148,24 @@ class Generator:
         line = json.dumps({
             "timestamp": utc_now(), "provider": request.provider, "model": manifest.model,
             "media_type": request.media_type, "cache_key": manifest.cache_key, "sha256": manifest.sha256,
-            "cost_usd": manifest.cost_usd, "seconds": round(seconds, 3), **request.labels,
+            "cost_usd": manifest.cost_usd, "price_usd": manifest.price_usd, "paid_by": manifest.paid_by,
+            "seconds": round(seconds, 3), **request.labels,
         })
         path = self.workspace.logs / "provider_calls.jsonl"
         with self._log_lock:
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(path, "a", encoding="utf-8") as f:
                 f.write(line + "\n")
+
+
+def _price_and_payer(request: GenerationRequest, result: ProviderResult) -> tuple[float, str | None]:
+    """(price USD, payer video_id) of a provider result: what the output cost whoever paid, and who."""
+    price = result.cost_usd if result.cost_usd > 0 else result.reused_cost_usd
+    if price <= 0:
+        return 0.0, result.paid_by
+    if result.paid_by is not None:
+        return price, result.paid_by
+    return price, request.labels.get("video_id") if result.cost_usd > 0 else None
 
 
 def read_call_log(workspace: Workspace) -> list[dict[str, Any]]:

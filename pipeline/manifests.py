@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from pipeline.spec import MusicSpec, Truncation
 
@@ -32,8 +32,18 @@ class MediaManifest(_Manifest):
     """One stored medium and how it was made.
 
     ``uri`` points into the media store; ``sha256``/``bytes`` identify the exact file; width/height
-    are pixels, duration_s seconds, fps frames per second (None where not applicable); cost_usd is
-    what this materialization paid (0 on a cache hit).
+    are pixels, duration_s seconds, fps frames per second (None where not applicable).
+
+    Money (USD), see ``pipeline.costs``:
+
+    - ``cost_usd``: what *this materialization's* call paid (0 on a cache hit, and 0 when the call
+      adopted a prediction someone else paid for).
+    - ``price_usd``: what generating this medium cost whoever paid for it; kept on cache hits.
+    - ``paid_by``: the video_id whose call paid for it; None when it was free (or for manifests
+      written before this field). On a cache hit it still names the payer, so a video can tell an
+      output it paid for in an earlier attempt from one it reused from another video.
+
+    Manifests written before ``price_usd`` existed load with ``price_usd = cost_usd``.
     """
 
     kind: Literal["media"] = "media"
@@ -56,6 +66,15 @@ class MediaManifest(_Manifest):
     created_at: str = Field(default_factory=utc_now)
     extra: dict[str, Any] = Field(default_factory=dict)
     """Step-specific facts (e.g. the stitch method, the measured loudness)."""
+    price_usd: float = 0.0
+    paid_by: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _price_of_old_manifests(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "price_usd" not in data:
+            data = {**data, "price_usd": data.get("cost_usd", 0.0)}
+        return data
 
 
 class PlannedBeat(_Manifest):
@@ -182,6 +201,8 @@ class ChunkVideosManifest(_Manifest):
 
     @property
     def cost_usd(self) -> float:
+        """What this materialization's chunk calls paid (USD; cache hits count 0). A video's real
+        spend is in ``pipeline.costs.video_costs``."""
         return sum(c.video.cost_usd for c in self.chunks)
 
 
@@ -205,21 +226,62 @@ class MusicManifest(_Manifest):
 
 
 class CostLine(_Manifest):
-    """One row of a video's cost table (USD)."""
+    """One row of a video's cost table (``pipeline.costs``). Money in USD.
+
+    - ``paid_usd``: what this video's own calls paid for the line (in this run or an earlier
+      attempt); ``reused_usd``: the price of an output this video used without paying for it
+      (paid by ``paid_by``, another video, or the same video for an output used twice).
+      For a paid provider, ``paid_usd + reused_usd`` is the line's price; both are 0 when free.
+    - ``paid_by``: the payer's video_id (None when free or unknown).
+    - ``source``: "manifest" for a medium the video's manifests use (storyboard image, chunk,
+      music, the brief plan), "ledger" for a prediction the video paid for that no manifest uses
+      (a failed or unusable prediction, an earlier spec version's calls).
+    - ``units``/``unit``: usage (1 image, video/audio seconds); None for ledger lines.
+
+    Lines written before ``paid_usd`` existed load their ``cost_usd`` as ``paid_usd``; the
+    ``cost_usd`` property reads ``paid_usd``.
+    """
 
     stage: str
     segment: str | None
     item: str
     provider: str
     model: str
-    units: float
-    unit: str
-    cost_usd: float
-    cache_hit: bool
+    units: float | None = None
+    unit: str | None = None
+    paid_usd: float = 0.0
+    reused_usd: float = 0.0
+    paid_by: str | None = None
+    cache_hit: bool | None = None
+    prediction_id: str | None = None
+    cache_key: str | None = None
+    source: Literal["manifest", "ledger"] = "manifest"
+    note: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_cost_usd(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "cost_usd" in data:
+            data = dict(data)
+            cost = data.pop("cost_usd")
+            data.setdefault("paid_usd", cost or 0.0)
+        return data
+
+    @property
+    def cost_usd(self) -> float:
+        """What this video paid for the line (USD): ``paid_usd``."""
+        return self.paid_usd
 
 
 class FinalManifest(_Manifest):
-    """Output of ``final_video``: stitched video muxed with loudness-normalized music."""
+    """Output of ``final_video``: stitched video muxed with loudness-normalized music.
+
+    ``costs``: the cost table's lines (``pipeline.costs``) as of the mux. ``paid_usd``: what this
+    video's calls paid (USD), across every attempt, reconciled with the ledger (it equals the
+    ledger's spend for the video when a ledger exists); ``cost_usd`` is the same number, kept for
+    readers of older manifests. ``reused_usd``: the price of outputs it used but others paid for.
+    Older manifests load with ``paid_usd = cost_usd`` and ``reused_usd = 0``.
+    """
 
     kind: Literal["final"] = "final"
     video_id: str
@@ -229,6 +291,15 @@ class FinalManifest(_Manifest):
     chunks: int
     cost_usd: float
     costs: list[CostLine]
+    paid_usd: float = 0.0
+    reused_usd: float = 0.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _paid_of_old_manifests(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "paid_usd" not in data:
+            data = {**data, "paid_usd": data.get("cost_usd", 0.0)}
+        return data
 
 
 StitchedManifest.model_rebuild()

@@ -12,8 +12,9 @@ import os
 import shutil
 from pathlib import Path
 
-from pipeline import media
+from pipeline import costs, media
 from pipeline.generation import GenerationRequest, Generator, ProviderResult
+from pipeline.ledger import Ledger
 from pipeline.manifests import (
     BeatManifest,
     ChunkManifest,
@@ -256,19 +257,10 @@ def stitch_video(plan: VideoPlan, ordered: list[ChunkVideosManifest], generator:
 
 
 def segment_costs(ordered: list[ChunkVideosManifest]) -> list[CostLine]:
-    """Cost table rows of every storyboard image and chunk video (USD, per manifest)."""
-    rows: list[CostLine] = []
-    for cv in ordered:
-        seg = segment_key(cv.index)
-        s = cv.storyboard
-        rows.append(CostLine(stage="storyboard_images", segment=seg, item="storyboard image", provider=s.provider,
-                             model=s.model, units=1, unit="image", cost_usd=s.cost_usd, cache_hit=s.cache_hit))
-        for c in cv.chunks:
-            rows.append(CostLine(stage="chunk_videos", segment=seg,
-                                 item=f"chunk {c.plan.index} ({c.plan.chunk_type.replace('_', ' ')})",
-                                 provider=c.video.provider, model=c.video.model, units=c.video.duration_s or 0,
-                                 unit="video s", cost_usd=c.video.cost_usd, cache_hit=c.video.cache_hit))
-    return rows
+    """Cost lines of every storyboard image and chunk video, in timeline order, attributed from the
+    manifests alone (``pipeline.costs.segment_lines``: paid_usd / reused_usd in USD and the payer);
+    ``final_video`` reconciles them with the ledger."""
+    return [line for cv in ordered for line in costs.segment_lines(cv)]
 
 
 # --- music -------------------------------------------------------------------------------------
@@ -287,9 +279,13 @@ def render_music(plan: VideoPlan, provider: Provider, generator: Generator) -> M
 # --- final_video -------------------------------------------------------------------------------
 
 def mux_video(plan: VideoPlan, stitched: StitchedManifest, music: MusicManifest, generator: Generator,
-              workspace: Workspace) -> FinalManifest:
+              workspace: Workspace, ledger: Ledger | None = None) -> FinalManifest:
     """Mux the stitched video with the music (faded out, loudness-normalized) and publish the
-    result at ``videos/<video_id>.mp4`` (a hard link to the stored file when possible)."""
+    result at ``videos/<video_id>.mp4`` (a hard link to the stored file when possible).
+
+    The manifest's cost lines (``pipeline.costs.final_costs``) are reconciled with ``ledger`` (None:
+    the manifests alone): ``paid_usd`` (= ``cost_usd``) is what this video's calls paid in every
+    attempt, ``reused_usd`` the price of outputs other videos paid for (USD)."""
     request = GenerationRequest(media_type="video", provider=FFMPEG, model="mux-loudnorm-v1",
                                 params={"duration_s": plan.duration_s, "fade_out_s": 2.0,
                                         "loudness": media.LOUDNESS_TARGET},
@@ -304,17 +300,11 @@ def mux_video(plan: VideoPlan, stitched: StitchedManifest, music: MusicManifest,
 
     video = generator.generate(request, call)
     published = publish(generator.local_path(video), workspace.videos / f"{plan.video_id}.mp4")
-    costs = list(stitched.costs)
-    if plan.planning_cost_usd:
-        costs.insert(0, CostLine(stage="video_spec", segment=None, item="beat plan from the brief", provider=plan.provider,
-                                 model=plan.planned_by.removeprefix("planner:"), units=1, unit="plan",
-                                 cost_usd=plan.planning_cost_usd, cache_hit=False))
-    a = music.audio
-    costs.append(CostLine(stage="music", segment=None, item="music track", provider=a.provider, model=a.model,
-                          units=a.duration_s or 0, unit="audio s", cost_usd=a.cost_usd, cache_hit=a.cache_hit))
+    lines = costs.final_costs(plan, stitched, music, ledger)
+    paid, reused = costs.totals(lines)
     return FinalManifest(video_id=plan.video_id, video=video, path=str(published), beats=len(plan.beats),
-                         chunks=sum(1 for c in costs if c.stage == "chunk_videos"),
-                         cost_usd=round(sum(c.cost_usd for c in costs), 6), costs=costs)
+                         chunks=sum(1 for c in lines if c.stage == "chunk_videos" and c.source == "manifest"),
+                         cost_usd=paid, paid_usd=paid, reused_usd=reused, costs=lines)
 
 
 def publish(src: Path, dest: Path) -> Path:

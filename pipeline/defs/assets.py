@@ -16,11 +16,10 @@ import base64
 import dagster as dg
 import pandas as pd
 
-from pipeline import media, stages
+from pipeline import costs, media, stages
 from pipeline.defs.io_manager import read_manifest
 from pipeline.defs.partitions import BY_VIDEO, per_segment, segment_beat, segment_partition_key, split_key, videos
 from pipeline.defs.resources import PipelineResource
-from pipeline.ledger import cost_table
 from pipeline.manifests import (
     BeatManifest,
     ChunkVideosManifest,
@@ -55,6 +54,21 @@ def permanent_errors() -> Iterator[None]:
 
 def _md_table(rows: list[dict]) -> dg.MetadataValue:
     return dg.MetadataValue.md(pd.DataFrame(rows).to_markdown(index=False) if rows else "_none_")
+
+
+COST_TABLE_COLUMNS = ["stage", "segment", "item", "model", "units", "unit", "paid_usd", "reused_usd", "paid_by",
+                      "cache_hit", "note"]
+"""The cost table's columns in final_video's markdown metadata (``costs`` has them all)."""
+
+
+def _table_metadata(table: pd.DataFrame) -> dg.MetadataValue:
+    """A cost table as Dagster table metadata: every column as text (empty when missing), money
+    formatted, with a total row (``pipeline.costs.display_rows``)."""
+    columns = [c for c in table.columns if c != "cache_key"]
+    rows = costs.display_rows(table)
+    return dg.MetadataValue.table(
+        records=[dg.TableRecord({c: r[c] for c in columns}) for r in rows],
+        schema=dg.TableSchema(columns=[dg.TableColumn(c, "string") for c in columns]))
 
 
 def _require(value, what: str, context: dg.AssetExecutionContext):
@@ -152,16 +166,21 @@ def chunk_videos(context: dg.AssetExecutionContext, pipeline: PipelineResource, 
     storyboard = _require(storyboard_images, "storyboard_images", context)
     with permanent_errors():
         manifest = stages.render_chunks(beat, storyboard, pipeline.provider(beat.provider), pipeline.generator)
+    lines = costs.segment_lines(manifest)[1:]
     yield dg.Output(manifest, metadata={
         "chunks": len(manifest.chunks),
         "generated_s": sum(c.video.duration_s or 0 for c in manifest.chunks),
         "duration_s": manifest.duration_s,
         "cost_usd": manifest.cost_usd,
+        "paid_usd": costs.totals(lines)[0],
+        "reused_usd": costs.totals(lines)[1],
         "cache_hits": sum(c.video.cache_hit for c in manifest.chunks),
         "chunk_table": _md_table([{"chunk": c.plan.index, "type": c.plan.chunk_type, "keep_s": c.plan.keep_s,
-                                   "video_s": c.video.duration_s, "cache_hit": c.video.cache_hit,
-                                   "cost_usd": c.video.cost_usd, "sha256": c.video.sha256[:12]}
-                                  for c in manifest.chunks]),
+                                   "video_s": c.video.duration_s, "cache_hit": "yes" if c.video.cache_hit else "no",
+                                   "this_run_usd": costs.money(c.video.cost_usd), "paid_usd": costs.money(line.paid_usd),
+                                   "reused_usd": costs.money(line.reused_usd), "paid_by": line.paid_by or "",
+                                   "sha256": c.video.sha256[:12]}
+                                  for c, line in zip(manifest.chunks, lines)]),
     })
 
 
@@ -191,8 +210,10 @@ def music(context: dg.AssetExecutionContext, pipeline: PipelineResource, video_s
     plan = _require(video_spec, "video_spec", context)
     with permanent_errors():
         manifest = stages.render_music(plan, pipeline.provider(plan.provider), pipeline.generator)
+    line = costs.music_line(plan.video_id, manifest)
     return dg.Output(manifest, metadata={
         "duration_s": manifest.audio.duration_s, "bpm": plan.music.bpm, "cost_usd": manifest.audio.cost_usd,
+        "paid_usd": line.paid_usd, "reused_usd": line.reused_usd, "paid_by": line.paid_by or "",
         "cache_hit": manifest.audio.cache_hit,
         "path": dg.MetadataValue.path(str(pipeline.generator.local_path(manifest.audio))),
     })
@@ -215,20 +236,25 @@ def final_video(context: dg.AssetExecutionContext, pipeline: PipelineResource, v
     published at ``data/videos/<video_id>.mp4``. Metadata: the cost table and a storyboard contact
     sheet. Checks: storyboards match beats, duration matches the spec, audio present."""
     plan = _require(video_spec, "video_spec", context)
+    ledger = costs.open_ledger(pipeline.workspace.root, pipeline.provider(plan.provider))
     manifest = stages.mux_video(plan, _require(stitched_video, "stitched_video", context),
-                                _require(music, "music", context), pipeline.generator, pipeline.workspace)
+                                _require(music, "music", context), pipeline.generator, pipeline.workspace, ledger)
     boards = [read_manifest(pipeline.manifests_dir, "storyboard_images", str(segment_partition_key(plan.video_id, b.index)))
               for b in plan.beats]
     board_paths = [pipeline.generator.local_path(b.image) for b in boards if isinstance(b, StoryboardManifest)]
     sheet = media.contact_sheet(board_paths, labels=[b.segment for b in plan.beats][:len(board_paths)])
     info = media.probe(manifest.path, decode=False)
     frame = 1 / plan.fps
+    table = costs.cost_frame(manifest.costs)
     yield dg.Output(manifest, metadata={
         "path": dg.MetadataValue.path(manifest.path),
         "duration_s": manifest.video.duration_s,
         "beats": manifest.beats, "chunks": manifest.chunks,
         "cost_usd": manifest.cost_usd,
-        "cost_table": dg.MetadataValue.md(cost_table(manifest.costs).to_markdown(index=False)),
+        "paid_usd": manifest.paid_usd,
+        "reused_usd": manifest.reused_usd,
+        "cost_table": dg.MetadataValue.md(costs.markdown(table, columns=COST_TABLE_COLUMNS)),
+        "costs": _table_metadata(table),
         "storyboard": dg.MetadataValue.md(
             f"![storyboard contact sheet](data:image/jpeg;base64,{base64.b64encode(sheet).decode()})"),
         "loudness_in_lufs": float(manifest.video.extra.get("loudness", {}).get("input_i", "nan")),

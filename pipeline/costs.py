@@ -1,0 +1,399 @@
+"""What a video cost: what its own calls paid, and what it reused (DESIGN.md "Cost").
+
+A video's cost table has one line per medium its manifests use (each storyboard image, each chunk,
+the music track) and one for the brief plan, if a planner made it. Each line says
+
+- ``paid_usd``: what this video's calls paid for it, in this run or an earlier attempt (a chunk paid
+  by a killed attempt is a cache hit on the rerun, and still paid by this video);
+- ``reused_usd``: the price of an output it used without paying (a cache hit or an adopted
+  prediction that ``paid_by``, another video, paid for; or an output used twice in one video).
+
+Every prediction the ledger says this video paid for that no line uses (a failed or unusable
+prediction, the calls of a superseded spec version) is a line of its own (``source="ledger"``).
+Paid lines take their amount from the ledger, so with a ledger
+
+    VideoCosts.paid_usd == sum(p.cost_usd for p in ledger.predictions(video_id=video))
+
+except for two documented cases: a brief plan whose planner calls the ledger records without a
+video (its cost comes from ``VideoPlan.planning_cost_usd``), and a medium the manifests say this
+video paid for that the ledger does not know (note "not in the ledger": a moved or deleted ledger).
+Without a ledger (the local provider), the manifests' ``price_usd``/``paid_by`` decide; all 0.
+
+Tables are pandas DataFrames with real dtypes (segment keys are strings, "000"); ``markdown`` and
+``display_rows`` render them with empty cells for missing values, never ``nan``. Report formatting
+for the CLI is in ``pipeline.cost_report``. Nothing here imports Dagster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from pipeline.ledger import Ledger, default_ledger_path
+from pipeline.manifests import (
+    ChunkVideosManifest,
+    CostLine,
+    FinalManifest,
+    MediaManifest,
+    MusicManifest,
+    StitchedManifest,
+    StoryboardManifest,
+    VideoPlan,
+    load_manifest,
+    segment_key,
+)
+from pipeline.store import TextObjects, text_objects
+
+COLUMNS = {
+    "stage": "string", "segment": "string", "item": "string", "provider": "string", "model": "string",
+    "units": "Float64", "unit": "string", "paid_usd": "float64", "reused_usd": "float64", "paid_by": "string",
+    "cache_hit": "boolean", "prediction_id": "string", "source": "string", "note": "string",
+}
+"""The cost table's columns and their pandas dtypes (nullable where a value may be missing)."""
+
+FAILED_STATUSES = ("failed", "canceled", "aborted", "not_found")
+
+
+# --- lines from manifests ----------------------------------------------------------------------
+
+def media_line(video_id: str, medium: MediaManifest, *, stage: str, segment: str | None, item: str,
+               units: float | None, unit: str | None) -> CostLine:
+    """The cost line of one medium a video uses, from its manifest alone (no ledger).
+
+    Price (USD) is ``medium.price_usd`` (``cost_usd`` if that is 0). Paid by ``video_id`` when the
+    manifest names it as payer, or names no payer but this materialization paid; else reused
+    (payer ``medium.paid_by``, possibly None for manifests older than that field). Free: all 0.
+    """
+    price = medium.price_usd if medium.price_usd > 0 else medium.cost_usd
+    payer = medium.paid_by
+    base = dict(stage=stage, segment=segment, item=item, provider=medium.provider, model=medium.model, units=units,
+                unit=unit, cache_hit=medium.cache_hit, prediction_id=medium.prediction_id, cache_key=medium.cache_key)
+    if price <= 0:
+        return CostLine(**base)
+    if payer == video_id or (payer is None and medium.cost_usd > 0):
+        note = "cache hit: paid by an earlier run of this video" if medium.cache_hit else ""
+        return CostLine(**base, paid_usd=price, paid_by=video_id, note=note)
+    how = "cache hit" if medium.cache_hit else "adopted prediction"
+    return CostLine(**base, reused_usd=price, paid_by=payer, note=f"{how}: paid by {payer or 'another video'}")
+
+
+def segment_lines(cv: ChunkVideosManifest) -> list[CostLine]:
+    """Lines of one segment: its storyboard image (1 image), then each chunk (video seconds)."""
+    seg = segment_key(cv.index)
+    lines = [media_line(cv.video_id, cv.storyboard, stage="storyboard_images", segment=seg,
+                        item="storyboard image", units=1, unit="image")]
+    for c in cv.chunks:
+        lines.append(media_line(cv.video_id, c.video, stage="chunk_videos", segment=seg,
+                                item=f"chunk {c.plan.index} ({c.plan.chunk_type.replace('_', ' ')})",
+                                units=c.video.duration_s or 0.0, unit="video s"))
+    return lines
+
+
+def music_line(video_id: str, music: MusicManifest) -> CostLine:
+    """The music track's line (audio seconds)."""
+    a = music.audio
+    return media_line(video_id, a, stage="music", segment=None, item="music track", units=a.duration_s or 0.0,
+                      unit="audio s")
+
+
+def plan_line(plan: VideoPlan) -> CostLine | None:
+    """The brief plan's line (None when the spec gave explicit beats). Paid: ``planning_cost_usd``."""
+    if not plan.planned_by.startswith("planner:"):
+        return None
+    cost = plan.planning_cost_usd
+    return CostLine(stage="video_spec", segment=None, item="beat plan from the brief", provider=plan.provider,
+                    model=plan.planned_by.removeprefix("planner:"), units=1, unit="plan", paid_usd=cost,
+                    paid_by=plan.video_id if cost > 0 else None)
+
+
+def manifest_lines(video_id: str, *, plan: VideoPlan | None = None, chunk_sets: Iterable[ChunkVideosManifest] = (),
+                   storyboards: Iterable[StoryboardManifest] = (), music: MusicManifest | None = None) -> list[CostLine]:
+    """Lines of whatever manifests exist, in table order: plan, each segment (storyboard image, then
+    chunks; a storyboard without chunk_videos alone), music. Segments in key order."""
+    lines: list[CostLine] = []
+    if plan is not None and (line := plan_line(plan)) is not None:
+        lines.append(line)
+    by_segment: dict[int, list[CostLine]] = {cv.index: segment_lines(cv) for cv in chunk_sets}
+    for b in storyboards:  # a segment with a storyboard image but no chunk_videos yet
+        by_segment.setdefault(b.index, [media_line(video_id, b.image, stage="storyboard_images",
+                                                   segment=segment_key(b.index), item="storyboard image",
+                                                   units=1, unit="image")])
+    for index in sorted(by_segment):
+        lines += by_segment[index]
+    if music is not None:
+        lines.append(music_line(video_id, music))
+    return lines
+
+
+# --- the ledger --------------------------------------------------------------------------------
+
+def open_ledger(data_dir: str | Path, provider: Any = None) -> Ledger | None:
+    """The ledger costs are reconciled with: ``provider.ledger`` if the provider has one, else the
+    data directory's ledger (``<data_dir>/ledger.sqlite``) if that file exists, else None."""
+    ledger = getattr(provider, "ledger", None)
+    if isinstance(ledger, Ledger):
+        return ledger
+    path = default_ledger_path(data_dir)
+    return Ledger(path) if path.exists() else None
+
+
+def _ledger_reason(status: str, *, regenerated: bool, job_failed: bool) -> str:
+    if status in FAILED_STATUSES:
+        return f"prediction {status}: no output"
+    if status in ("starting", "processing"):
+        return "prediction still in flight"
+    if regenerated or job_failed:
+        return "paid, but its output was unusable (expired or corrupt) and the request was generated again"
+    return "paid, output not used by this video's manifests (an earlier spec version, or replaced)"
+
+
+def reconcile(video_id: str, lines: Iterable[CostLine], ledger: Ledger | None) -> list[CostLine]:
+    """``lines`` (manifest lines; earlier ledger lines are dropped and recomputed) checked against the
+    ledger, plus one ledger line per prediction of ``video_id`` no line uses.
+
+    A line whose prediction the ledger records for ``video_id`` is paid the ledger's cost (the first
+    line using it; a second use is reused from this video). One recorded for another video is
+    reused, paid by that video. The plan line takes this video's planner predictions, if the ledger
+    has any. Without a ledger the lines are returned as they are (minus old ledger lines).
+    """
+    lines = [line for line in lines if line.source != "ledger"]
+    if ledger is None:
+        return lines
+    own = {p.prediction_id: p for p in ledger.predictions(video_id=video_id)}
+    jobs = {j.key: j for j in ledger.jobs(video_id)}
+    claimed: set[str] = set()
+    out: list[CostLine] = []
+    for line in lines:
+        price = line.paid_usd + line.reused_usd
+        pid = line.prediction_id
+        if line.stage == "video_spec" and pid is None:
+            planner = [p for p in own.values() if p.model == line.model and p.prediction_id not in claimed]
+            if planner:
+                claimed.update(p.prediction_id for p in planner)
+                paid = round(sum(p.cost_usd for p in planner), 6)
+                line = line.model_copy(update={"paid_usd": paid, "reused_usd": 0.0,
+                                               "paid_by": video_id if paid > 0 else None})
+            out.append(line)
+            continue
+        if pid is None:
+            out.append(line)
+            continue
+        record = own.get(pid)
+        if record is not None and pid not in claimed:
+            claimed.add(pid)
+            note = "cache hit: paid by an earlier run of this video" if line.cache_hit and record.cost_usd > 0 else ""
+            out.append(line.model_copy(update={"paid_usd": record.cost_usd, "reused_usd": 0.0,
+                                               "paid_by": video_id if record.cost_usd > 0 else None, "note": note}))
+        elif record is not None:
+            out.append(line.model_copy(update={"paid_usd": 0.0, "reused_usd": price or record.cost_usd,
+                                               "paid_by": video_id, "note": "same output as an earlier line"}))
+        else:
+            found = [p for p in ledger.predictions(key=line.cache_key) if p.prediction_id == pid] \
+                if line.cache_key else []
+            payer = found[0].video_id if found else line.paid_by
+            price = price or (found[0].cost_usd if found else 0.0)
+            if not found and payer == video_id and price > 0:
+                out.append(line.model_copy(update={"note": "not in the ledger"}))
+            elif price > 0:
+                how = "cache hit" if line.cache_hit else "adopted prediction"
+                out.append(line.model_copy(update={"paid_usd": 0.0, "reused_usd": price, "paid_by": payer,
+                                                   "note": f"{how}: paid by {payer or 'another video'}"}))
+            else:
+                out.append(line)
+    used_keys = {line.cache_key for line in out if line.prediction_id in claimed}
+    for p in own.values():
+        if p.prediction_id in claimed:
+            continue
+        job = jobs.get(p.key)
+        labels = job.labels if job is not None else {}
+        reason = _ledger_reason(p.status, regenerated=p.key in used_keys,
+                                job_failed=job is not None and job.prediction_id == p.prediction_id
+                                and job.state == "failed")
+        out.append(CostLine(stage=labels.get("stage", "unknown"), segment=labels.get("segment"),
+                            item=f"prediction {p.prediction_id} ({p.status})", provider=p.provider, model=p.model,
+                            paid_usd=p.cost_usd, paid_by=video_id if p.cost_usd > 0 else None,
+                            prediction_id=p.prediction_id, cache_key=p.key, source="ledger", note=reason))
+    return out
+
+
+def final_costs(plan: VideoPlan, stitched: StitchedManifest, music: MusicManifest,
+                ledger: Ledger | None) -> list[CostLine]:
+    """The final video's cost lines: the plan, the stitched segments' lines, the music, reconciled
+    with ``ledger`` (see ``reconcile``)."""
+    lines = [line for line in [plan_line(plan)] if line is not None]
+    lines += [line for line in stitched.costs if line.source == "manifest"]
+    lines.append(music_line(plan.video_id, music))
+    return reconcile(plan.video_id, lines, ledger)
+
+
+def totals(lines: Iterable[CostLine]) -> tuple[float, float]:
+    """(paid USD, reused USD) of ``lines``, rounded to 1e-6."""
+    lines = list(lines)
+    return round(sum(c.paid_usd for c in lines), 6), round(sum(c.reused_usd for c in lines), 6)
+
+
+# --- a video's table ---------------------------------------------------------------------------
+
+@dataclass
+class VideoCosts:
+    """A video's cost lines and totals (USD).
+
+    ``finished``: the lines come from the final_video manifest (else from whichever segment, music
+    and plan manifests exist). ``ledger_usd``: the ledger's spend for the video (None without a
+    ledger). ``missing_segments``: real segments with no manifest yet (unfinished videos).
+    """
+
+    video_id: str
+    lines: list[CostLine]
+    finished: bool
+    ledger_usd: float | None = None
+    missing_segments: list[str] = field(default_factory=list)
+
+    @property
+    def paid_usd(self) -> float:
+        """What this video's calls paid, every attempt included (USD)."""
+        return totals(self.lines)[0]
+
+    @property
+    def reused_usd(self) -> float:
+        """The price of outputs this video used without paying for them (USD)."""
+        return totals(self.lines)[1]
+
+    @property
+    def table(self) -> pd.DataFrame:
+        """The lines as a DataFrame (``COLUMNS``), without a total row."""
+        return cost_frame(self.lines)
+
+    def by_segment(self) -> dict[str | None, tuple[float, float]]:
+        """{segment key (None for video-level lines): (paid USD, reused USD)}."""
+        out: dict[str | None, tuple[float, float]] = {}
+        for line in self.lines:
+            paid, reused = out.get(line.segment, (0.0, 0.0))
+            out[line.segment] = (round(paid + line.paid_usd, 6), round(reused + line.reused_usd, 6))
+        return out
+
+    def markdown(self) -> str:
+        """The table as markdown with a total row (empty cells for missing values)."""
+        return markdown(self.table)
+
+
+def _read(objects: TextObjects, key: str) -> Any:
+    text = objects.read(key)
+    return None if text is None else load_manifest(text)
+
+
+def video_costs(video_id: str, *, manifests: str | Path | TextObjects, ledger: Ledger | None) -> VideoCosts:
+    """The cost table of ``video_id`` from its stored manifests and the ledger.
+
+    ``manifests``: the manifests base (``PipelineResource.manifests_dir``: a directory, an ``s3://``
+    string or TextObjects), laid out ``<asset>/<video>[/<segment>].json``. Uses the final_video
+    manifest when there is one; otherwise the plan, each real segment's chunk_videos (or, if that is
+    missing, its storyboard image) and the music that exist. Raises LookupError if the video has
+    neither a final_video nor a video_spec manifest.
+    """
+    objects = text_objects(manifests)
+    final = _read(objects, f"final_video/{video_id}.json")
+    ledger_usd = None if ledger is None else round(sum(p.cost_usd for p in ledger.predictions(video_id=video_id)), 6)
+    if isinstance(final, FinalManifest):
+        return VideoCosts(video_id, reconcile(video_id, final.costs, ledger), True, ledger_usd)
+    plan = _read(objects, f"video_spec/{video_id}.json")
+    if not isinstance(plan, VideoPlan):
+        raise LookupError(f"video {video_id!r} has no video_spec manifest (unknown video, or not planned yet)")
+    chunk_sets, boards, missing = [], [], []
+    for seg in plan.segment_keys:
+        cv = _read(objects, f"chunk_videos/{video_id}/{seg}.json")
+        if isinstance(cv, ChunkVideosManifest):
+            chunk_sets.append(cv)
+            continue
+        missing.append(seg)
+        board = _read(objects, f"storyboard_images/{video_id}/{seg}.json")
+        if isinstance(board, StoryboardManifest):
+            boards.append(board)
+    music = _read(objects, f"music/{video_id}.json")
+    lines = manifest_lines(video_id, plan=plan, chunk_sets=chunk_sets, storyboards=boards,
+                           music=music if isinstance(music, MusicManifest) else None)
+    return VideoCosts(video_id, reconcile(video_id, lines, ledger), False, ledger_usd, missing)
+
+
+# --- a time window -----------------------------------------------------------------------------
+
+WINDOW_COLUMNS = {"video_id": "string", "provider": "string", "model": "string", "predictions": "Int64",
+                  "paid_usd": "float64"}
+
+
+def _unix(when: float | datetime | None) -> float | None:
+    return when.timestamp() if isinstance(when, datetime) else when
+
+
+def window_costs(ledger: Ledger, since: float | datetime | None = None,
+                 until: float | datetime | None = None) -> pd.DataFrame:
+    """What was paid in ``[since, until)`` (Unix seconds or aware datetimes; None: unbounded), by
+    the predictions' ``created_at``: one row per (video_id, provider, model) with the number of
+    predictions and their cost (USD), sorted. ``video_id`` is missing for calls made outside any
+    video (the brief planner). The rows' ``paid_usd`` sum is the window's total spend."""
+    lo, hi = _unix(since), _unix(until)
+    groups: dict[tuple, list[float]] = {}
+    for p in ledger.predictions():
+        if (lo is None or p.created_at >= lo) and (hi is None or p.created_at < hi):
+            groups.setdefault((p.video_id, p.provider, p.model), []).append(p.cost_usd)
+    rows = [{"video_id": v, "provider": prov, "model": m, "predictions": len(c), "paid_usd": round(sum(c), 6)}
+            for (v, prov, m), c in sorted(groups.items(), key=lambda kv: tuple(x or "" for x in kv[0]))]
+    return pd.DataFrame(rows, columns=list(WINDOW_COLUMNS)).astype(WINDOW_COLUMNS)
+
+
+# --- tables --------------------------------------------------------------------------------------
+
+def cost_frame(lines: Iterable[CostLine]) -> pd.DataFrame:
+    """``lines`` as a DataFrame with ``COLUMNS`` and their dtypes (no total row)."""
+    rows = [{c: getattr(line, c) for c in COLUMNS} for line in lines]
+    return pd.DataFrame(rows, columns=list(COLUMNS)).astype(COLUMNS)
+
+
+def money(usd: float) -> str:
+    """USD as text: 4 decimals, 6 when 4 would round it ("0.0500", "0.000051")."""
+    return f"{usd:.4f}" if abs(round(usd, 4) - usd) < 1e-12 else f"{usd:.6f}"
+
+
+def _cell(column: str, value: Any) -> str:
+    if value is None or value is pd.NA or (isinstance(value, float) and value != value):
+        return ""
+    if column.endswith("_usd"):
+        return money(float(value))
+    if pd.api.types.is_bool(value):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def display_rows(df: pd.DataFrame, *, total: bool = True, label: str | None = None) -> list[dict[str, str]]:
+    """Rows of ``df`` as {column: text}: money with ``money``, booleans yes/no, missing values "".
+    With ``total``, a last row labelled "total" (in ``label``, default the first column) sums every
+    ``*_usd`` and integer column."""
+    rows = [{c: _cell(c, v) for c, v in zip(df.columns, values)} for values in df.itertuples(index=False)]
+    if total and len(df.columns):
+        first = label or df.columns[0]
+        row = {c: "" for c in df.columns}
+        row[first] = "total"
+        for c in df.columns:
+            if c.endswith("_usd"):
+                row[c] = money(round(float(df[c].sum()), 6))
+            elif pd.api.types.is_integer_dtype(df[c]) and c != first:
+                row[c] = str(int(df[c].sum()))
+        if "item" in df.columns and first != "item":
+            row["item"] = f"{len(df)} line{'' if len(df) == 1 else 's'}"
+        rows.append(row)
+    return rows
+
+
+def markdown(df: pd.DataFrame, *, total: bool = True, columns: list[str] | None = None) -> str:
+    """``df`` (``columns`` of it, default all but cache_key) as a markdown table via
+    ``DataFrame.to_markdown`` with number parsing off, so "000" stays "000" and nothing reads ``nan``."""
+    rows = display_rows(df, total=total)
+    keep = columns or [c for c in df.columns if c != "cache_key"]
+    return pd.DataFrame([{c: r[c] for c in keep} for r in rows], columns=keep).to_markdown(
+        index=False, disable_numparse=True)
