@@ -1,0 +1,181 @@
+"""Input images for models: small ones inline as PNG data URIs, large ones through the Replicate
+Files API (``POST /v1/files``), uploaded once per content.
+
+A data URI over a few hundred KB bloats every create request (and every prediction listing the
+lookup reads): 1.1 MB at 854x480, 22 MB at 4K. So a PNG over MAX_DATA_URI_PNG_BYTES is uploaded and
+its file URL (``urls.get``) is the model input. Uploads are idempotent per content sha256: the
+ledger file's ``uploads`` table records sha256 -> file id, URL and expiry, and a file lock per
+sha256 serializes processes on this machine, so a retry, a resumed job or another process sends
+the byte-identical URL (and the lookup-before-create still matches the earlier prediction). A
+record is reused while it has at least ``min_ttl_s`` left; one written by another process or an
+earlier run is checked once with ``GET /v1/files/{id}`` before use.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from pipeline.ledger import Ledger
+from pipeline.procs import file_lock
+from pipeline.providers.replicate.client import ReplicateApi, Transient, parse_time
+
+log = logging.getLogger("pipeline.providers.replicate")
+
+MAX_DATA_URI_PNG_BYTES = 256 << 10
+"""Input images whose PNG is at most this many bytes go inline as data URIs; larger ones are uploaded."""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS uploads (
+    file_id      TEXT PRIMARY KEY,
+    sha256       TEXT NOT NULL,
+    url          TEXT NOT NULL,
+    size         INTEGER NOT NULL,
+    content_type TEXT NOT NULL,
+    expires_at   REAL,
+    created_at   REAL NOT NULL,
+    gone         INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS uploads_sha ON uploads (sha256, created_at);
+CREATE INDEX IF NOT EXISTS uploads_url ON uploads (url)
+"""
+
+
+def image_data_uri(path: str | Path) -> str:
+    """A ``data:`` URI of an image: the PNG itself up to MAX_DATA_URI_PNG_BYTES, else a JPEG
+    (quality 92, 4:4:4) of it. Deterministic, so a rerun sends byte-identical input. (The provider
+    uploads large images instead: ``Uploads.image_input``.)"""
+    path = Path(path)
+    data = path.read_bytes()
+    if path.suffix.lower() == ".png" and len(data) <= MAX_DATA_URI_PNG_BYTES:
+        mime = "image/png"
+    else:
+        with Image.open(io.BytesIO(data)) as im:
+            buf = io.BytesIO()
+            im.convert("RGB").save(buf, format="JPEG", quality=92, subsampling=0)
+        data, mime = buf.getvalue(), "image/jpeg"
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def png_bytes(path: str | Path) -> bytes:
+    """The image at ``path`` as PNG bytes: the file itself if it is a PNG, else a lossless PNG of it."""
+    path = Path(path)
+    data = path.read_bytes()
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return data
+    with Image.open(io.BytesIO(data)) as im:
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@dataclass(frozen=True)
+class UploadRecord:
+    """One uploaded file: its ``file_id``, ``url`` (the model input), content ``sha256``, ``size``
+    (bytes) and ``expires_at`` (Unix seconds, None if it does not expire)."""
+
+    file_id: str
+    sha256: str
+    url: str
+    size: int
+    expires_at: float | None
+    created_at: float
+
+
+class Uploads:
+    """Uploads of input images for one provider (see the module doc). ``min_ttl_s``: the least
+    lifetime (seconds) a recorded file must have left to be reused: longer than a prediction may
+    wait before reading its input."""
+
+    def __init__(self, api: ReplicateApi, ledger: Ledger, *, min_ttl_s: float):
+        self.api, self.ledger, self.min_ttl_s = api, ledger, float(min_ttl_s)
+        self._checked: set[str] = set()
+        self._lock = threading.Lock()
+        with ledger.transaction() as db:
+            for statement in _SCHEMA.split(";"):
+                db.execute(statement)
+
+    def image_input(self, path: str | Path) -> str:
+        """The model input for the image at ``path``: a PNG data URI up to MAX_DATA_URI_PNG_BYTES,
+        else the URL of its uploaded PNG. Raises ProviderError if an upload fails."""
+        data = png_bytes(path)
+        if len(data) <= MAX_DATA_URI_PNG_BYTES:
+            return f"data:image/png;base64,{base64.b64encode(data).decode('ascii')}"
+        return self.url_for(data, content_type="image/png", suffix=".png")
+
+    def url_for(self, data: bytes, *, content_type: str, suffix: str) -> str:
+        """The file URL of ``data``, uploading it unless a usable upload of the same sha256 is
+        recorded. Raises ProviderError if the upload fails."""
+        sha = hashlib.sha256(data).hexdigest()
+        with file_lock(self.ledger.path.parent / "locks" / f"upload-{sha[:40]}.lock"):
+            record = self.record(sha)
+            if record is not None and self._still_there(record):
+                return record.url
+            info = self.api.upload(data, filename=f"{sha[:16]}{suffix}", content_type=content_type)
+            url = (info.get("urls") or {}).get("get")
+            if not info.get("id") or not url:
+                raise self.api.error(f"the Files API answered an upload of {len(data)} bytes without an id or URL",
+                                     retryable=True)
+            now = time.time()
+            with self.ledger.transaction() as db:
+                db.execute("INSERT OR REPLACE INTO uploads (file_id, sha256, url, size, content_type, expires_at,"
+                           " created_at, gone) VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
+                           (info["id"], sha, url, len(data), content_type, parse_time(info.get("expires_at")), now))
+            with self._lock:
+                self._checked.add(info["id"])
+            log.info("uploaded input %s (%d bytes) as file %s", sha[:12], len(data), info["id"])
+            return url
+
+    def record(self, sha256: str) -> UploadRecord | None:
+        """The newest recorded upload of ``sha256`` with at least ``min_ttl_s`` left, or None."""
+        floor = time.time() + self.min_ttl_s
+        with self.ledger.connect() as db:
+            row = db.execute("SELECT * FROM uploads WHERE sha256 = ? AND gone = 0 AND (expires_at IS NULL OR"
+                             " expires_at > ?) ORDER BY created_at DESC LIMIT 1", (sha256, floor)).fetchone()
+        return _record(row) if row else None
+
+    def sha_for_url(self, url: str) -> str | None:
+        """The content sha256 of an uploaded file's ``url`` (any upload ever recorded), or None."""
+        with self.ledger.connect() as db:
+            row = db.execute("SELECT sha256 FROM uploads WHERE url = ? LIMIT 1", (url,)).fetchone()
+        return row["sha256"] if row else None
+
+    def normalize(self, value: Any) -> Any:
+        """``value`` with recorded upload URLs replaced by ``"sha256:<hex>"`` (for comparing inputs
+        that refer to the same content through different uploads)."""
+        if isinstance(value, str) and value.startswith(("https://", "http://")):
+            sha = self.sha_for_url(value)
+            return f"sha256:{sha}" if sha else value
+        return value
+
+    def _still_there(self, record: UploadRecord) -> bool:
+        with self._lock:
+            if record.file_id in self._checked:
+                return True
+        try:
+            found = self.api.get_file(record.file_id)
+        except Transient as exc:  # cannot tell: use it; a create with a missing file fails with 4xx
+            log.warning("could not check uploaded file %s (%s); using it", record.file_id, self.api.redact(str(exc)))
+            return True
+        if found is None:
+            log.info("uploaded file %s is gone; uploading its content again", record.file_id)
+            with self.ledger.transaction() as db:
+                db.execute("UPDATE uploads SET gone = 1 WHERE file_id = ?", (record.file_id,))
+            return False
+        with self._lock:
+            self._checked.add(record.file_id)
+        return True
+
+
+def _record(row) -> UploadRecord:
+    return UploadRecord(file_id=row["file_id"], sha256=row["sha256"], url=row["url"], size=row["size"],
+                        expires_at=row["expires_at"], created_at=row["created_at"])

@@ -1,0 +1,245 @@
+"""One prediction's life on the API: create (retried, with a lookup after every ambiguous failure),
+look up an earlier create, poll to a terminal status, cancel at the deadline.
+
+- **Create** is never blindly repeated: 429 waits for Retry-After; after an *ambiguous* failure
+  (timeout, dropped connection, 5xx) the next attempt first looks the prediction up
+  (``GET /v1/predictions``), so a create that reached Replicate is adopted rather than paid twice.
+  4xx answers (invalid input, content policy, 401/402) are permanent. Every create carries
+  ``Cancel-After`` = the polling deadline, so a killed process leaves nothing running for long.
+  A create is only sent while the caller's ledger lease is held.
+- **Poll** (tenacity: backoff ``poll_interval_s`` x1.5 up to ``max_poll_interval_s``) until
+  ``succeeded``, ``failed``, ``canceled`` or ``aborted``, or the per-kind deadline, when the
+  prediction is canceled and the ledger job closed as ``canceled``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    retry_if_result,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential,
+    wait_exponential_jitter,
+)
+
+from pipeline.ledger import Job, Lease, Ledger
+from pipeline.models import ReplicateModel
+from pipeline.providers.base import ProviderError
+from pipeline.providers.replicate.client import (
+    Ambiguous,
+    NotFound,
+    NotSent,
+    RateLimited,
+    ReplicateApi,
+    Transient,
+    iso,
+    parse_time,
+)
+
+log = logging.getLogger("pipeline.providers.replicate")
+
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled", "aborted"})
+"""Every terminal status the API sends. Anything else is treated as still running."""
+
+
+class Predictions:
+    """Create, look up, poll and cancel predictions for one provider (see the module doc).
+
+    Times in seconds: ``deadlines_s`` polling deadline by model kind; ``poll_interval_s`` ..
+    ``max_poll_interval_s`` polling backoff; ``max_create_attempts`` with backoff
+    ``backoff_initial_s`` .. ``max_backoff_s``; ``lookup_skew_s`` how far before an intent a lookup
+    still matches; ``lookup_max_pages`` pages of ``GET /v1/predictions`` read at most.
+    ``normalize`` maps an input value to what it is compared as (upload URL -> content sha256).
+    """
+
+    def __init__(self, api: ReplicateApi, ledger: Ledger, *, deadlines_s: dict[str, float], poll_interval_s: float,
+                 max_poll_interval_s: float, max_create_attempts: int, backoff_initial_s: float, max_backoff_s: float,
+                 lookup_skew_s: float, lookup_max_pages: int, normalize: Callable[[Any], Any] = lambda v: v):
+        self.api, self.ledger = api, ledger
+        self.deadlines_s = deadlines_s
+        self.poll_interval_s, self.max_poll_interval_s = poll_interval_s, max_poll_interval_s
+        self.max_create_attempts = max(1, max_create_attempts)
+        self.backoff_initial_s, self.max_backoff_s = backoff_initial_s, max_backoff_s
+        self.lookup_skew_s, self.lookup_max_pages = lookup_skew_s, lookup_max_pages
+        self.normalize = normalize
+
+    # --- create --------------------------------------------------------------------------------
+
+    def create(self, job: Job, model: ReplicateModel, inp: dict[str, Any], lease: Lease) -> tuple[str, bool, int]:
+        """Create ``job``'s prediction, retrying 429 (after Retry-After), 5xx, timeouts and dropped
+        connections; after an ambiguous failure, look it up before creating again. Returns
+        (prediction id, adopted, creates sent). Raises ProviderError: permanent for a refusal
+        (the job is closed ``failed``), retryable when retries are exhausted or the lease was lost."""
+        state = {"ambiguous": False, "sent": 0}
+        backoff = wait_exponential_jitter(initial=self.backoff_initial_s, max=self.max_backoff_s)
+        deadline_s = self.deadlines_s[model.kind]
+
+        def wait(rs: RetryCallState) -> float:
+            exc = rs.outcome.exception()
+            if isinstance(exc, RateLimited) and exc.retry_after is not None:
+                return min(self.max_backoff_s, exc.retry_after * (1 + random.uniform(0, 0.1)))
+            return backoff(rs)
+
+        def before_sleep(rs: RetryCallState) -> None:
+            log.warning("%s: create attempt %d failed (%s); retrying in %.2f s", model.id, rs.attempt_number,
+                        self.api.redact(str(rs.outcome.exception())), rs.next_action.sleep)
+
+        def attempt_once() -> tuple[str, bool]:
+            if state["ambiguous"]:
+                found = self.lookup(model, inp, since=job.intent_at)
+                if found:
+                    log.info("%s: the earlier create did reach Replicate; adopting prediction %s", model.id, found)
+                    return found, True
+            if lease.lost:
+                raise ProviderError(f"{model.id}: another process took over job {job.key[:12]} (this process lost "
+                                    "its ledger lease); not creating a prediction", retryable=True)
+            state["sent"] += 1
+            try:
+                pred = self.api.create(model, inp, deadline_s=deadline_s)
+            except Ambiguous:
+                state["ambiguous"] = True
+                raise
+            except ProviderError as exc:  # refused (4xx): nothing was created
+                if not state["ambiguous"]:
+                    self.ledger.finish(job.key, "failed", error=str(exc), status="refused", owner=lease.owner,
+                                       retryable=False)
+                raise
+            log.info("%s: created prediction %s", model.id, pred["id"])
+            return pred["id"], False
+
+        retrying = Retrying(stop=stop_after_attempt(self.max_create_attempts), wait=wait,
+                            retry=retry_if_exception_type((RateLimited, Ambiguous, NotSent)),
+                            before_sleep=before_sleep, reraise=True)
+        try:
+            for attempt in retrying:
+                with attempt:
+                    pid, adopted = attempt_once()
+                    return pid, adopted, state["sent"]
+        except (RateLimited, Ambiguous, NotSent) as exc:
+            if state["ambiguous"]:  # a create may exist: keep the intent, so the next run looks it up again
+                found = self.lookup(model, inp, since=job.intent_at)
+                if found:
+                    return found, True, state["sent"]
+            error = self.api.error(f"could not create a {model.id} prediction after {state['sent']} attempts: {exc}",
+                                   retryable=True)
+            if not state["ambiguous"]:  # certainly nothing created: release the budget reservation
+                self.ledger.finish(job.key, "failed", error=str(error), status="not_created", owner=lease.owner,
+                                   retryable=True)
+            raise error from None
+        raise AssertionError("unreachable")
+
+    # --- lookup --------------------------------------------------------------------------------
+
+    def matches(self, p: dict[str, Any], model: ReplicateModel, inp: dict[str, Any]) -> bool:
+        """True if prediction JSON ``p`` is ``model`` (and version) run on ``inp``. An uploaded
+        file counts as its content; a data URI matches a URL (the API may show an uploaded copy)."""
+        if p.get("model") != model.ref or (model.version and p.get("version") != model.version):
+            return False
+        got = p.get("input")
+        if not isinstance(got, dict):
+            return False
+        for k, v in inp.items():
+            if k not in got:
+                return False
+            g = got[k]
+            if g == v or (isinstance(v, str) and isinstance(g, str) and self.normalize(g) == self.normalize(v)):
+                continue
+            if isinstance(v, str) and v.startswith("data:") and isinstance(g, str) and g.startswith(("https://", "http://")):
+                continue
+            return False
+        return True
+
+    def lookup(self, model: ReplicateModel, inp: dict[str, Any], *, since: float) -> str | None:
+        """The id of a prediction of ``model`` with input ``inp`` created since ``since`` (Unix s,
+        minus ``lookup_skew_s``), via ``GET /v1/predictions`` (newest first). A succeeded one is
+        preferred, then a running one. None if there is none. Raises ProviderError (retryable) if
+        the list cannot be read: creating blindly could pay twice."""
+        floor = since - self.lookup_skew_s
+        path: str | None = f"/v1/predictions?created_after={iso(floor)}"
+        found: list[dict[str, Any]] = []
+        for _ in range(self.lookup_max_pages):
+            try:
+                data = self.api.get_json(path, what="list predictions",
+                                         until=time.monotonic() + 3 * self.api.request_timeout_s)
+            except (Transient, NotFound) as exc:
+                raise self.api.error(f"could not look up earlier {model.id} predictions ({exc}); not creating "
+                                     "another one, to avoid paying twice", retryable=True) from None
+            older = False
+            for p in data.get("results") or []:
+                created = parse_time(p.get("created_at"))
+                if created is not None and created < floor:
+                    older = True
+                    continue
+                if self.matches(p, model, inp):
+                    found.append(p)
+            path = data.get("next")
+            if older or not path:
+                break
+            if "://" in path and urlsplit(path)[:2] != urlsplit(self.api.base_url)[:2]:
+                log.warning("not following a predictions page on another origin (the token would go there)")
+                break
+        if not found:
+            return None
+        rank = {"succeeded": 0, "processing": 1, "starting": 1}
+        best = min(found, key=lambda p: (rank.get(p.get("status"), 2), -(parse_time(p.get("created_at")) or 0)))
+        return best["id"]
+
+    # --- poll ----------------------------------------------------------------------------------
+
+    def get(self, pid: str, *, until: float) -> dict[str, Any]:
+        """The prediction JSON of ``pid``, retrying transient failures until monotonic ``until``.
+        Raises NotFound, Transient or ProviderError."""
+        return self.api.get_json(f"/v1/predictions/{pid}", what=f"prediction {pid}", until=until)
+
+    def poll(self, key: str, pid: str, model: ReplicateModel, lease: Lease) -> dict[str, Any]:
+        """Poll prediction ``pid`` until a terminal status; on the deadline, cancel it and raise
+        ProviderError(retryable). If the API stays unreachable, raise ProviderError(retryable) and
+        leave the ledger in flight so a rerun resumes this prediction."""
+        deadline_s = self.deadlines_s[model.kind]
+        started = time.monotonic()
+        deadline = started + deadline_s
+        base = wait_exponential(multiplier=self.poll_interval_s, exp_base=1.5, max=self.max_poll_interval_s)
+
+        def read() -> dict[str, Any]:
+            try:
+                return self.get(pid, until=deadline)
+            except NotFound:
+                msg = f"{model.id} prediction {pid} does not exist on Replicate (HTTP 404; another account's ledger?)"
+                self.ledger.finish(key, "failed", error=msg, status="not_found", owner=lease.owner, retryable=False)
+                raise self.api.error(msg, retryable=False) from None
+            except Transient as exc:
+                raise self.api.error(f"lost contact with Replicate while polling {model.id} prediction {pid} ({exc}); "
+                                     "a rerun resumes it", retryable=True) from None
+
+        retrying = Retrying(retry=retry_if_result(lambda p: p.get("status") not in TERMINAL_STATUSES),
+                            wait=lambda rs: max(0.0, min(base(rs), deadline - time.monotonic())),
+                            stop=stop_after_delay(deadline_s), retry_error_callback=lambda rs: rs.outcome.result())
+        pred = retrying(read)
+        if pred.get("status") in TERMINAL_STATUSES:
+            return pred
+        return self._cancel_on_deadline(key, pid, model, deadline_s, lease)
+
+    def _cancel_on_deadline(self, key: str, pid: str, model: ReplicateModel, deadline_s: float,
+                            lease: Lease) -> dict[str, Any]:
+        pred: dict[str, Any] = {}
+        try:
+            pred = self.api.cancel(pid)
+        except Exception as exc:  # noqa: BLE001 - cancel is best effort; the error below is what matters
+            log.warning("could not cancel prediction %s: %s", pid, self.api.redact(f"{type(exc).__name__}: {exc}"))
+        if pred.get("status") == "succeeded":  # it finished while we gave up: use it
+            return pred
+        msg = self.api.redact(f"{model.id} prediction {pid} did not finish within its {deadline_s:g} s deadline; "
+                              f"canceled it (status now {pred.get('status', 'unknown')})")
+        log.warning(msg)
+        self.ledger.finish(key, "canceled", error=msg, status=str(pred.get("status") or "canceled"), owner=lease.owner,
+                           retryable=True)
+        raise ProviderError(msg, retryable=True)
