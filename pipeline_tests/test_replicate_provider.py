@@ -229,22 +229,20 @@ def test_input_images_go_as_deterministic_data_uris(tmp_path):
 
 
 def test_fake_server_runs_as_a_module():
-    import subprocess
-    import sys
-    from pathlib import Path
-
+    """``python -m pipeline_tests.fake_replicate --port 0`` prints its address once ready; the test
+    waits for that line (up to 120 s: a loaded machine imports slowly), never a fixed sleep."""
     import httpx
 
-    repo = Path(__file__).resolve().parents[1]
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline_tests.fake_replicate", "--port", "0"], cwd=repo,
-                            stdout=subprocess.PIPE, text=True)
-    try:
-        first = proc.stdout.readline()
-        base = first.split(" at ")[1].strip()
-        r = httpx.get(f"{base}/v1/models/meta/musicgen/versions",
-                      headers={"Authorization": "Bearer r8_FAKEfakeFAKEfake0123456789abcdefXYZ"})
+    from pipeline_tests.fake_replicate import DEFAULT_TOKEN, FakeServerProcess
+
+    with FakeServerProcess("--create-latency", "0.1", "--run-seconds", "0.2") as server:
+        auth = {"Authorization": f"Bearer {DEFAULT_TOKEN}"}
+        r = httpx.get(f"{server.base_url}/v1/models/meta/musicgen/versions", headers=auth, timeout=60)
         assert r.status_code == 200 and r.json()["results"][0]["id"] == MUSICGEN_VERSION
-        assert httpx.get(f"{base}/v1/predictions").status_code == 401
-    finally:
-        proc.terminate()
-        proc.communicate(timeout=10)
+        assert httpx.get(f"{server.base_url}/v1/predictions", timeout=60).status_code == 401
+        r = httpx.post(f"{server.base_url}/v1/models/{FLUX}/predictions", headers=auth, json={"input": {"prompt": "x"}},
+                       timeout=60)
+        assert r.status_code == 201
+        stats = server.stats()
+        assert stats["create_requests"] == 1 and list(stats["creates"].values()) == [1]
+        assert next(iter(stats["creates"])).startswith(f"{FLUX}:")

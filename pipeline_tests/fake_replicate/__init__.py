@@ -1,0 +1,102 @@
+"""A fake Replicate HTTP API on 127.0.0.1, for tests and benchmarks.
+
+It implements what the ``replicate`` provider (and the replicate 1.0.x client) uses:
+
+- ``POST /v1/models/{owner}/{name}/predictions`` (official models) and ``POST /v1/predictions``
+  (``{"version": ...}``) create a prediction, honouring a ``Cancel-After`` header (a duration such as
+  ``30m``, ``1h30m``, ``45s``: a prediction still starting then is ``aborted``, a running one
+  ``canceled``);
+- ``GET /v1/predictions/{id}``, ``GET /v1/predictions`` (newest first, paginated with ``next``,
+  ``created_after`` filter), ``POST /v1/predictions/{id}/cancel``;
+- ``POST /v1/files`` (multipart form field ``content``), ``GET /v1/files/{id}``, ``DELETE /v1/files/{id}``:
+  the Files API. A prediction input naming one of these files by URL (``urls.get``) is read from it;
+  an unknown, deleted or expired file URL is refused with 422 at create;
+- ``GET /v1/models/{owner}/{name}``, ``.../versions``, ``.../versions/{id}``;
+- ``GET /files/...``: the outputs, served from the same server (no auth, like replicate.delivery);
+- ``GET /_fake/stats`` (counters as JSON) and ``POST /_fake/inject|release|clear`` (control), no auth.
+
+Predictions have realistic JSON (id, model, version, input, status, output, error, logs, metrics,
+created_at/started_at/completed_at, urls) and go ``starting`` -> ``processing`` -> terminal in a
+worker thread that renders *real* media with the local renderer (``render``). Every input is
+checked for the model's required fields.
+
+Fault injection (``FakeReplicate.inject(kind, times=1, model=None, **options)``):
+
+- create: ``rate_limit`` (429 + Retry-After ``retry_after`` s), ``server_error`` (``status`` 500/503;
+  ``after_create=True`` creates the prediction first), ``drop_connection`` (creates, then closes the
+  connection without a response), ``hang_after_create`` (creates, then holds the response
+  ``seconds`` before dropping it), ``invalid_input`` (422 with ``detail``);
+- outcome: ``fail`` (status failed, ``error``), ``abort`` (status aborted), ``never_finish``,
+  ``hold`` (runs until ``release()``), ``slow`` (runs ``seconds``), ``corrupt_output``,
+  ``expired_output`` (the output URL answers ``status`` 404), ``oversize_output`` (the output is
+  padded to ``bytes``, default 80 MB), ``bad_json`` (planner text);
+- reads: ``get_error`` / ``list_error`` (``status`` 500), ``download_error`` (``status`` 503).
+
+Latency: ``latency`` (every API request), ``create_latency`` (a create, before the prediction
+exists) and ``run_seconds`` (create -> terminal) take a number, a ``(low, high)`` uniform range, or
+a callable returning seconds.
+
+Per-prediction control (benchmarks; all optional): ``run_seconds_for(model, input)`` returns a
+prediction's run time from its model and input (None: use ``run_seconds``); ``fault_for(model,
+input, n)`` returns a fault kind (or a ``(kind, options)`` pair, or None) for a create request,
+``n`` counting the earlier create requests with the same model and input (0 for the first);
+``render_during_run=True`` renders the output inside the run time instead of after it. Each
+prediction records its drawn run time in ``FakePrediction.run_s``.
+
+Counters: ``creates`` counts predictions actually created per (model, canonical input JSON) --
+the paid attempts; ``create_requests`` counts every create POST received; ``uploads`` (and
+``uploads_by_sha256``) every file uploaded; ``cancels`` lists canceled ids, ``deadline_cancels``
+the ids ended by ``Cancel-After``; ``requests`` logs (method, path, status). ``stats()`` returns
+them as JSON, keyed ``"model:sha256(canonical input)"``.
+
+Start it with ``with FakeReplicate(...) as server:`` (``server.base_url``, ``server.origin``,
+``server.token``), the ``fake_replicate`` pytest fixture (import it into a test module),
+``with FakeServerProcess(...)`` (a subprocess shared by many client processes), or
+``python -m pipeline_tests.fake_replicate --port 0 [--create-latency 0.5] [--run-seconds 1 3]``,
+which prints ``fake Replicate at http://127.0.0.1:PORT`` once it is ready.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pipeline_tests.fake_replicate.process import READY, FakeServerProcess, main
+from pipeline_tests.fake_replicate.server import FakeReplicate
+from pipeline_tests.fake_replicate.state import (
+    DEFAULT_TOKEN,
+    FAKE_MODELS,
+    FAULT_KINDS,
+    MUSICGEN_VERSION,
+    FakePrediction,
+    Fault,
+    canonical,
+    input_key,
+)
+
+__all__ = ["DEFAULT_TOKEN", "FAKE_MODELS", "FAULT_KINDS", "MUSICGEN_VERSION", "READY", "FakePrediction",
+           "FakeReplicate", "FakeServerProcess", "Fault", "canonical", "fake_replicate", "input_key", "main",
+           "provider_options"]
+
+
+def provider_options(server: Any, workspace_root: str | Path, **overrides: Any) -> dict[str, Any]:
+    """``get_provider("replicate", **options)`` options for ``server`` (a FakeReplicate or a
+    FakeServerProcess): its token, base URL and output origin allow-listed, ledger under
+    ``workspace_root``, and fast timings (20 ms polls, 10 ms backoff, 2 s request timeout, 20 s
+    deadline). ``overrides`` win."""
+    return {"api_token": server.token, "base_url": server.base_url, "allowed_hosts": [server.origin],
+            "workspace_root": str(workspace_root), "poll_interval_s": 0.02, "max_poll_interval_s": 0.1,
+            "backoff_initial_s": 0.01, "max_backoff_s": 0.2, "request_timeout_s": 2.0, "deadline_s": 20.0,
+            **overrides}
+
+
+try:
+    import pytest
+
+    @pytest.fixture
+    def fake_replicate():
+        """A running FakeReplicate (20-60 ms predictions, quarter-size media); closed afterwards."""
+        with FakeReplicate(run_seconds=(0.02, 0.06), render_scale=0.25) as server:
+            yield server
+except ImportError:  # pragma: no cover - the module also runs standalone
+    pass

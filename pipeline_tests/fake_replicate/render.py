@@ -1,0 +1,167 @@
+"""What the fake models produce: real media rendered with the local renderer (Pillow images,
+ffmpeg camera moves over the input image, synthesized music) and JSON beats from the local planner.
+
+``render(server, pred)`` returns (output, metrics); output files are registered with
+``server._add_file`` and served from ``/files/...``. Image inputs are data URIs or the server's own
+uploaded-file URLs (``server.read_input_file``).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import tempfile
+import wave
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+from pipeline_tests.fake_replicate.state import FAKE_MODELS, FLUX_SIZES, FakePrediction
+
+if TYPE_CHECKING:
+    from pipeline_tests.fake_replicate.server import FakeReplicate
+
+
+def even(x: float) -> int:
+    """``x`` rounded to an even number of pixels, at least 16."""
+    return max(16, int(round(x / 2)) * 2)
+
+
+def decode_image_input(server: "FakeReplicate", value: str, work: Path) -> Path:
+    """The image a model input names (a data URI, or a URL of a file uploaded to ``server``),
+    written into ``work``. Raises ValueError for anything else."""
+    m = re.match(r"data:image/(png|jpeg|webp);base64,(.*)$", value, re.S)
+    if m:
+        path = work / f"input.{'jpg' if m.group(1) == 'jpeg' else m.group(1)}"
+        path.write_bytes(base64.b64decode(m.group(2)))
+        return path
+    data = server.read_input_file(value)
+    if data is None:
+        raise ValueError("image must be a data URI (data:image/...;base64,...) or an uploaded file's URL")
+    path = work / "input.png"
+    path.write_bytes(data)
+    return path
+
+
+def plan_text(prompt: str) -> str:
+    """The fake planner's answer: the local planner's beats for the prompt's brief, as JSON."""
+    from pipeline.providers.local import plan_brief
+
+    brief = re.search(r"BRIEF:\n<<<\n(.*?)\n>>>", prompt, re.S)
+    length = re.search(r"for a (\d+(?:\.\d+)?)-second video", prompt)
+    most = re.search(r"and (\d+) beats", prompt)
+    if not (brief and length and most):
+        return "I can only plan briefs."
+    beats = plan_brief(brief.group(1), duration_s=float(length.group(1)), max_beats=int(most.group(1)))
+    return json.dumps({"beats": [{"prompt": b.prompt, "duration_s": b.duration_s, "motion": b.motion} for b in beats]})
+
+
+def render(server: "FakeReplicate", pred: FakePrediction) -> tuple[Any, dict[str, Any]]:
+    """(output, metrics) of ``pred``: output file URLs (or planner tokens) and model metrics."""
+    spec = FAKE_MODELS[pred.model]
+    inp = pred.input
+    work = Path(tempfile.mkdtemp(dir=server._tmp.name))
+    kind = spec["kind"]
+    if kind == "image":
+        return _image(server, pred, spec, work)
+    if kind == "video":
+        return _video(server, pred, spec, work)
+    if kind == "audio":
+        return _audio(server, pred, spec, work)
+    prompt = str(inp["prompt"])
+    if "bad_json" in pred.outcome:
+        text = 'Sure! Here are the beats: {"beats": [{"prompt": "The sun heats the ocean", "duration_s": '
+    else:
+        text = plan_text(prompt)
+    tokens = [text[i:i + 7] for i in range(0, len(text), 7)]
+    return tokens, {"input_token_count": max(1, len(prompt) // 4), "output_token_count": max(1, len(text) // 4)}
+
+
+def _image(server: "FakeReplicate", pred: FakePrediction, spec: dict[str, Any], work: Path):
+    from pipeline.generation import GenerationRequest
+    from pipeline.providers.local import LocalProvider
+
+    inp = pred.input
+    w, h = FLUX_SIZES.get(str(inp.get("aspect_ratio", "1:1")), (1024, 1024))
+    w, h = even(w * server.render_scale), even(h * server.render_scale)
+    req = GenerationRequest(media_type="image", provider="fake", model=pred.model, prompt=str(inp["prompt"]),
+                            seed=inp.get("seed"), params={"width": w, "height": h})
+    png = LocalProvider().render_image(req, work).path
+    fmt = str(inp.get("output_format", "webp"))
+    with Image.open(png) as im:
+        buf = io.BytesIO()
+        im.convert("RGB").save(buf, format={"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}[fmt])
+    url = server._add_file(pred, f"out-0.{fmt}", buf.getvalue(), f"image/{'jpeg' if fmt == 'jpg' else fmt}")
+    return ([url] if spec["output"] == "list" else url), {"image_count": 1}
+
+
+def _video(server: "FakeReplicate", pred: FakePrediction, spec: dict[str, Any], work: Path):
+    from pipeline import media
+
+    inp = pred.input
+    image = decode_image_input(server, str(inp[spec["image"]]), work)
+    with Image.open(image) as im:
+        iw, ih = im.size
+    if "frames" in spec:
+        fps = int(inp.get(spec["fps"][0], spec["fps"][1]))
+        frames = int(inp.get(spec["frames"][0], spec["frames"][1]))
+        seconds = frames / fps
+    else:
+        fps = spec.get("fixed_fps") or int(inp.get(spec["fps"][0], spec["fps"][1]))
+        seconds = float(inp.get(spec["duration"][0], spec["duration"][1]))
+    if spec.get("mode_resolution"):
+        res = "1080p" if inp.get("mode") == "pro" else "720p"
+    else:
+        res = str(inp.get(spec["resolution"][0], spec["resolution"][1]))
+    short = int(res[:-1])
+    scale = short / min(iw, ih)
+    grid = spec.get("grid", 2)
+    w, h = (round(iw * scale / grid) * grid, round(ih * scale / grid) * grid)
+    w, h = even(w * server.render_scale), even(h * server.render_scale)
+    out = work / "output.mp4"
+    media.render_camera_move(image, out, width=w, height=h, fps=fps, seconds=seconds,
+                             move=media.camera_move_for(str(inp["prompt"])), speed=0.6)
+    return server._add_file(pred, "output.mp4", out.read_bytes(), "video/mp4"), {}
+
+
+def _audio(server: "FakeReplicate", pred: FakePrediction, spec: dict[str, Any], work: Path):
+    from pipeline import media
+    from pipeline.providers.local import SAMPLE_RATE, synthesize_music
+
+    inp = pred.input
+    seconds = float(inp.get(spec["duration"][0], spec["duration"][1]))
+    m = re.search(r"(\d+)\s*BPM", str(inp["prompt"]), re.I)
+    samples = synthesize_music(str(inp["prompt"]), bpm=int(m.group(1)) if m else 100, duration_s=seconds,
+                               seed=int(inp.get("seed") or 0))
+    wav = work / "output.wav"
+    with wave.open(str(wav), "wb") as wf:
+        wf.setnchannels(1)
+        wf.setsampwidth(2)
+        wf.setframerate(SAMPLE_RATE)
+        wf.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+    fmt = str(inp.get(spec.get("format_field", ""), spec["format"]))
+    if fmt == "mp3":
+        mp3 = work / "output.mp3"
+        media.run_ffmpeg(["-i", str(wav), "-c:a", "libmp3lame", "-b:a", "128k", str(mp3)], what="encode mp3")
+        return server._add_file(pred, "output.mp3", mp3.read_bytes(), "audio/mpeg"), {}
+    return server._add_file(pred, "output.wav", wav.read_bytes(), "audio/wav"), {}
+
+
+def model_json(ref: str) -> dict[str, Any]:
+    """``GET /v1/models/{owner}/{name}`` of a fake model."""
+    owner, name = ref.split("/", 1)
+    versions = FAKE_MODELS[ref].get("versions") or []
+    return {"url": f"https://replicate.com/{ref}", "owner": owner, "name": name, "description": f"Fake {ref}",
+            "visibility": "public", "github_url": None, "paper_url": None, "license_url": None, "run_count": 1000,
+            "cover_image_url": None, "default_example": None,
+            "latest_version": version_json(versions[0]) if versions else None}
+
+
+def version_json(version: str) -> dict[str, Any]:
+    """A model version's JSON."""
+    return {"id": version, "created_at": "2024-01-01T00:00:00.000000Z", "cog_version": "0.9.4",
+            "openapi_schema": {"openapi": "3.0.2", "info": {"title": "Cog", "version": "0.1.0"}}}
