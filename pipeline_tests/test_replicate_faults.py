@@ -30,15 +30,26 @@ class Harness:
         self.ws = Workspace.at(root)
         self.gen = Generator(self.ws)
         self.provider = get_provider("replicate", **provider_options(server, root, **options))
-        self.ledger = Ledger(root / "ledger.sqlite")
+        self.ledger = Ledger(options.get("ledger_path") or root / "ledger.sqlite")
         self.start = root / "start.png"
+        self._scratches = 0
         if not self.start.exists():
+            root.mkdir(parents=True, exist_ok=True)
             Image.new("RGB", (854, 480), (40, 90, 160)).save(self.start)
 
+    def request(self, seed: int = 1, budget: float | None = None, video: str = "v") -> GenerationRequest:
+        return GenerationRequest(media_type="image", provider="replicate", model=FLUX, prompt="a fox at dawn", seed=seed,
+                                 params={"width": 854, "height": 480}, labels={"video_id": video, "segment": "000"},
+                                 max_cost_usd=budget)
+
+    def scratch(self):
+        self._scratches += 1
+        path = self.root / f"scratch-{self._scratches}"
+        path.mkdir(parents=True)
+        return path
+
     def image(self, seed: int = 1, budget: float | None = None, video: str = "v"):
-        req = GenerationRequest(media_type="image", provider="replicate", model=FLUX, prompt="a fox at dawn", seed=seed,
-                                params={"width": 854, "height": 480}, labels={"video_id": video, "segment": "000"},
-                                max_cost_usd=budget)
+        req = self.request(seed, budget, video)
         return self.gen.generate(req, lambda s: self.provider.render_image(req, s))
 
     def chunk(self, seed: int = 1, budget: float | None = None):
@@ -262,3 +273,30 @@ def test_the_api_token_never_appears_in_logs_errors_metadata_or_files(tmp_path, 
         if path.is_file():
             data = path.read_bytes()
             assert server.token.encode() not in data and b"r8_WRONGwrongWRONG123" not in data, path
+
+
+def test_creates_send_the_polling_deadline_as_cancel_after(tmp_path, fake_replicate):
+    from pipeline.providers.replicate.client import cancel_after
+
+    assert [cancel_after(s) for s in (1800, 600, 3600, 90, 45.2, 0.4)] == ["30m", "10m", "1h", "90s", "46s", "1s"]
+    h = Harness(tmp_path, fake_replicate, deadline_s={"image": 90.0, "video": 1800.0})
+    for manifest, seconds in ((h.image(), 90), (h.chunk(), 1800)):
+        pred = fake_replicate.predictions[manifest.prediction_id]
+        assert pred.deadline_at - pred.created_at == pytest.approx(seconds)
+
+
+def test_a_prediction_nobody_polls_ends_at_its_cancel_after_deadline(fake_replicate):
+    import httpx
+
+    server = fake_replicate
+    server.inject("never_finish")
+    r = httpx.post(f"{server.base_url}/v1/models/{FLUX}/predictions", json={"input": {"prompt": "x"}}, timeout=60,
+                   headers={"Authorization": f"Bearer {server.token}", "Cancel-After": "1s"})
+    assert r.status_code == 201
+    pred = server.predictions[r.json()["id"]]
+    assert server.wait_for(lambda: pred.status in ("canceled", "aborted"), timeout=120)
+    assert server.deadline_cancels == [pred.id] and server.cancels == []  # the server did it, not a client
+    assert pred.completed_at - pred.created_at >= 1.0
+    bad = httpx.post(f"{server.base_url}/v1/models/{FLUX}/predictions", json={"input": {"prompt": "x"}}, timeout=60,
+                     headers={"Authorization": f"Bearer {server.token}", "Cancel-After": "soon"})
+    assert bad.status_code == 422
