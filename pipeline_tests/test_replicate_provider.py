@@ -119,7 +119,9 @@ def test_a_video_renders_through_replicate_and_a_rerun_is_free(tmp_path, fake_re
     calls_before = len(read_call_log(ws))
     _, sets2, final2 = render()
     assert server.create_count() == creates
-    assert final2.cost_usd == 0 and all(c.cache_hit for c in final2.costs)
+    # Nothing new is paid: the video's spend (what its final manifest reports, across runs) is unchanged.
+    assert all(c.cache_hit for c in final2.costs) and {c.source for c in final2.costs} == {"manifest"}
+    assert final2.cost_usd == pytest.approx(final.cost_usd) == pytest.approx(ledger.spent_usd("fox"))
     assert len(read_call_log(ws)) == calls_before
 
 
