@@ -14,8 +14,8 @@ from rich.table import Table
 
 from pipeline.costs import VideoCosts, display_rows, markdown, money
 
-VIDEO_COLUMNS = ["stage", "segment", "item", "model", "units", "unit", "paid_usd", "reused_usd", "paid_by",
-                 "cache_hit", "note"]
+VIDEO_COLUMNS = ["stage", "segment", "item", "provider", "model", "units", "unit", "paid_usd", "reused_usd",
+                 "paid_by", "cache_hit", "note"]
 """Columns of a video's cost table in CLI output (the DataFrame has more: provider, prediction_id, ...)."""
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")

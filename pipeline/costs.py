@@ -56,6 +56,7 @@ COLUMNS = {
 """The cost table's columns and their pandas dtypes (nullable where a value may be missing)."""
 
 FAILED_STATUSES = ("failed", "canceled", "aborted", "not_found")
+"""Prediction statuses that end without output."""
 
 
 # --- lines from manifests ----------------------------------------------------------------------
@@ -68,8 +69,7 @@ def media_line(video_id: str, medium: MediaManifest, *, stage: str, segment: str
     manifest names it as payer, or names no payer but this materialization paid; else reused
     (payer ``medium.paid_by``, possibly None for manifests older than that field). Free: all 0.
     """
-    price = medium.price_usd if medium.price_usd > 0 else medium.cost_usd
-    payer = medium.paid_by
+    price, payer = (medium.price_usd if medium.price_usd > 0 else medium.cost_usd), medium.paid_by
     base = dict(stage=stage, segment=segment, item=item, provider=medium.provider, model=medium.model, units=units,
                 unit=unit, cache_hit=medium.cache_hit, prediction_id=medium.prediction_id, cache_key=medium.cache_key)
     if price <= 0:
@@ -111,7 +111,8 @@ def plan_line(plan: VideoPlan) -> CostLine | None:
 
 
 def manifest_lines(video_id: str, *, plan: VideoPlan | None = None, chunk_sets: Iterable[ChunkVideosManifest] = (),
-                   storyboards: Iterable[StoryboardManifest] = (), music: MusicManifest | None = None) -> list[CostLine]:
+                   storyboards: Iterable[StoryboardManifest] = (),
+                   music: MusicManifest | None = None) -> list[CostLine]:
     """Lines of whatever manifests exist, in table order: plan, each segment (storyboard image, then
     chunks; a storyboard without chunk_videos alone), music. Segments in key order."""
     lines: list[CostLine] = []
@@ -141,13 +142,15 @@ def open_ledger(data_dir: str | Path, provider: Any = None) -> Ledger | None:
     return Ledger(path) if path.exists() else None
 
 
-def _ledger_reason(status: str, *, regenerated: bool, job_failed: bool) -> str:
+def _ledger_reason(status: str, *, regenerated: bool, causes: Iterable[str]) -> str:
     if status in FAILED_STATUSES:
         return f"prediction {status}: no output"
     if status in ("starting", "processing"):
         return "prediction still in flight"
-    if regenerated or job_failed:
-        return "paid, but its output was unusable (expired or corrupt) and the request was generated again"
+    causes = ", ".join(causes)
+    if regenerated or causes:
+        return (f"paid, but its output was unusable{f' ({causes})' if causes else ''}"
+                + ("; generated again" if regenerated else ""))
     return "paid, output not used by this video's manifests (an earlier spec version, or replaced)"
 
 
@@ -211,8 +214,7 @@ def reconcile(video_id: str, lines: Iterable[CostLine], ledger: Ledger | None) -
         job = jobs.get(p.key)
         labels = job.labels if job is not None else {}
         reason = _ledger_reason(p.status, regenerated=p.key in used_keys,
-                                job_failed=job is not None and job.prediction_id == p.prediction_id
-                                and job.state == "failed")
+                                causes=getattr(job, "unusable", None) or {})
         out.append(CostLine(stage=labels.get("stage", "unknown"), segment=labels.get("segment"),
                             item=f"prediction {p.prediction_id} ({p.status})", provider=p.provider, model=p.model,
                             paid_usd=p.cost_usd, paid_by=video_id if p.cost_usd > 0 else None,
@@ -282,8 +284,7 @@ class VideoCosts:
 
 
 def _read(objects: TextObjects, key: str) -> Any:
-    text = objects.read(key)
-    return None if text is None else load_manifest(text)
+    return None if (text := objects.read(key)) is None else load_manifest(text)
 
 
 def video_costs(video_id: str, *, manifests: str | Path | TextObjects, ledger: Ledger | None) -> VideoCosts:

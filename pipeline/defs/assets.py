@@ -56,8 +56,8 @@ def _md_table(rows: list[dict]) -> dg.MetadataValue:
     return dg.MetadataValue.md(pd.DataFrame(rows).to_markdown(index=False) if rows else "_none_")
 
 
-COST_TABLE_COLUMNS = ["stage", "segment", "item", "model", "units", "unit", "paid_usd", "reused_usd", "paid_by",
-                      "cache_hit", "note"]
+COST_TABLE_COLUMNS = ["stage", "segment", "item", "provider", "model", "units", "unit", "paid_usd", "reused_usd",
+                      "paid_by", "cache_hit", "note"]
 """The cost table's columns in final_video's markdown metadata (``costs`` has them all)."""
 
 
@@ -177,8 +177,9 @@ def chunk_videos(context: dg.AssetExecutionContext, pipeline: PipelineResource, 
         "cache_hits": sum(c.video.cache_hit for c in manifest.chunks),
         "chunk_table": _md_table([{"chunk": c.plan.index, "type": c.plan.chunk_type, "keep_s": c.plan.keep_s,
                                    "video_s": c.video.duration_s, "cache_hit": "yes" if c.video.cache_hit else "no",
-                                   "this_run_usd": costs.money(c.video.cost_usd), "paid_usd": costs.money(line.paid_usd),
-                                   "reused_usd": costs.money(line.reused_usd), "paid_by": line.paid_by or "",
+                                   "this_run_usd": costs.money(c.video.cost_usd),
+                                   "paid_usd": costs.money(line.paid_usd), "reused_usd": costs.money(line.reused_usd),
+                                   "paid_by": line.paid_by or "",
                                    "sha256": c.video.sha256[:12]}
                                   for c, line in zip(manifest.chunks, lines)]),
     })
