@@ -10,18 +10,43 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+
+from pipeline.printable import clip, printable, quoted
+from pipeline.spec_file import MAX_SPEC_BYTES, SpecInputError, decode_spec_text, read_spec_bytes
+from pipeline.spec_yaml import describe_value, load_yaml
 
 VIDEO_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 MIN_BEAT_S = 5.0
 """Minimum beat length in seconds; it fixes the maximum beat count (``max_beats``)."""
 
+SHORTEST_BEAT_S = 0.1
+"""Shortest beat (and video) a spec may ask for, in seconds. A spec cannot know the provider's frame
+rate, so this is one frame at 10 fps, below every supported rate (local 24 fps, Wan 16 fps): a beat
+always keeps at least one frame and never pays for a chunk that then vanishes."""
+
 MAX_DURATION_S = 3600.0
 """Longest video a spec may ask for, in seconds (720 beats at the 5 s minimum)."""
+
+MAX_BEAT_DURATION_S = 600.0
+"""Longest single beat, in seconds."""
+
+MAX_SPEC_BEATS = 1000
+"""Most beats a spec file may list (before truncation to ``max_beats``, at most 720)."""
+
+MAX_TITLE_CHARS = 200
+MAX_STYLE_CHARS = 500
+MAX_PROMPT_CHARS = 2000
+"""Longest beat prompt in characters (also the longest prompt the planner may make from a brief)."""
+MAX_MOTION_CHARS = 500
+MAX_MUSIC_PROMPT_CHARS = 1000
+MAX_BRIEF_CHARS = 20_000
+MAX_PROBLEMS = 50
+"""Most problems a SpecError lists; the rest are counted."""
 
 AspectRatio = Literal["16:9", "9:16", "1:1"]
 
@@ -32,16 +57,36 @@ DRAFT_RESOLUTION: dict[str, tuple[int, int]] = {
 }
 """Draft (480p-class) resolution per aspect ratio, (width, height) in pixels; both even for yuv420p."""
 
-NonEmptyStr = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+
+def _text(max_chars: int) -> Any:
+    """Non-empty text (surrounding whitespace stripped) of at most ``max_chars`` characters; no
+    coercion: a number, boolean or list is an error, not text."""
+    return Annotated[str, Field(strict=True),
+                     StringConstraints(strip_whitespace=True, min_length=1, max_length=max_chars)]
+
+
+NonEmptyStr = _text(MAX_BRIEF_CHARS)
+TitleText, StyleText, PromptText = _text(MAX_TITLE_CHARS), _text(MAX_STYLE_CHARS), _text(MAX_PROMPT_CHARS)
+MotionText, MusicPromptText, BriefText = _text(MAX_MOTION_CHARS), _text(MAX_MUSIC_PROMPT_CHARS), _text(MAX_BRIEF_CHARS)
+Seconds = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+"""A finite number of seconds: an int or float; never a boolean, a string, NaN or infinity."""
 
 
 class SpecError(ValueError):
-    """A spec is invalid. ``str(error)`` names the file and every offending field."""
+    """A spec is invalid. ``str(error)`` names the file and every offending field, one per line.
+
+    ``source``: the file (or registry entry) as given. ``problems``: one line each,
+    ``"<field path>: <what is wrong>"`` or a file-level problem; control characters escaped, at
+    most MAX_PROBLEMS of them (then one line counting the rest).
+    """
 
     def __init__(self, source: str, problems: list[str]):
         self.source = source
-        self.problems = problems
-        super().__init__(f"{source}: invalid spec:\n" + "\n".join(f"  - {p}" for p in problems))
+        shown = [printable(p, limit=1000) for p in problems[:MAX_PROBLEMS]]
+        if len(problems) > MAX_PROBLEMS:
+            shown.append(f"... and {len(problems) - MAX_PROBLEMS} more problems")
+        self.problems = shown
+        super().__init__(f"{printable(source, limit=500)}: invalid spec:\n" + "\n".join(f"  - {p}" for p in shown))
 
 
 class _Strict(BaseModel):
@@ -49,33 +94,36 @@ class _Strict(BaseModel):
 
 
 class MusicSpec(_Strict):
-    """Background music: a text prompt and a tempo in beats per minute (20-300)."""
+    """Background music: a text prompt (at most 1,000 characters) and a tempo, a whole number of
+    beats per minute (20-300)."""
 
-    prompt: NonEmptyStr
-    bpm: Annotated[int, Field(ge=20, le=300)]
+    prompt: MusicPromptText
+    bpm: Annotated[int, Field(strict=True, ge=20, le=300)]
 
 
 class BeatSpec(_Strict):
-    """One scene: what is shown (``prompt``), for how long (seconds), and optional camera ``motion``."""
+    """One scene: what is shown (``prompt``, at most 2,000 characters), for how long (seconds,
+    0.1-600) and optional camera ``motion`` (at most 500 characters)."""
 
-    prompt: NonEmptyStr
-    duration_s: Annotated[float, Field(gt=0, le=600)]
-    motion: NonEmptyStr | None = None
+    prompt: PromptText
+    duration_s: Annotated[Seconds, Field(ge=SHORTEST_BEAT_S, le=MAX_BEAT_DURATION_S)]
+    motion: MotionText | None = None
 
 
 class VideoSpec(_Strict):
-    """A whole video as a user writes it. Exactly one of ``beats`` and ``brief`` is given."""
+    """A whole video as a user writes it. Exactly one of ``beats`` (1-1,000 scenes) and ``brief``
+    (free text, at most 20,000 characters) is given. ``duration_s`` is 0.1-3600 seconds."""
 
-    video_id: Annotated[str, StringConstraints(pattern=VIDEO_ID_PATTERN)]
-    title: NonEmptyStr
-    duration_s: Annotated[float, Field(gt=0, le=MAX_DURATION_S)]
+    video_id: Annotated[str, Field(strict=True), StringConstraints(pattern=VIDEO_ID_PATTERN)]
+    title: TitleText
+    duration_s: Annotated[Seconds, Field(ge=SHORTEST_BEAT_S, le=MAX_DURATION_S)]
     aspect_ratio: AspectRatio
-    style: NonEmptyStr
+    style: StyleText
     music: MusicSpec
-    max_cost_usd: Annotated[float, Field(ge=0)] | None = None
-    seed: Annotated[int, Field(ge=0, lt=2**31)] | None = None
-    beats: Annotated[list[BeatSpec], Field(min_length=1)] | None = None
-    brief: NonEmptyStr | None = None
+    max_cost_usd: Annotated[float, Field(strict=True, allow_inf_nan=False, ge=0)] | None = None
+    seed: Annotated[int, Field(strict=True, ge=0, lt=2**31)] | None = None
+    beats: Annotated[list[BeatSpec], Field(strict=True, min_length=1, max_length=MAX_SPEC_BEATS)] | None = None
+    brief: BriefText | None = None
 
     @model_validator(mode="after")
     def _beats_xor_brief(self) -> "VideoSpec":
@@ -110,49 +158,98 @@ def sha256_json(value: Any) -> str:
 
 
 def _format_loc(loc: tuple[Any, ...]) -> str:
+    """``("beats", 2, "duration_s")`` -> ``beats[2].duration_s``; user-written keys clipped and escaped."""
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "beats/brief"
+        name = clip(part, 40) if part != "" else '""'
+        out += f"[{part}]" if isinstance(part, int) else (f".{name}" if out else name)
+    return out
+
+
+_EXPECTED = {
+    "float_type": "should be a number", "int_type": "should be a whole number",
+    "int_from_float": "should be a whole number", "string_type": "should be text", "list_type": "should be a list",
+    "dict_type": "should be a mapping of fields", "model_type": "should be a mapping of fields",
+    "model_attributes_type": "should be a mapping of fields", "finite_number": "should be a finite number",
+}
+
+
+def _problem(err: dict) -> str:
+    """One ``"<field path>: <what is wrong>, got <value>"`` line for a pydantic error."""
+    loc, kind, value = _format_loc(err["loc"]), err["type"], err.get("input")
+    loc = loc or ("beats/brief" if kind == "value_error" else "(top level)")
+    msg = err["msg"].removeprefix("Value error, ")
+    if kind == "extra_forbidden":
+        msg = "unknown field (not part of the spec format; check the spelling)"
+    elif kind == "missing":
+        msg = "missing (this field is required)"
+    elif kind == "string_pattern_mismatch" and loc == "video_id":
+        msg = (f"{quoted(value, 80)} is not a valid video_id: use 1-63 lowercase "
+               "letters, digits and '-', starting with a letter or digit")
+    elif kind == "string_unicode":
+        msg = "is not valid Unicode text (it holds an unpaired surrogate, e.g. from a \\ud800 escape)"
+    elif kind == "string_too_long" and isinstance(value, str):
+        msg = f"{msg} (got {len(value.strip()):,})"
+    elif kind == "too_long" and loc == "beats" and isinstance(value, list):
+        msg = (f"a spec may list at most {MAX_SPEC_BEATS:,} beats, this one has {len(value):,} (a video keeps at "
+               f"most one beat per {MIN_BEAT_S:g} s; extra beats are dropped)")
+    elif kind == "greater_than_equal" and loc.endswith("duration_s"):
+        msg = (f"{msg} ({SHORTEST_BEAT_S:g} s is one frame at the lowest supported frame rate), "
+               f"got {describe_value(value)}")
+    elif kind in _EXPECTED:
+        msg = f"{_EXPECTED[kind]}, got {describe_value(value)}"
+    elif kind == "literal_error":
+        msg = f"{msg}, got {describe_value(value)}"
+    return f"{loc}: {msg}"
 
 
 def parse_spec(data: Any, source: str = "<spec>") -> VideoSpec:
     """Validate an already-parsed spec mapping. Raises SpecError naming ``source`` and each field."""
     if not isinstance(data, dict):
-        raise SpecError(source, [f"expected a mapping of spec fields at the top level, got {type(data).__name__}"])
+        got = "text" if isinstance(data, str) else describe_value(data)  # never echo a whole file's text
+        raise SpecError(source, [f"expected a mapping of spec fields at the top level, got {got}"])
     try:
         return VideoSpec.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = _format_loc(err["loc"])
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown field (not part of the spec format; check the spelling)"
-            elif err["type"] == "string_pattern_mismatch" and loc == "video_id":
-                msg = (f"{err['input']!r} is not a valid video_id: use 1-63 lowercase letters, digits and '-', "
-                       "starting with a letter or digit")
-            problems.append(f"{loc}: {msg}")
-        raise SpecError(source, problems) from None
+        raise SpecError(source, [_problem(err) for err in exc.errors()]) from None
 
 
 def load_spec_text(text: str, source: str = "<spec>") -> VideoSpec:
-    """Parse YAML or JSON text (JSON is YAML) into a VideoSpec. Raises SpecError."""
+    """Parse YAML or JSON text (JSON is YAML; YAML 1.2 core scalars, see ``pipeline.spec_yaml``)
+    into a VideoSpec. Raises SpecError naming ``source``, the line and the field."""
+    if len(text) > MAX_SPEC_BYTES:
+        raise SpecError(source, [f"the spec is {len(text):,} characters, more than the {MAX_SPEC_BYTES:,} allowed"])
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise SpecError(source, [f"not valid YAML/JSON{where}: {getattr(exc, 'problem', exc)}"]) from None
+        data = load_yaml(text)
+    except SpecInputError as exc:
+        raise SpecError(source, [str(exc)]) from None
     if data is None:
         raise SpecError(source, ["the file is empty"])
     return parse_spec(data, source)
 
 
+def load_spec_bytes(data: bytes, source: str = "<spec>") -> VideoSpec:
+    """Decode (UTF-8, optional BOM) and parse a spec file's bytes. Raises SpecError."""
+    try:
+        text = decode_spec_text(data)
+    except SpecInputError as exc:
+        raise SpecError(source, [f"the file {exc}"]) from None
+    return load_spec_text(text, source)
+
+
+def read_spec_file(path: str | os.PathLike) -> bytes:
+    """The bytes of a spec file, read safely (``pipeline.spec_file.read_spec_bytes``: a regular
+    file inside its own folder, at most 1 MB). Raises SpecError naming the file and the problem."""
+    try:
+        return read_spec_bytes(path)
+    except SpecInputError as exc:
+        raise SpecError(os.fspath(path), [f"the file {exc}"]) from None
+
+
 def load_spec(path: str | Path) -> VideoSpec:
-    """Load a spec file (``.yaml``, ``.yml`` or ``.json``). Raises SpecError, or FileNotFoundError."""
-    path = Path(path)
-    return load_spec_text(path.read_text(encoding="utf-8"), str(path))
+    """Load a spec file (``.yaml``, ``.yml`` or ``.json``). Raises SpecError for every problem,
+    the file's own included (missing, unreadable, not a regular file, too large, not UTF-8)."""
+    return load_spec_bytes(read_spec_file(path), os.fspath(path))
 
 
 class Truncation(BaseModel):

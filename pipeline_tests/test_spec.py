@@ -11,7 +11,7 @@ import yaml
 
 from pipeline import stages
 from pipeline.providers import get_provider
-from pipeline.spec import SpecError, VideoSpec, fit_beats, load_spec, load_spec_text, max_beats
+from pipeline.spec import SHORTEST_BEAT_S, SpecError, VideoSpec, fit_beats, load_spec, load_spec_text, max_beats
 from pipeline.store import Workspace
 from pipeline.submissions import submit_file
 
@@ -162,19 +162,30 @@ def test_each_allowed_aspect_ratio_loads(tmp_path, ratio):
     assert (w > h, w == h) == (ratio == "16:9", ratio == "1:1")
 
 
-@pytest.mark.parametrize("value", [0, -1, -0.5])
-def test_video_duration_must_be_positive(tmp_path, value):
+@pytest.mark.parametrize("value, shown", [(0, "the integer 0"), (-1, "the integer -1"), (-0.5, "the number -0.5"),
+                                          (0.05, "the number 0.05"), (1e-300, "the number 1e-300")])
+def test_video_duration_must_be_at_least_a_tenth_of_a_second(tmp_path, value, shown):
     path, err = spec_error(tmp_path, edited(duration_s=value))
     assert str(path) in str(err)
-    assert err.problems == ["duration_s: Input should be greater than 0"]
+    assert err.problems == [f"duration_s: Input should be greater than or equal to {SHORTEST_BEAT_S} "
+                            f"({SHORTEST_BEAT_S} s is one frame at the lowest supported frame rate), got {shown}"]
 
 
-def test_beat_duration_must_be_positive_and_names_the_beat(tmp_path):
+@pytest.mark.parametrize("value", [0, -1, 1e-300, 0.0999])
+def test_beat_shorter_than_one_frame_is_rejected_and_names_the_beat(tmp_path, value):
     data = edited()
-    data["beats"][2]["duration_s"] = 0
+    data["beats"][2]["duration_s"] = value
     path, err = spec_error(tmp_path, data)
     assert str(path) in str(err)
-    assert err.problems == ["beats[2].duration_s: Input should be greater than 0"]
+    [problem] = err.problems
+    assert problem.startswith("beats[2].duration_s: Input should be greater than or equal to 0.1 (0.1 s is one frame")
+
+
+def test_a_beat_of_one_tenth_of_a_second_is_valid(tmp_path):
+    data = edited()
+    data["beats"][2]["duration_s"] = SHORTEST_BEAT_S
+    assert load_spec(write(tmp_path, data)).beats[2].duration_s == SHORTEST_BEAT_S
+    assert 1 / SHORTEST_BEAT_S <= 16  # one frame at 16 fps (Wan, the lowest supported rate) or more
 
 
 @pytest.mark.parametrize("bpm, bound", [(19, "greater than or equal to 20"), (0, "greater than or equal to 20"),
@@ -245,12 +256,13 @@ def test_empty_file_is_rejected(tmp_path, text):
     assert err.problems == ["the file is empty"]
 
 
-@pytest.mark.parametrize("text, kind", [("- a\n- b\n", "list"), ("just words\n", "str"), ("42\n", "int")])
+@pytest.mark.parametrize("text, kind", [("- a\n- b\n", "a list of 2"), ("just words\n", "text"),
+                                        ("42\n", "the integer 42")])
 def test_top_level_must_be_a_mapping(tmp_path, text, kind):
     path, err = spec_error(tmp_path, text)
     assert str(path) in str(err)
-    assert len(err.problems) == 1
-    assert "mapping" in err.problems[0] and f"got {kind}" in err.problems[0]
+    assert err.problems == [f"expected a mapping of spec fields at the top level, got {kind}"]
+    assert "just words" not in str(err)  # a whole file's text is never echoed
 
 
 def test_json_spec_loads_too(tmp_path):
