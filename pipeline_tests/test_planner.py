@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from pipeline import stages
 from pipeline.providers import get_provider
 from pipeline.providers.local import LocalProvider, plan_brief
-from pipeline.spec import MIN_BEAT_S, load_spec, max_beats
+from pipeline.spec import MAX_PROMPT_CHARS, MIN_BEAT_S, load_spec, max_beats
 from pipeline.store import Workspace
 from pipeline.submissions import submit_file
 
@@ -138,12 +139,63 @@ def test_random_briefs_always_satisfy_the_invariants():
     vocabulary = ("the sun rises over hills and rivers while birds sing, then clouds gather; "
                   "some rain falls as wind blows").split()
     rng = random.Random(7)
+    planned = 0
     for trial in range(300):
         sentences = [" ".join(rng.choice(vocabulary) for _ in range(rng.randint(1, 40))) + rng.choice(".!?")
                      for _ in range(rng.randint(1, 30))]
         duration = round(rng.uniform(5, 3600 if trial % 5 == 0 else 200), rng.choice([0, 1, 2]))
-        beats = plan_brief(" ".join(sentences), duration_s=duration, max_beats=max_beats(duration))
+        brief = " ".join(sentences)
+        try:
+            beats = plan_brief(brief, duration_s=duration, max_beats=max_beats(duration))
+        except ValueError as exc:  # only when some beat would need a prompt over the cap
+            assert "too long" in str(exc) and len(brief) > MAX_PROMPT_CHARS, (len(brief), str(exc))
+            continue
         check_plan(beats, duration, max_beats(duration))
+        assert all(len(b.prompt) <= MAX_PROMPT_CHARS for b in beats)
+        planned += 1
+    assert planned >= 250
+
+
+def _naive_merge(pieces: list[str], target: int) -> list[str]:
+    """The planner's merge rule, written the obvious quadratic way: while there are too many
+    pieces, join the neighbouring pair with the fewest words (the first such pair on ties)."""
+    pieces = list(pieces)
+    while len(pieces) > target:
+        i = min(range(len(pieces) - 1), key=lambda k: len(pieces[k].split()) + len(pieces[k + 1].split()))
+        pieces[i:i + 2] = [pieces[i] + " " + pieces[i + 1]]
+    return pieces
+
+
+def test_merging_matches_the_quadratic_rule_on_random_briefs():
+    rng = random.Random(11)
+    for _ in range(200):
+        sentences = [" ".join("w" for _ in range(rng.randint(1, 12))) + "." for _ in range(rng.randint(2, 80))]
+        duration = rng.choice([10, 30, 60, 120])
+        limit = min(max_beats(duration), int(duration // MIN_BEAT_S))
+        beats = plan_brief(" ".join(sentences), duration_s=duration, max_beats=max_beats(duration))
+        expected = _naive_merge(sentences, limit) if len(sentences) > limit else None
+        if expected is not None:
+            assert [b.prompt for b in beats] == expected
+
+
+@pytest.mark.timeout(120)
+def test_a_ten_thousand_sentence_brief_plans_in_well_under_a_second():
+    brief = " ".join(f"Scene {i} shows the {('red', 'blue', 'green')[i % 3]} kite over hill {i % 7}." for i in range(10_000))
+    started = time.perf_counter()
+    beats = plan_brief(brief, duration_s=3600, max_beats=max_beats(3600))
+    seconds = time.perf_counter() - started
+    check_plan(beats, 3600, 720)
+    assert words(" ".join(b.prompt for b in beats)) == words(brief)
+    # Measured 0.3 s here; the quadratic merge took over 20 s. 5 s leaves room for a loaded machine.
+    assert seconds < 5, seconds
+
+
+def test_a_brief_too_long_for_the_video_is_refused_not_cut():
+    brief = " ".join(f"Sentence number {i} goes on for a while." for i in range(400))  # ~16,000 characters
+    with pytest.raises(ValueError, match=r"too long for a 10 s video: beat 0 would have a [\d,]+-character prompt"):
+        plan_brief(brief, duration_s=10, max_beats=2)
+    beats = plan_brief(brief, duration_s=600, max_beats=max_beats(600))  # 120 beats: about 130 characters each
+    assert max(len(b.prompt) for b in beats) <= MAX_PROMPT_CHARS
 
 
 def test_local_provider_plan_beats_uses_the_planner():
