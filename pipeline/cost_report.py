@@ -8,11 +8,15 @@ from __future__ import annotations
 import re
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pandas as pd
+from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from pipeline.costs import VideoCosts, display_rows, markdown, money
+from pipeline.costs import VideoCosts, display_rows, markdown, money, open_ledger, video_costs, window_costs
+from pipeline.store import TextObjects
 
 VIDEO_COLUMNS = ["stage", "segment", "item", "provider", "model", "units", "unit", "paid_usd", "reused_usd",
                  "paid_by", "cache_hit", "note"]
@@ -61,10 +65,17 @@ def totals_line(costs: VideoCosts) -> str:
     return text
 
 
+def _safe(text: str) -> Text:
+    """``text`` as rich Text (no markup), control and format characters but newlines escaped (``\\x1b``)."""
+    return Text("".join(c if c.isprintable() or c == "\n" else c.encode("unicode_escape").decode("ascii")
+                        for c in text))
+
+
 def rich_table(df: pd.DataFrame, *, title: str | None = None, columns: list[str] | None = None,
                total: bool = True) -> Table:
     """``df`` as a rich Table: ``columns`` (default all but cache_key), money right-aligned, missing
-    values blank, a "total" footer row summing the ``*_usd`` columns."""
+    values blank, a "total" footer row summing the ``*_usd`` columns. Cells are plain text (no rich
+    markup), with control characters escaped."""
     keep = columns or [c for c in df.columns if c != "cache_key"]
     rows = display_rows(df, total=total)
     table = Table(title=title, show_footer=total)
@@ -73,7 +84,7 @@ def rich_table(df: pd.DataFrame, *, title: str | None = None, columns: list[str]
         table.add_column(c, justify="right" if c.endswith("_usd") or c in ("units", "predictions") else "left",
                          footer=last.get(c, ""), no_wrap=c != "note")
     for r in body:
-        table.add_row(*(r[c] for c in keep))
+        table.add_row(*(_safe(r[c]) for c in keep))
     return table
 
 
@@ -97,3 +108,39 @@ def window_table(df: pd.DataFrame, since: float | None, until: float | None) -> 
 def window_text(df: pd.DataFrame, since: float | None, until: float | None) -> str:
     """``pipeline cost --since/--until`` as plain text: the window, then a markdown table."""
     return f"paid from {iso(since) or 'the beginning'} to {iso(until) or 'now'}\n\n" + markdown(df)
+
+
+def cost_command(console: Console, *, data_dir: str | Path, manifests: str | Path | TextObjects,
+                 video_id: str | None = None, since: str | None = None, until: str | None = None,
+                 as_markdown: bool = False) -> int:
+    """``pipeline cost VIDEO_ID`` (a video's table and totals) or ``pipeline cost --since/--until``
+    (what was paid in a window, per video and model), printed on ``console``: rich tables, or
+    markdown text with ``as_markdown``. ``data_dir`` holds the ledger, ``manifests`` is
+    ``PipelineResource.manifests_dir``. Returns the exit code: 0, 1 for a video that was never
+    planned, 2 for a bad time or both a video and a window (the error is printed)."""
+    if video_id is not None and (since or until):
+        console.print("[red]error[/red]: give a VIDEO_ID or --since/--until, not both")
+        return 2
+    ledger = open_ledger(data_dir)
+    if video_id is not None:
+        try:
+            view = video_costs(video_id, manifests=manifests, ledger=ledger)
+        except LookupError as exc:
+            console.print(f"[red]error[/red]: {exc}")
+            return 1
+        console.print(_safe(video_text(view)) if as_markdown else video_table(view), soft_wrap=as_markdown)
+        if not as_markdown:
+            console.print(totals_line(view))
+        return 0
+    try:
+        lo = parse_when(since) if since else None
+        hi = parse_when(until) if until else None
+    except ValueError as exc:
+        console.print(f"[red]error[/red]: {exc}")
+        return 2
+    if ledger is None:
+        console.print(f"no ledger at {Path(data_dir) / 'ledger.sqlite'}: nothing was paid")
+        return 0
+    df = window_costs(ledger, lo, hi)
+    console.print(_safe(window_text(df, lo, hi)) if as_markdown else window_table(df, lo, hi), soft_wrap=as_markdown)
+    return 0

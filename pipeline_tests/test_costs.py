@@ -8,6 +8,7 @@ import json
 
 import dagster as dg
 import pytest
+from rich.console import Console
 
 from pipeline import cost_report, costs
 from pipeline.ledger import Ledger
@@ -146,6 +147,19 @@ def test_window_costs_add_up_and_filter_by_time(tmp_path):
     text = cost_report.window_text(everything, None, None)
     assert "nan" not in text and "| total" in text and "0.0540" in text
 
+    # `pipeline cost --since/--until`: the window's table; bad times and mixed modes are usage errors.
+    console = Console(record=True, width=200)
+    assert cost_report.cost_command(console, data_dir=tmp_path, manifests=tmp_path / "manifests",
+                                    since=str(created["p2"]), as_markdown=True) == 0
+    out = console.export_text()
+    assert "| b " in out and "| a " not in out and "0.0040" in out
+    console = Console(record=True, width=200)
+    assert cost_report.cost_command(console, data_dir=tmp_path, manifests=tmp_path, since="whenever") == 2
+    assert cost_report.cost_command(console, data_dir=tmp_path, manifests=tmp_path, video_id="a", since="1h") == 2
+    assert cost_report.cost_command(console, data_dir=tmp_path, manifests=tmp_path, video_id="nope") == 1
+    errors = console.export_text()
+    assert "not a time" in errors and "not both" in errors and "no video_spec manifest" in errors
+
 
 def test_parse_when():
     now = 1_700_000_000.0
@@ -187,3 +201,9 @@ def test_local_render_costs_nothing_and_reads_well(env, tmp_path):
     assert view.finished and view.paid_usd == 0 and view.reused_usd == 0 and view.ledger_usd is None
     assert view.lines == final.costs
     assert "paid $0.0000" in cost_report.totals_line(view)
+    console = Console(record=True, width=250)
+    assert cost_report.cost_command(console, data_dir=env.data_dir, manifests=env.data_dir / "manifests",
+                                    video_id="cost-local") == 0
+    out = console.export_text()
+    assert "costs of cost-local (final video)" in out and "│ 001 " in out and "nan" not in out
+    assert "paid $0.0000, reused $0.0000" in out and "no ledger" not in out
