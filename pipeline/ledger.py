@@ -41,13 +41,14 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal
 
+from pipeline.ledger_lease import Lease
+from pipeline.ledger_schema import create_or_migrate
 from pipeline.procs import ProcessIdentity
 from pipeline.providers.base import ProviderError
 
@@ -58,46 +59,6 @@ Claim = Literal["owner", "succeeded", "busy"]
 OPEN_STATES = ("intent", "in_flight")
 DEFAULT_LEASE_S = 30.0
 """How long an owner's claim on a job lasts without renewal, seconds (renewed every third of it)."""
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    key            TEXT PRIMARY KEY,
-    provider       TEXT NOT NULL,
-    model          TEXT NOT NULL,
-    video_id       TEXT,
-    labels         TEXT NOT NULL DEFAULT '{}',
-    state          TEXT NOT NULL CHECK (state IN ('intent', 'in_flight', 'succeeded', 'failed', 'canceled')),
-    prediction_id  TEXT,
-    input_sha256   TEXT,
-    estimate_usd   REAL NOT NULL DEFAULT 0,
-    cost_usd       REAL NOT NULL DEFAULT 0,
-    attempts       INTEGER NOT NULL DEFAULT 0,
-    error          TEXT,
-    output         TEXT,
-    intent_at      REAL NOT NULL,
-    updated_at     REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS jobs_video ON jobs (video_id, state);
-CREATE TABLE IF NOT EXISTS predictions (
-    prediction_id  TEXT PRIMARY KEY,
-    key            TEXT NOT NULL,
-    provider       TEXT NOT NULL,
-    model          TEXT NOT NULL,
-    video_id       TEXT,
-    status         TEXT NOT NULL,
-    cost_usd       REAL NOT NULL DEFAULT 0,
-    adopted        INTEGER NOT NULL DEFAULT 0,
-    error          TEXT,
-    created_at     REAL NOT NULL,
-    updated_at     REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS predictions_video ON predictions (video_id);
-CREATE INDEX IF NOT EXISTS predictions_created ON predictions (created_at);
-"""
-
-_MIGRATIONS = {  # columns added after the first release: name -> definition
-    "jobs": {"owner": "TEXT", "lease_until": "REAL", "retryable": "INTEGER", "unusable": "TEXT NOT NULL DEFAULT '{}'"},
-}
 
 class BudgetExceededError(ProviderError):
     """A call would take a video's spend past its ``max_cost_usd``; it was not made (never retryable)."""
@@ -194,13 +155,7 @@ class Ledger:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.transaction() as db:
-            for statement in filter(str.strip, _SCHEMA.split(";")):
-                db.execute(statement)
-            for table, columns in _MIGRATIONS.items():
-                have = {r["name"] for r in db.execute(f"PRAGMA table_info({table})")}
-                for name, definition in columns.items():
-                    if name not in have:
-                        db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {definition}")
+            create_or_migrate(db)
 
     def __repr__(self) -> str:
         return f"Ledger({str(self.path)!r})"
@@ -390,7 +345,7 @@ class Ledger:
             return bool(cur.rowcount)
 
     @contextmanager
-    def hold(self, job: Job, lease_s: float = DEFAULT_LEASE_S) -> Iterator["Lease"]:
+    def hold(self, job: Job, lease_s: float = DEFAULT_LEASE_S) -> Iterator[Lease]:
         """Keep ``job``'s lease (owned by ``job.owner``) alive while the block runs: a background
         thread renews it every ``lease_s / 3`` seconds. If a renewal finds the job taken over, it
         logs an error and sets ``Lease.lost`` (the block must then not create anything). When the
@@ -468,49 +423,6 @@ class Ledger:
                         None if retryable is None else int(retryable), json.dumps(counts, sort_keys=True), key))
             row = db.execute("SELECT * FROM jobs WHERE key = ?", (key,)).fetchone()
         return _job(row)
-
-
-class Lease:
-    """A background renewal of one owner's lease (see ``Ledger.hold``). ``lost`` turns True, and an
-    error is logged, when a renewal finds that another process took the job over."""
-
-    def __init__(self, ledger: Ledger, key: str, owner: str, lease_s: float):
-        self.ledger, self.key, self.owner, self.lease_s = ledger, key, owner, float(lease_s)
-        self._stop = threading.Event()
-        self._lost = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"lease-{key[:8]}", daemon=True)
-        self.renewals = 0
-
-    @property
-    def lost(self) -> bool:
-        """True once another process owns the job."""
-        return self._lost.is_set()
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def renew_now(self) -> bool:
-        """Renew at once; False (and ``lost``) if the job was taken over."""
-        outcome = self.ledger.renew(self.key, self.owner, self.lease_s)
-        if outcome == "lost" and not self._lost.is_set():
-            self._lost.set()
-            log.error("ledger: lost the lease on job %s: another process took it over; this process (%s) will "
-                      "not create anything more for it", self.key[:12], self.owner)
-        if outcome == "renewed":
-            self.renewals += 1
-        return outcome != "lost"
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.lease_s / 3):
-            try:
-                if not self.renew_now() or self.ledger.get(self.key).state not in OPEN_STATES:
-                    return
-            except sqlite3.Error as exc:  # a busy file: try again next period, before the lease lapses
-                log.warning("ledger: could not renew the lease on %s: %s", self.key[:12], exc)
 
 
 def default_ledger_path(data_dir: str | Path) -> Path:

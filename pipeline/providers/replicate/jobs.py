@@ -32,7 +32,6 @@ from tenacity import Retrying, retry_if_result, stop_after_delay, wait_exponenti
 
 from pipeline.ledger import Job, Lease, Ledger, owner_is_gone
 from pipeline.models import ReplicateModel
-from pipeline.procs import ProcessIdentity
 from pipeline.providers.base import ProviderError
 from pipeline.providers.replicate.client import NotFound, ReplicateApi, Transient
 from pipeline.providers.replicate.download import DETERMINISTIC_CAUSES, OutputUnusable
@@ -342,8 +341,3 @@ def _bought(entry: dict[str, Any]) -> str:
     sizes = ", ".join(f"{k} {entry[k]} bytes" for k in ("size", "limit") if entry.get(k) is not None)
     return (f"{len(pids)} paid prediction{'s' if len(pids) != 1 else ''} ({', '.join(pids)})"
             + (f" [{sizes}]" if sizes else ""))
-
-
-def current_owner() -> str:
-    """``str(ProcessIdentity.current())``: how this process appears as a ledger owner."""
-    return str(ProcessIdentity.current())
