@@ -177,3 +177,21 @@ def test_two_processes_planning_the_same_brief_pay_for_one_call(tmp_path):
     assert plans[0]["beats"] == plans[1]["beats"] and len(plans[0]["beats"]) >= 2
     costs = sorted(p["cost_usd"] for p in plans)
     assert costs[0] == 0 and 0 < costs[1] < 0.01  # one paid, the other adopted the answer
+
+
+def test_an_owner_keeps_a_short_lease_alive_through_a_long_prediction(tmp_path):
+    # A 4 s lease and a 10 s prediction: the owner renews while it polls, so the waiting process
+    # never takes the job over (which would look it up and, finding it running, poll it twice).
+    with FakeServerProcess("--run-seconds", "10", "--render-scale", "0.25") as server:
+        workers = [Worker(server, tmp_path, f"lease-{i}", "--only", "image0", "--lease", "4", "--go",
+                          str(tmp_path / "go")) for i in range(2)]
+        for w in workers:
+            w.expect("ready")
+        (tmp_path / "go").touch()
+        results = [w.results()["image0"] for w in workers]
+        stats = server.stats()
+    assert list(stats["creates"].values()) == [1] and stats["create_requests"] == 1
+    assert sorted(r["how"] for r in results) == ["created", "waited"]
+    assert not any("taken over" in w.stderr() for w in workers)
+    job = Ledger(tmp_path / "data" / "ledger.sqlite").jobs()[0]
+    assert job.state == "succeeded" and job.updated_at - job.intent_at >= 10 - 1  # it did outlive two leases
