@@ -19,9 +19,8 @@ video (its cost comes from ``VideoPlan.planning_cost_usd``), and a medium the ma
 video paid for that the ledger does not know (note "not in the ledger": a moved or deleted ledger).
 Without a ledger (the local provider), the manifests' ``price_usd``/``paid_by`` decide; all 0.
 
-Tables are pandas DataFrames with real dtypes (segment keys are strings, "000"); ``markdown`` and
-``display_rows`` render them with empty cells for missing values, never ``nan``. Report formatting
-for the CLI is in ``pipeline.cost_report``. Nothing here imports Dagster.
+Tables are DataFrames with real dtypes (segment keys are strings, "000"), rendered with empty cells
+for missing values, never ``nan``. CLI reports: ``pipeline.cost_report``. No Dagster here.
 """
 
 from __future__ import annotations
@@ -292,14 +291,16 @@ def video_costs(video_id: str, *, manifests: str | Path | TextObjects, ledger: L
 
     ``manifests``: the manifests base (``PipelineResource.manifests_dir``: a directory, an ``s3://``
     string or TextObjects), laid out ``<asset>/<video>[/<segment>].json``. Uses the final_video
-    manifest when there is one; otherwise the plan, each real segment's chunk_videos (or, if that is
-    missing, its storyboard image) and the music that exist. Raises LookupError if the video has
-    neither a final_video nor a video_spec manifest.
+    manifest's lines when there is one (unless it predates per-line cache keys: lines without
+    prediction ids cannot be matched with the ledger); otherwise the plan, each real segment's
+    chunk_videos (or, if missing, its storyboard image) and the music that exist. Raises
+    LookupError if the video has neither a final_video nor a video_spec manifest.
     """
     objects = text_objects(manifests)
     final = _read(objects, f"final_video/{video_id}.json")
     ledger_usd = None if ledger is None else round(sum(p.cost_usd for p in ledger.predictions(video_id=video_id)), 6)
-    if isinstance(final, FinalManifest):
+    finished = isinstance(final, FinalManifest)
+    if finished and all(c.cache_key or c.stage == "video_spec" for c in final.costs if c.source == "manifest"):
         return VideoCosts(video_id, reconcile(video_id, final.costs, ledger), True, ledger_usd)
     plan = _read(objects, f"video_spec/{video_id}.json")
     if not isinstance(plan, VideoPlan):
@@ -317,7 +318,7 @@ def video_costs(video_id: str, *, manifests: str | Path | TextObjects, ledger: L
     music = _read(objects, f"music/{video_id}.json")
     lines = manifest_lines(video_id, plan=plan, chunk_sets=chunk_sets, storyboards=boards,
                            music=music if isinstance(music, MusicManifest) else None)
-    return VideoCosts(video_id, reconcile(video_id, lines, ledger), False, ledger_usd, missing)
+    return VideoCosts(video_id, reconcile(video_id, lines, ledger), finished, ledger_usd, missing)
 
 
 # --- a time window -----------------------------------------------------------------------------
@@ -326,17 +327,13 @@ WINDOW_COLUMNS = {"video_id": "string", "provider": "string", "model": "string",
                   "paid_usd": "float64"}
 
 
-def _unix(when: float | datetime | None) -> float | None:
-    return when.timestamp() if isinstance(when, datetime) else when
-
-
 def window_costs(ledger: Ledger, since: float | datetime | None = None,
                  until: float | datetime | None = None) -> pd.DataFrame:
     """What was paid in ``[since, until)`` (Unix seconds or aware datetimes; None: unbounded), by
     the predictions' ``created_at``: one row per (video_id, provider, model) with the number of
     predictions and their cost (USD), sorted. ``video_id`` is missing for calls made outside any
     video (the brief planner). The rows' ``paid_usd`` sum is the window's total spend."""
-    lo, hi = _unix(since), _unix(until)
+    lo, hi = (w.timestamp() if isinstance(w, datetime) else w for w in (since, until))
     groups: dict[tuple, list[float]] = {}
     for p in ledger.predictions():
         if (lo is None or p.created_at >= lo) and (hi is None or p.created_at < hi):
@@ -371,15 +368,13 @@ def _cell(column: str, value: Any) -> str:
     return str(value)
 
 
-def display_rows(df: pd.DataFrame, *, total: bool = True, label: str | None = None) -> list[dict[str, str]]:
+def display_rows(df: pd.DataFrame, *, total: bool = True) -> list[dict[str, str]]:
     """Rows of ``df`` as {column: text}: money with ``money``, booleans yes/no, missing values "".
-    With ``total``, a last row labelled "total" (in ``label``, default the first column) sums every
-    ``*_usd`` and integer column."""
+    With ``total``, a last row labelled "total" (first column) sums every ``*_usd`` and integer column."""
     rows = [{c: _cell(c, v) for c, v in zip(df.columns, values)} for values in df.itertuples(index=False)]
     if total and len(df.columns):
-        first = label or df.columns[0]
-        row = {c: "" for c in df.columns}
-        row[first] = "total"
+        first = df.columns[0]
+        row = {c: "" for c in df.columns} | {first: "total"}
         for c in df.columns:
             if c.endswith("_usd"):
                 row[c] = money(round(float(df[c].sum()), 6))
@@ -392,8 +387,8 @@ def display_rows(df: pd.DataFrame, *, total: bool = True, label: str | None = No
 
 
 def markdown(df: pd.DataFrame, *, total: bool = True, columns: list[str] | None = None) -> str:
-    """``df`` (``columns`` of it, default all but cache_key) as a markdown table via
-    ``DataFrame.to_markdown`` with number parsing off, so "000" stays "000" and nothing reads ``nan``."""
+    """``df`` (``columns`` of it, default all but cache_key) as a markdown table (``to_markdown``, number
+    parsing off: "000" stays "000"), cells from ``display_rows``: nothing reads ``nan``."""
     rows = display_rows(df, total=total)
     keep = columns or [c for c in df.columns if c != "cache_key"]
     return pd.DataFrame([{c: r[c] for c in keep} for r in rows], columns=keep).to_markdown(

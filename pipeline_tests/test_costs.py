@@ -201,6 +201,15 @@ def test_local_render_costs_nothing_and_reads_well(env, tmp_path):
     assert view.finished and view.paid_usd == 0 and view.reused_usd == 0 and view.ledger_usd is None
     assert view.lines == final.costs
     assert "paid $0.0000" in cost_report.totals_line(view)
+    # A final manifest written before lines had cache keys: the lines are rebuilt from the segments.
+    path = env.data_dir / "manifests" / "final_video" / "cost-local.json"
+    data = json.loads(path.read_text())
+    data["costs"] = [{k: line[k] for k in ("stage", "segment", "item", "provider", "model", "units", "unit",
+                                           "cache_hit")} | {"cost_usd": line["paid_usd"]} for line in data["costs"]]
+    path.write_text(json.dumps({k: v for k, v in data.items() if k not in ("paid_usd", "reused_usd")}))
+    rebuilt = costs.video_costs("cost-local", manifests=env.data_dir / "manifests", ledger=None)
+    assert rebuilt.finished and rebuilt.lines == final.costs
+
     console = Console(record=True, width=250)
     assert cost_report.cost_command(console, data_dir=env.data_dir, manifests=env.data_dir / "manifests",
                                     video_id="cost-local") == 0
