@@ -112,34 +112,39 @@ def window_text(df: pd.DataFrame, since: float | None, until: float | None) -> s
 
 def cost_command(console: Console, *, data_dir: str | Path, manifests: str | Path | TextObjects,
                  video_id: str | None = None, since: str | None = None, until: str | None = None,
-                 as_markdown: bool = False) -> int:
-    """``pipeline cost VIDEO_ID`` (a video's table and totals) or ``pipeline cost --since/--until``
-    (what was paid in a window, per video and model), printed on ``console``: rich tables, or
-    markdown text with ``as_markdown``. ``data_dir`` holds the ledger, ``manifests`` is
-    ``PipelineResource.manifests_dir``. Returns the exit code: 0, 1 for a video that was never
-    planned, 2 for a bad time or both a video and a window (the error is printed)."""
+                 as_markdown: bool = False, err_console: Console | None = None) -> int:
+    """``pipeline cost VIDEO_ID`` (a video's table and totals) or ``pipeline cost [--since] [--until]``
+    (what was paid in a window, per video and model; no bounds: everything), printed on ``console``:
+    rich tables, or markdown text with ``as_markdown``. ``data_dir`` holds the ledger, ``manifests``
+    is ``PipelineResource.manifests_dir``. Returns the exit code: 0, 1 for a video that was never
+    planned, 2 for a bad time or both a video and a window (the error goes to ``err_console``,
+    default ``console``)."""
+
+    def error(message: str) -> None:
+        (err_console or console).print(Text.assemble(("error", "red"), ": ", _safe(message)))
+
     if video_id is not None and (since or until):
-        console.print("[red]error[/red]: give a VIDEO_ID or --since/--until, not both")
+        error("give a VIDEO_ID or --since/--until, not both")
         return 2
     ledger = open_ledger(data_dir)
     if video_id is not None:
         try:
             view = video_costs(video_id, manifests=manifests, ledger=ledger)
         except LookupError as exc:
-            console.print(f"[red]error[/red]: {exc}")
+            error(str(exc))
             return 1
         console.print(_safe(video_text(view)) if as_markdown else video_table(view), soft_wrap=as_markdown)
         if not as_markdown:
-            console.print(totals_line(view))
+            console.print(_safe(totals_line(view)))
         return 0
     try:
         lo = parse_when(since) if since else None
         hi = parse_when(until) if until else None
     except ValueError as exc:
-        console.print(f"[red]error[/red]: {exc}")
+        error(str(exc))
         return 2
     if ledger is None:
-        console.print(f"no ledger at {Path(data_dir) / 'ledger.sqlite'}: nothing was paid")
+        console.print(_safe(f"no ledger at {Path(data_dir) / 'ledger.sqlite'}: nothing was paid"))
         return 0
     df = window_costs(ledger, lo, hi)
     console.print(_safe(window_text(df, lo, hi)) if as_markdown else window_table(df, lo, hi), soft_wrap=as_markdown)
