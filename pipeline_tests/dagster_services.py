@@ -1,6 +1,9 @@
-"""Real Dagster services for integration tests: a temporary instance (DAGSTER_HOME) configured like
-the repository's dagster.yaml, and ``dagster-daemon`` / ``dagster-webserver`` subprocesses on
-127.0.0.1 that are always stopped, children included, with their logs kept for failure reports."""
+"""Real Dagster services for integration tests and benchmarks: a temporary instance (DAGSTER_HOME)
+configured like the repository's dagster.yaml, and ``dagster-daemon`` / ``dagster-webserver``
+subprocesses on 127.0.0.1 that are always stopped, children included, with their logs kept for
+failure reports. Run workers started by the instance's run launcher leave the daemon's process
+group on purpose (runs survive a daemon restart), so stopping the stack also kills the workers of
+this instance's runs that are still alive (found by their ``pipeline/owner`` run tag)."""
 
 from __future__ import annotations
 
@@ -25,14 +28,28 @@ _ENV_DROP_PREFIXES = ("PIPELINE_", "REPLICATE_", "DAGSTER_")
 """The services get a clean pipeline/Dagster environment: only the variables set here."""
 
 
-def write_instance_yaml(home: Path) -> Path:
-    """``home/dagster.yaml``: the repository's dagster.yaml (run queue, pools, run retries, run
-    monitoring, telemetry off) with every storage path moved inside ``home`` (absolute paths)."""
-    config = yaml.safe_load((ROOT / "dagster.yaml").read_text())
+OWNER_TAG = "pipeline/owner"
+"""The run tag naming the process that executes a run (pipeline.orchestration.launcher.OWNER_TAG)."""
+
+
+def write_instance_yaml(home: Path, overrides: dict[str, Any] | None = None, *,
+                        source: Path | None = None) -> Path:
+    """``home/dagster.yaml``: the repository's dagster.yaml (or ``source``; run launcher, run queue,
+    pools, run retries, run monitoring, telemetry off) with every storage path moved inside
+    ``home`` (absolute paths) and the top-level sections in ``overrides`` replaced (a None value
+    removes the section)."""
+    config = yaml.safe_load((source or ROOT / "dagster.yaml").read_text())
+    for key, value in (overrides or {}).items():
+        if value is None:
+            config.pop(key, None)
+        else:
+            config[key] = value
     home = home.resolve()
     config["storage"] = {"sqlite": {"base_dir": str(home / "storage")}}
-    config["local_artifact_storage"]["config"]["base_dir"] = str(home)
-    config["compute_logs"]["config"]["base_dir"] = str(home / "compute_logs")
+    config["local_artifact_storage"] = {"module": "dagster._core.storage.root", "class": "LocalArtifactStorage",
+                                        "config": {"base_dir": str(home)}}
+    config["compute_logs"] = {"module": "dagster._core.storage.local_compute_log_manager",
+                              "class": "LocalComputeLogManager", "config": {"base_dir": str(home / "compute_logs")}}
     config["telemetry"] = {"enabled": False}
     home.mkdir(parents=True, exist_ok=True)
     path = home / "dagster.yaml"
@@ -117,6 +134,7 @@ class DagsterStack:
     data_dir: Path
     faults: Path
     env: dict[str, str]
+    workspace: Path = WORKSPACE_YAML
     services: list[Service] = field(default_factory=list)
     port: int | None = None
 
@@ -126,16 +144,20 @@ class DagsterStack:
         return f"http://127.0.0.1:{self.port}"
 
     @classmethod
-    def create(cls, root: Path) -> "DagsterStack":
+    def create(cls, root: Path, *, workspace: Path | None = None, instance_overrides: dict[str, Any] | None = None,
+               instance_source: Path | None = None, extra_env: dict[str, str] | None = None) -> "DagsterStack":
+        """A stack under ``root``: the instance (``instance_overrides`` / ``instance_source`` as in
+        ``write_instance_yaml``), a data directory with an inbox, a local-provider faults file, and
+        the services' environment (``extra_env`` added). ``workspace``: default the repository's."""
         home, data = root / "dagster_home", root / "data"
-        write_instance_yaml(home)
+        write_instance_yaml(home, instance_overrides, source=instance_source)
         (data / "inbox").mkdir(parents=True, exist_ok=True)
         faults = root / "faults.json"
         faults.write_text('{"fail": []}')
         env = {k: v for k, v in os.environ.items() if not k.startswith(_ENV_DROP_PREFIXES)}
         env.update(DAGSTER_HOME=str(home.resolve()), PIPELINE_DATA_DIR=str(data.resolve()),
-                   PIPELINE_LOCAL_FAULTS=str(faults.resolve()), PYTHONUNBUFFERED="1")
-        return cls(root, home, data, faults, env)
+                   PIPELINE_LOCAL_FAULTS=str(faults.resolve()), PYTHONUNBUFFERED="1", **(extra_env or {}))
+        return cls(root, home, data, faults, env, workspace=Path(workspace or WORKSPACE_YAML))
 
     def _start(self, name: str, args: list[str]) -> Service:
         log_path = self.root / f"{name}.log"
@@ -149,12 +171,39 @@ class DagsterStack:
         self.services.append(service)
         return service
 
-    def start_daemon(self) -> Service:
-        return self._start("dagster-daemon", [str(BIN / "dagster-daemon"), "run", "-w", str(WORKSPACE_YAML)])
+    def start_daemon(self, *, wait: bool = False, timeout: float = 180.0) -> Service:
+        """Start ``dagster-daemon run``; with ``wait``, return once its sensor, run-queue and
+        monitoring daemons have sent a heartbeat (AssertionError after ``timeout`` seconds)."""
+        service = self._start("dagster-daemon", [str(BIN / "dagster-daemon"), "run", "-w", str(self.workspace)])
+        if wait:
+            self.wait_daemon_ready(service, timeout=timeout)
+        return service
+
+    def wait_daemon_ready(self, service: Service, timeout: float = 180.0) -> None:
+        """Wait until ``service`` (a daemon started after any earlier one stopped) has sent fresh
+        heartbeats for SENSOR, QUEUED_RUN_COORDINATOR and MONITORING."""
+        import dagster as dg
+
+        since = time.time() - 1
+        wanted = {"SENSOR", "QUEUED_RUN_COORDINATOR", "MONITORING"}
+        with dg.DagsterInstance.from_config(str(self.home)) as instance:
+            def ready() -> bool:
+                if service.proc.poll() is not None:
+                    raise AssertionError(f"dagster-daemon exited with {service.proc.returncode}\n{service.tail()}")
+                beats = instance.get_daemon_heartbeats()
+                return all(k in beats and beats[k].timestamp >= since for k in wanted)
+
+            wait_until(ready, timeout=timeout, interval=0.25, what="the daemon's heartbeats", on_timeout=service.tail)
+
+    def stop_service(self, name: str, sig: int = signal.SIGTERM) -> None:
+        """Stop the running service called ``name`` (its whole process group) and forget it."""
+        for service in [s for s in self.services if s.name == name and s.proc.poll() is None]:
+            service.stop()
+            self.services.remove(service)
 
     def start_webserver(self, timeout: float = 120.0) -> Service:
         self.port = free_port()
-        service = self._start("dagster-webserver", [str(BIN / "dagster-webserver"), "-w", str(WORKSPACE_YAML),
+        service = self._start("dagster-webserver", [str(BIN / "dagster-webserver"), "-w", str(self.workspace),
                                                     "-h", "127.0.0.1", "-p", str(self.port)])
 
         def up() -> bool:
@@ -226,5 +275,36 @@ class DagsterStack:
         return "\n".join(s.tail() for s in self.services)
 
     def stop(self) -> None:
+        """Stop every service, then kill the run workers of this instance that are still alive."""
         for service in reversed(self.services):
             service.stop()
+        self.kill_run_workers()
+
+    def run_workers(self) -> list[tuple[str, Any]]:
+        """(run id, ProcessIdentity) of every run of this instance whose ``pipeline/owner`` lives."""
+        import dagster as dg
+
+        from pipeline.procs import ProcessIdentity
+
+        found = []
+        try:
+            with dg.DagsterInstance.from_config(str(self.home)) as instance:
+                for record in instance.get_run_records():
+                    owner = ProcessIdentity.parse(record.dagster_run.tags.get(OWNER_TAG))
+                    if owner is not None and owner.is_alive():
+                        found.append((record.dagster_run.run_id, owner))
+        except Exception as exc:  # noqa: BLE001 - cleanup must not mask the test's own failure
+            print(f"could not list run workers: {exc}")
+        return found
+
+    def kill_run_workers(self) -> None:
+        """SIGKILL the live run workers of this instance (and their process groups: compute-log
+        helpers). Only processes whose identity (pid *and* start time) matches are signalled."""
+        for _run_id, owner in self.run_workers():
+            try:
+                if os.getpgid(owner.pid) == owner.pid:
+                    os.killpg(owner.pid, signal.SIGKILL)
+                else:
+                    os.kill(owner.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
