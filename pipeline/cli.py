@@ -8,25 +8,30 @@
 
 Runs are recorded in the Dagster instance at $DAGSTER_HOME (default: the current directory when it
 holds a dagster.yaml, else ``<data dir>/dagster_home``), so ``dagster dev`` shows them afterwards.
+
+Output goes through ``pipeline.cli_output`` (markup off, control characters escaped: a prompt is
+printed as written, whatever it holds). Errors never print a traceback: a bad spec or argument
+exits 2 with the message naming the file and field, an unusable path or other OS error exits 1,
+and anything unexpected exits 1 with one line (``PIPELINE_DEBUG=1`` adds the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from pathlib import Path
 
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
+from pipeline.cli_output import cell, console, error, safe_streams, say, shout
+from pipeline.printable import printable
 from pipeline.providers import PROVIDERS
-from pipeline.spec import SpecError
-
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+from pipeline.spec import VIDEO_ID_PATTERN, SpecError
 
 DEFAULT_INSTANCE_YAML = "telemetry:\n  enabled: false\n"
 
@@ -60,8 +65,9 @@ def cmd_validate(args) -> int:
     from pipeline.spec import load_spec
     from pipeline.submissions import Submission
 
-    spec = load_spec(args.spec)
     from pipeline.store import Workspace
+
+    spec = load_spec(args.spec)
 
     options = {} if args.provider == "local" else {"workspace": Workspace.at(_data_dir(args))}
     provider = get_provider(args.provider, **options)
@@ -69,15 +75,17 @@ def cmd_validate(args) -> int:
                      spec=spec.model_dump(mode="json", exclude_none=True), spec_sha256=spec.fingerprint(),
                      submitted_at="")
     plan = stages.plan_video(sub, provider)
-    console.print(f"[green]valid[/green] {args.spec}: video [bold]{plan.video_id}[/bold], {len(plan.beats)} beats, "
-                  f"{plan.duration_s:g} s, {plan.width}x{plan.height} @ {plan.fps} fps ({plan.planned_by})")
+    say(("valid", "green"), f" {args.spec}: video ", (plan.video_id, "bold"),
+        f", {len(plan.beats)} beats, {plan.duration_s:g} s, {plan.width}x{plan.height} @ {plan.fps} fps "
+        f"({plan.planned_by})")
     if plan.truncation:
-        console.print(f"[yellow]warning[/yellow]: {stages.truncation_message(plan, plan.truncation)}")
+        say(("warning", "yellow"), ": ", stages.truncation_message(plan, plan.truncation))
     table = Table("segment", "start_s", "duration_s", "chunks", "motion")
     table.add_column("prompt", no_wrap=True, overflow="ellipsis", max_width=60)
     for b in plan.beats:
         table.add_row(b.segment, f"{b.start_s:g}", f"{b.duration_s:g}",
-                      str(len(stages.chunk_plan(b.duration_s, provider.chunk_seconds))), b.motion or "", b.prompt)
+                      str(len(stages.chunk_plan(b.duration_s, provider.chunk_seconds))), cell(b.motion or ""),
+                      cell(b.prompt))
     console.print(table)
     return 0
 
@@ -98,23 +106,25 @@ def cmd_render(args) -> int:
 
     defs, instance = _dagster(args)
     started = time.monotonic()
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+    with Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=False) as progress:
         overall = progress.add_task("planning", total=None)
 
         def on_plan(plan):
-            progress.update(overall, description=f"rendering {plan.video_id}", total=len(plan.beats) + 3, completed=1)
+            progress.update(overall, description=printable(f"rendering {plan.video_id}"), total=len(plan.beats) + 3,
+                            completed=1)
             if plan.truncation:
-                progress.console.print(f"[yellow]warning[/yellow]: {stages.truncation_message(plan, plan.truncation)}")
+                say(("warning", "yellow"), ": ", stages.truncation_message(plan, plan.truncation), stream=progress.console)
 
         def on_run(name, outcome):
             if outcome is None:
                 return
             elapsed = time.monotonic() - started
             if outcome.success:
-                progress.console.print(f"  [green]✓[/green] {name:<12} {outcome.seconds:5.1f} s   (t={elapsed:.1f} s)")
+                say("  ", ("✓", "green"), f" {name:<12} {outcome.seconds:5.1f} s   (t={elapsed:.1f} s)",
+                    stream=progress.console)
             else:
-                progress.console.print(f"  [red]✗[/red] {name:<12} failed: {outcome.error}")
+                say("  ", ("✗", "red"), f" {name:<12} failed: {outcome.error}", multiline=True, stream=progress.console)
             if name != "video_spec":
                 progress.advance(overall)
 
@@ -125,12 +135,12 @@ def cmd_render(args) -> int:
 
 def _report(report) -> int:
     if report.up_to_date:
-        console.print(f"[green]up to date[/green]: {report.video_id} was already rendered from this exact spec "
-                      "(use --force to re-materialize every asset from the cache)")
+        say(("up to date", "green"), f": {report.video_id} was already rendered from this exact spec "
+            "(use --force to re-materialize every asset from the cache)")
     if report.final is None:
         failed = ", ".join(r.name for r in report.failed) or "unknown"
-        err_console.print(f"[red]render of {report.video_id} failed[/red] ({failed}). Fix the cause and run the "
-                          f"same command again: finished, paid-for work is reused.")
+        shout((f"render of {report.video_id} failed", "red"), f" ({failed}). Fix the cause and run the "
+              "same command again: finished, paid-for work is reused.")
         return 1
     print_summary(report)
     return 0
@@ -139,7 +149,7 @@ def _report(report) -> int:
 def print_summary(report) -> None:
     """The per-beat table, cost and final path of a finished render."""
     plan, final = report.plan, report.final
-    table = Table(title=f"{plan.title} ({plan.video_id})", show_footer=True)
+    table = Table(title=cell(f"{plan.title} ({plan.video_id})"), show_footer=True)
     by_segment = {cv.index: cv for cv in report.chunk_sets}
     costs: dict[str | None, float] = {}
     for line in final.costs:
@@ -155,36 +165,47 @@ def print_summary(report) -> None:
         cv = by_segment.get(b.index)
         table.add_row(b.segment, f"{b.start_s:g}", f"{b.duration_s:g}", str(len(cv.chunks)) if cv else "?",
                       f"{sum(c.video.cache_hit for c in cv.chunks)}/{len(cv.chunks)}" if cv else "?",
-                      f"{costs.get(b.segment, 0.0):.4f}", b.prompt)
-    table.add_row("music", "0", f"{plan.duration_s:g}", "", "", f"{costs.get(None, 0.0):.4f}", plan.music.prompt)
+                      f"{costs.get(b.segment, 0.0):.4f}", cell(b.prompt))
+    table.add_row("music", "0", f"{plan.duration_s:g}", "", "", f"{costs.get(None, 0.0):.4f}", cell(plan.music.prompt))
     console.print(table)
-    console.print(f"{final.video.duration_s:.3f} s, {final.video.width}x{final.video.height}, {final.beats} beats, "
-                  f"{final.chunks} chunks, ${final.cost_usd:.4f}, rendered in {report.seconds:.1f} s")
-    console.print(f"final video: [bold]{final.path}[/bold]", soft_wrap=True)
+    say(f"{final.video.duration_s:.3f} s, {final.video.width}x{final.video.height}, {final.beats} beats, "
+        f"{final.chunks} chunks, ${final.cost_usd:.4f}, rendered in {report.seconds:.1f} s")
+    say("final video: ", (str(final.path), "bold"))
 
 
 def cmd_submit(args) -> int:
-    """Copy a valid spec into the inbox, where the spec_inbox_sensor picks it up."""
-    import shutil
+    """Copy a valid spec into the inbox, where the spec_inbox_sensor picks it up. The bytes that were
+    validated are the bytes written (read once, safely), named ``<video_id>.yaml`` or ``.json``."""
+    import tempfile
 
     from pipeline.defs.resources import PipelineResource
-    from pipeline.spec import load_spec
+    from pipeline.spec import load_spec_bytes, read_spec_file
 
-    spec = load_spec(args.spec)  # fail here, not in the inbox, on a bad spec
+    data = read_spec_file(args.spec)
+    spec = load_spec_bytes(data, args.spec)  # fail here, not in the inbox, on a bad spec
     pipeline = PipelineResource(data_dir=_data_dir(args), inbox_dir=os.environ.get("PIPELINE_INBOX_DIR"))
     inbox = pipeline.inbox_path
     inbox.mkdir(parents=True, exist_ok=True)
-    tmp = inbox / f".{spec.video_id}.yaml.part"
-    shutil.copyfile(args.spec, tmp)
-    target = inbox / f"{spec.video_id}{Path(args.spec).suffix.lower()}"
-    os.replace(tmp, target)
-    console.print(f"submitted {spec.video_id} to {target}; with `make dev` (the Dagster daemon) running, "
-                  f"spec_inbox_sensor plans it within seconds. Follow it with `pipeline status {spec.video_id}`.")
+    target = inbox / f"{spec.video_id}{'.json' if Path(args.spec).suffix.lower() == '.json' else '.yaml'}"
+    fd, tmp = tempfile.mkstemp(dir=inbox, prefix=f".{spec.video_id}.", suffix=".part")  # hidden: not scanned
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    say(f"submitted {spec.video_id} to {target}; with `make dev` (the Dagster daemon) running, "
+        f"spec_inbox_sensor plans it within seconds. Follow it with `pipeline status {spec.video_id}`.")
     return 0
 
 
 STATE_STYLE = {"materialized": "green", "in_progress": "cyan", "failed": "red", "stale": "yellow", "missing": "dim"}
 STATE_WORD = {"materialized": "done", "in_progress": "running", "failed": "FAILED", "stale": "stale", "missing": "missing"}
+
+
+def _state(value: str) -> Text:
+    return cell(STATE_WORD[value], STATE_STYLE[value])
 
 
 def cmd_status(args) -> int:
@@ -194,10 +215,9 @@ def cmd_status(args) -> int:
     pipeline = defs.resources["pipeline"]
     status = video_status(instance, pipeline.manifests_dir, args.video_id)
     if status.plan is None:
-        err_console.print(f"[red]error[/red]: {args.video_id!r} has no materialized video_spec "
-                          "(unknown video, or its spec is still being planned)")
+        error(f"{args.video_id!r} has no materialized video_spec (unknown video, or its spec is still being planned)")
         return 1
-    table = Table(title=f"{status.plan.title} ({args.video_id})", show_footer=True)
+    table = Table(title=cell(f"{status.plan.title} ({args.video_id})"), show_footer=True)
     table.add_column("segment", footer="total", no_wrap=True, min_width=7)
     for asset in SEGMENT_ASSETS:
         table.add_column(asset, no_wrap=True, min_width=len(asset))
@@ -205,15 +225,16 @@ def cmd_status(args) -> int:
                      footer=f"{sum(s.cost_usd for s in status.segments):.4f}")
     table.add_column("latest run", no_wrap=True)
     for seg in status.segments:
-        cells = [f"[{STATE_STYLE[seg.states[a]]}]{STATE_WORD[seg.states[a]]}[/]" for a in SEGMENT_ASSETS]
-        table.add_row(seg.segment, *cells, f"{seg.cost_usd:.4f}",
-                      f"{(seg.latest_run_id or '')[:8]} {(seg.latest_run_status or '').lower()}".strip())
+        table.add_row(seg.segment, *[_state(seg.states[a]) for a in SEGMENT_ASSETS], f"{seg.cost_usd:.4f}",
+                      cell(f"{(seg.latest_run_id or '')[:8]} {(seg.latest_run_status or '').lower()}".strip()))
     console.print(table)
-    console.print("  ".join(f"{a}: [{STATE_STYLE[v]}]{STATE_WORD[v]}[/]" for a, v in status.video_assets.items()))
+    parts = []
+    for asset, value in status.video_assets.items():
+        parts += [f"{'  ' if parts else ''}{asset}: ", (STATE_WORD[value], STATE_STYLE[value])]
+    say(*parts)
     failed = status.failed_or_missing
     if failed:
-        console.print(f"segments to redo: {', '.join(failed)}; run `pipeline retry {args.video_id}` "
-                      "or backfill them from the UI")
+        say(f"segments to redo: {', '.join(failed)}; run `pipeline retry {args.video_id}` or backfill them from the UI")
     return 0 if not failed else 3
 
 
@@ -224,26 +245,57 @@ def cmd_retry(args) -> int:
 
     def on_run(name, outcome):
         if outcome is not None:
-            mark = "[green]✓[/green]" if outcome.success else "[red]✗[/red]"
-            console.print(f"  {mark} {name:<12} {outcome.seconds:5.1f} s {outcome.error or ''}")
+            mark = ("✓", "green") if outcome.success else ("✗", "red")
+            say("  ", mark, f" {name:<12} {outcome.seconds:5.1f} s {outcome.error or ''}", multiline=True)
 
     try:
         report = retry_video(args.video_id, defs=defs, instance=instance, max_parallel=args.max_parallel, on_run=on_run)
     except LookupError as exc:
-        err_console.print(f"[red]error[/red]: {exc}")
+        error(exc)
         return 1
     return _report(report)
 
 
+# --- arguments -------------------------------------------------------------------------------------
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors escaped (they quote what was typed) and exit code 2."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        error(f"{self.prog}: {message}")
+        raise SystemExit(2)
+
+
+def video_id_arg(text: str) -> str:
+    """A video id typed on the command line; it becomes a path and a partition key, so it must match
+    VIDEO_ID_PATTERN (raises argparse.ArgumentTypeError, shown escaped)."""
+    if not re.fullmatch(VIDEO_ID_PATTERN.strip("^$"), text):
+        raise argparse.ArgumentTypeError(f"{printable(text, limit=80)!r} is not a valid video_id (1-63 lowercase "
+                                         "letters, digits and '-', starting with a letter or digit)")
+    return text
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (raises argparse.ArgumentTypeError)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {printable(text, limit=40)!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pipeline", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="pipeline", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", help="data directory (default: $PIPELINE_DATA_DIR or ./data)")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("render", help="render a spec end to end (all assets, in the Dagster instance)")
     p.add_argument("spec", help="spec file (.yaml, .yml or .json)")
     p.add_argument("--provider", choices=PROVIDERS, default="local", help="generation provider (default: local)")
-    p.add_argument("--max-parallel", type=int, default=2, metavar="N",
+    p.add_argument("--max-parallel", type=positive_int, default=2, metavar="N",
                    help="segment runs at once (default: 2, one per core here)")
     for kind in ("image", "video", "music"):
         p.add_argument(f"--{kind}-model", metavar="REF",
@@ -257,12 +309,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("status", help="table of a video's segments x assets: materialized/failed/missing/in progress")
-    p.add_argument("video_id")
+    p.add_argument("video_id", type=video_id_arg)
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("retry", help="re-materialize only failed or missing segments of a video, then reassemble")
-    p.add_argument("video_id")
-    p.add_argument("--max-parallel", type=int, default=2, metavar="N")
+    p.add_argument("video_id", type=video_id_arg)
+    p.add_argument("--max-parallel", type=positive_int, default=2, metavar="N")
     p.set_defaults(func=cmd_retry)
 
     p = sub.add_parser("validate", help="validate a spec and print its beat plan; renders nothing")
@@ -273,7 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command. Returns the exit code (see the module doc); never raises for bad input."""
+    safe_streams()
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already printed
+        return exc.code if isinstance(exc.code, int) else 2
     if args.data_dir:
         os.environ["PIPELINE_DATA_DIR"] = args.data_dir
     for kind in ("image", "video", "music"):
@@ -282,14 +339,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except SpecError as exc:
-        err_console.print(f"[red]error[/red]: {exc}")
-        return 2
-    except FileNotFoundError as exc:
-        err_console.print(f"[red]error[/red]: {exc}")
+        error(exc)
         return 2
     except KeyboardInterrupt:
-        err_console.print("interrupted; finished work is kept and reused on the next run")
+        shout("interrupted; finished work is kept and reused on the next run")
         return 130
+    except OSError as exc:  # an unusable data dir, inbox or instance: not a bug, not the spec
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        error(f"{exc.strerror or exc}{where}")
+        return 1
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, never a traceback
+        error(f"internal error: {type(exc).__name__}: {exc}")
+        if os.environ.get("PIPELINE_DEBUG"):
+            import traceback
+
+            shout(traceback.format_exc(), multiline=True)
+        else:
+            shout("(set PIPELINE_DEBUG=1 to see where it happened)")
+        return 1
 
 
 if __name__ == "__main__":

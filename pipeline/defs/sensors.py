@@ -22,6 +22,7 @@ from pipeline.defs.resources import PipelineResource
 from pipeline.defs.status import video_status
 from pipeline.inbox import scan_inbox
 from pipeline.manifests import VideoPlan
+from pipeline.printable import printable
 from pipeline.submissions import list_submissions
 
 TICK_S = 5
@@ -41,10 +42,14 @@ def spec_inbox_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineRes
     """Validate spec files dropped into the inbox (``<data>/inbox`` unless configured): valid ones
     are registered and moved to ``processed/``, invalid ones to ``rejected/`` with a ``.error.txt``.
     Every registered spec whose version was not requested yet gets its ``videos`` partition and a
-    ``video_spec`` run; an identical re-drop starts nothing, a changed spec re-plans the video."""
+    ``video_spec`` run; an identical re-drop starts nothing, a changed spec re-plans the video.
+    Never raises because of a file: any entry that cannot be read, validated or registered is
+    rejected alone (``scan_inbox``), and the valid specs beside it are still requested."""
     scan = scan_inbox(pipeline.workspace, pipeline.inbox_path)
-    for path, error in scan.rejected:
-        context.log.warning(f"rejected {path.name}: {error}")
+    for path, error in scan.rejected:  # error: already escaped by scan_inbox
+        context.log.warning(f"rejected {printable(path.name)}: {error}")
+    for problem in scan.errors:
+        context.log.error(problem)
     requested: dict[str, str] = _cursor(context)
     runs, new_partitions = [], []
     existing = set(context.instance.get_dynamic_partitions(videos.name))
