@@ -22,6 +22,8 @@ import av
 import ffmpeg
 from PIL import Image
 
+from pipeline.procs import die_with_parent
+
 VIDEO_CODEC_ARGS = {
     "c:v": "libx264",
     "preset": "veryfast",
@@ -57,14 +59,18 @@ def ffmpeg_exe() -> str:
 def run_ffmpeg(stream_or_args, *, what: str) -> str:
     """Run ffmpeg (an ffmpeg-python stream or a raw argument list). Returns stderr text.
 
-    Raises MediaError with ``what`` and the tail of ffmpeg's log when it exits non-zero.
+    ffmpeg dies with the calling process (``procs.die_with_parent`` as its ``preexec_fn``: the
+    kernel SIGKILLs it when the thread that started it exits, and that thread is blocked here until
+    ffmpeg ends), so a killed render never leaves an encoder running. Raises MediaError with
+    ``what`` and the tail of ffmpeg's log when it exits non-zero.
     """
     if isinstance(stream_or_args, list):
         args = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-y", *stream_or_args]
     else:
         args = [ffmpeg_exe(), "-hide_banner", "-nostdin",
                 *ffmpeg.compile(stream_or_args.global_args("-y"), cmd=[])]
-    proc = subprocess.run(args, capture_output=True, text=True, errors="replace")
+    proc = subprocess.run(args, capture_output=True, text=True, errors="replace", stdin=subprocess.DEVNULL,
+                          preexec_fn=die_with_parent)
     if proc.returncode != 0:
         tail = "\n".join(proc.stderr.strip().splitlines()[-12:])
         raise MediaError(f"ffmpeg failed to {what} (exit {proc.returncode}):\n{tail}")

@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from pipeline.manifests import utc_now
+from pipeline.procs import file_lock
 from pipeline.providers import PROVIDERS
 from pipeline.spec import VideoSpec, load_spec, parse_spec
 from pipeline.store import Workspace, atomic_write_text
@@ -44,21 +45,24 @@ def submit_spec(workspace: Workspace, spec: VideoSpec, *, source: str, provider:
     """Register ``spec`` for rendering with ``provider``. Returns (submission, changed).
 
     ``changed`` is False when the identical spec and provider were already registered (the old
-    entry is kept untouched). Raises ValueError for an unknown provider.
+    entry is kept untouched). Check and write happen under a per-video file lock
+    (``specs/.<video_id>.lock``), so of several processes registering the same spec at once
+    exactly one sees ``changed``. Raises ValueError for an unknown provider.
     """
     if provider not in PROVIDERS:
         raise ValueError(f"unknown provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
     sha = spec.fingerprint()
-    try:
-        current = load_submission(workspace, spec.video_id)
-    except UnknownVideoError:
-        current = None
-    if current is not None and current.spec_sha256 == sha and current.provider == provider:
-        return current, False
-    submission = Submission(video_id=spec.video_id, provider=provider, source=source,
-                            spec=spec.model_dump(mode="json", exclude_none=True), spec_sha256=sha,
-                            submitted_at=utc_now())
-    atomic_write_text(_path(workspace, spec.video_id), submission.model_dump_json(indent=2))
+    with file_lock(workspace.specs / f".{spec.video_id}.lock"):
+        try:
+            current = load_submission(workspace, spec.video_id)
+        except UnknownVideoError:
+            current = None
+        if current is not None and current.spec_sha256 == sha and current.provider == provider:
+            return current, False
+        submission = Submission(video_id=spec.video_id, provider=provider, source=source,
+                                spec=spec.model_dump(mode="json", exclude_none=True), spec_sha256=sha,
+                                submitted_at=utc_now())
+        atomic_write_text(_path(workspace, spec.video_id), submission.model_dump_json(indent=2))
     return submission, True
 
 

@@ -7,9 +7,12 @@ beats still has partitions for segments 004.. when another video has more beats.
 
 from __future__ import annotations
 
+import random
+import time
 import warnings
 
 import dagster as dg
+import sqlalchemy.exc
 
 from pipeline.manifests import PlannedBeat, VideoPlan, segment_key
 
@@ -41,12 +44,41 @@ def segment_beat(plan: VideoPlan, segment: str) -> PlannedBeat | None:
     return plan.beat_for_segment(segment)
 
 
+def add_partitions(instance: dg.DagsterInstance, partitions_def: str | dg.DynamicPartitionsDefinition,
+                   keys: list[str], *, attempts: int = 20) -> list[str]:
+    """Add the dynamic partition ``keys`` of ``partitions_def`` (a definition or its name) that
+    do not exist yet. Returns the keys this call added (those that were already there, or were
+    added by a racing process, are not).
+
+    Safe under races with other processes and machines: Dagster checks and then inserts, so two
+    writers can both see a key missing and one insert fails on the unique constraint
+    (``sqlalchemy.exc.IntegrityError``, on SQLite and Postgres alike). Such a failure is caught,
+    the keys are checked again, and only the still missing ones are added; a locked SQLite
+    database ("database is locked") is retried after a short backoff. Raises the last error
+    after ``attempts`` failed tries (each one means another writer made progress, so this is
+    only reached when something else is wrong)."""
+    name = partitions_def if isinstance(partitions_def, str) else partitions_def.name
+    wanted = list(dict.fromkeys(keys))
+    for attempt in range(attempts):
+        existing = set(instance.get_dynamic_partitions(name)) if wanted else set()
+        new = [k for k in wanted if k not in existing]
+        if not new:
+            return []
+        try:
+            instance.add_dynamic_partitions(name, new)
+            return new
+        except sqlalchemy.exc.IntegrityError:
+            if attempt == attempts - 1:
+                raise
+        except sqlalchemy.exc.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(min(2.0, 0.05 * 2 ** attempt) * (0.5 + random.random()))
+    return []
+
+
 def ensure_partitions(instance: dg.DagsterInstance, plan: VideoPlan) -> list[str]:
-    """Add the video's key and every segment key its plan needs. Returns the segment keys added."""
-    if not instance.has_dynamic_partition(videos.name, plan.video_id):
-        instance.add_dynamic_partitions(videos.name, [plan.video_id])
-    existing = set(instance.get_dynamic_partitions(segments.name))
-    new = [s for s in plan.segment_keys if s not in existing]
-    if new:
-        instance.add_dynamic_partitions(segments.name, new)
-    return new
+    """Add the video's key and every segment key its plan needs (``add_partitions``: safe when
+    several processes do it at once). Returns the segment keys this call added."""
+    add_partitions(instance, videos, [plan.video_id])
+    return add_partitions(instance, segments, list(plan.segment_keys))

@@ -9,26 +9,42 @@ logging locks. Workers are forked from the parent once it is single-threaded (af
 Order: ``plan_video`` (video_spec), then every real segment's ``render_segment`` run and the
 ``render_music`` run in parallel (longest beat chains first, so the makespan approaches the
 longest chain), then ``assemble_video`` once every segment succeeded.
+
+Concurrency and crashes: renders and retries of one video are serialized by a file lock
+(``<data>/locks/<video_id>.lock``), so a second render of the same spec waits and then finds it up
+to date; different videos render at once. Every run carries ``pipeline/owner`` (the executing
+process, ``pipeline.defs.instance.OWNER_TAG``). Workers die with the parent (``PR_SET_PDEATHSIG``),
+and so do their ffmpeg processes, so killing ``pipeline render`` stops all of its work at once.
 """
 
 from __future__ import annotations
 
-import time
+import logging
 import multiprocessing
+import os
+import re
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import dagster as dg
 
-from pipeline.defs.partitions import ensure_partitions, segment_partition_key, videos
-from pipeline.defs.resources import PipelineResource
+from pipeline.defs.instance import fail_dead_runs, open_instance, owner_tags
 from pipeline.defs.io_manager import read_manifest
+from pipeline.defs.partitions import add_partitions, ensure_partitions, segment_partition_key, videos
+from pipeline.defs.resources import PipelineResource
 from pipeline.defs.status import video_status
 from pipeline.manifests import ChunkVideosManifest, FinalManifest, PlannedBeat, VideoPlan
-from pipeline.submissions import submit_file
+from pipeline.procs import ProcessIdentity, die_with_parent, file_lock
+from pipeline.spec import VIDEO_ID_PATTERN, load_spec
+from pipeline.store import Workspace
+from pipeline.submissions import submit_spec
+
+log = logging.getLogger(__name__)
 
 QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
@@ -85,11 +101,12 @@ def _failure_message(result: dg.ExecuteInProcessResult) -> str:
 
 def execute(defs: dg.Definitions, instance: dg.DagsterInstance, job_name: str, partition_key, *,
             name: str, tags: dict[str, str] | None = None, want: tuple[str, ...] = ()) -> RunOutcome:
-    """Run one asset job for one partition in-process. Never raises for a failed run."""
+    """Run one asset job for one partition in-process. Never raises for a failed run. The run is
+    tagged with ``tags`` plus ``pipeline/owner`` naming this process (``owner_tags``)."""
     job = defs.resolve_job_def(job_name)
     started = time.monotonic()
     result = job.execute_in_process(instance=instance, partition_key=partition_key, raise_on_error=False,
-                                    run_config=QUIET_LOGS, tags=tags)
+                                    run_config=QUIET_LOGS, tags={**(tags or {}), **owner_tags()})
     outputs = {}
     if result.success:
         for node in want:
@@ -110,11 +127,9 @@ _WORKER_INSTANCE: dict[int, dg.DagsterInstance] = {}
 def _worker_execute(job_name: str, key: str | dict, name: str, tags: dict[str, str],
                     want: tuple[str, ...]) -> RunOutcome:
     """``execute`` in a forked pool worker, with its own instance (opened once per process)."""
-    import os
-
     instance = _WORKER_INSTANCE.get(os.getpid())
     if instance is None:
-        instance = _WORKER_INSTANCE[os.getpid()] = dg.DagsterInstance.get()
+        instance = _WORKER_INSTANCE[os.getpid()] = open_instance()
     partition_key = dg.MultiPartitionKey(key) if isinstance(key, dict) else key
     return execute(_FORKED_DEFS[-1], instance, job_name, partition_key, name=name, tags=tags, want=want)
 
@@ -145,7 +160,10 @@ class _Launcher:
             return []
         _FORKED_DEFS[:] = [self.defs]
         context = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(max_workers=max(1, min(max_parallel, len(jobs))), mp_context=context) as pool:
+        # Workers are forked by this (the calling) thread, which outlives them, so PR_SET_PDEATHSIG
+        # kills them exactly when this process dies, however it dies (SIGKILL included).
+        with ProcessPoolExecutor(max_workers=max(1, min(max_parallel, len(jobs))), mp_context=context,
+                                 initializer=die_with_parent) as pool:
             futures = {}
             for job, key, name, want in jobs:
                 self.notify(name, None)
@@ -162,7 +180,9 @@ class _Launcher:
                                          error=f"the worker process died ({exc}); run `pipeline retry` to resume")
                     self.notify(name, outcome)
                     outcomes.append(outcome)
-            return outcomes
+        if any(not o.run_id and not o.success for o in outcomes):
+            fail_dead_runs(self.instance)  # the dead worker's run is not left STARTED
+        return outcomes
 
 
 def _finish(launcher: _Launcher, plan: VideoPlan, runs: list[RunOutcome], started: float) -> RenderReport:
@@ -191,23 +211,54 @@ def up_to_date_report(instance: dg.DagsterInstance, pipeline: PipelineResource, 
                         up_to_date=True, stored_chunk_sets=[c for c in sets if c is not None])
 
 
+@contextmanager
+def video_lock(workspace: Workspace, video_id: str,
+               on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold the render lock of ``video_id`` (``<data>/locks/<video_id>.lock``, flock) for the
+    block: one CLI render or retry of a video at a time on this machine. If another live process
+    holds it, ``on_wait(message)`` is called first (default: a log warning) and this one waits.
+    The lock is released when the holder exits or is killed (its forked workers die with it)."""
+    path = workspace.root / "locks" / f"{video_id}.lock"
+    try:
+        holder = ProcessIdentity.parse(path.read_text().strip())
+    except OSError:
+        holder = None
+    me = ProcessIdentity.current()
+    if holder is not None and holder != me and holder.is_alive():
+        (on_wait or log.warning)(f"waiting for another render of {video_id} (process {holder.pid}) to finish")
+    with file_lock(path):
+        path.write_text(str(me))
+        yield
+
+
 def render_video(spec_path: str | Path, *, defs: dg.Definitions, instance: dg.DagsterInstance,
                  provider: str = "local", max_parallel: int = 2, force: bool = False,
                  on_run: Callable[[str, RunOutcome | None], None] | None = None,
-                 on_plan: Callable[[VideoPlan], None] | None = None) -> RenderReport:
+                 on_plan: Callable[[VideoPlan], None] | None = None,
+                 on_wait: Callable[[str], None] | None = None) -> RenderReport:
     """Submit ``spec_path`` and materialize its whole graph. Raises SpecError for an invalid spec.
 
     When the same spec was rendered before and its final video is up to date, nothing runs
     (``report.up_to_date``) unless ``force``; a forced rerun re-materializes everything from the
     cache. ``on_run(name, None)`` is called when a run starts and ``on_run(name, outcome)`` when it
-    ends. Segment runs and the music run share ``max_parallel`` worker processes.
+    ends. Segment runs and the music run share ``max_parallel`` worker processes. A render of a
+    video another process is rendering waits for it (``video_lock``; ``on_wait`` is told).
     """
     started = time.monotonic()
     pipeline: PipelineResource = defs.resources["pipeline"]
-    submission, changed = submit_file(pipeline.workspace, spec_path, provider=provider)
+    spec = load_spec(spec_path)
+    with video_lock(pipeline.workspace, spec.video_id, on_wait):
+        return _render_locked(spec, str(spec_path), defs=defs, instance=instance, provider=provider,
+                              max_parallel=max_parallel, force=force, on_run=on_run, on_plan=on_plan,
+                              started=started)
+
+
+def _render_locked(spec, source: str, *, defs: dg.Definitions, instance: dg.DagsterInstance, provider: str,
+                   max_parallel: int, force: bool, on_run, on_plan, started: float) -> RenderReport:
+    pipeline: PipelineResource = defs.resources["pipeline"]
+    submission, changed = submit_spec(pipeline.workspace, spec, source=source, provider=provider)
     video_id = submission.video_id
-    if not instance.has_dynamic_partition(videos.name, video_id):
-        instance.add_dynamic_partitions(videos.name, [video_id])
+    add_partitions(instance, videos, [video_id])
     if not changed and not force:
         report = up_to_date_report(instance, pipeline, video_id, started)
         if report is not None:
@@ -230,6 +281,16 @@ def retry_video(video_id: str, *, defs: dg.Definitions, instance: dg.DagsterInst
     """Re-materialize only the failed, missing or stale real segments of ``video_id`` (and its
     music if needed), then reassemble. Raises LookupError if the video was never planned."""
     started = time.monotonic()
+    pipeline: PipelineResource = defs.resources["pipeline"]
+    if not re.fullmatch(VIDEO_ID_PATTERN.strip("^$"), video_id):
+        raise LookupError(f"{video_id!r} is not a video id (expected {VIDEO_ID_PATTERN})")
+    with video_lock(pipeline.workspace, video_id):
+        return _retry_locked(video_id, defs=defs, instance=instance, max_parallel=max_parallel, on_run=on_run,
+                             started=started)
+
+
+def _retry_locked(video_id: str, *, defs: dg.Definitions, instance: dg.DagsterInstance, max_parallel: int,
+                  on_run, started: float) -> RenderReport:
     pipeline: PipelineResource = defs.resources["pipeline"]
     status = video_status(instance, pipeline.manifests_dir, video_id)
     if status.plan is None:
