@@ -19,18 +19,21 @@ process, lazily. No Dagster import: the Dagster layer passes ``S3Resource.get_cl
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
 import threading
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from botocore.exceptions import ClientError
 
-from pipeline.store import CHUNK, sha256_file
+from pipeline.housekeeping import owned_mkstemp_prefix, owned_temp_path
+from pipeline.store import CHUNK, Integrity, check_file, sha256_file, utc_stamp
+
+log = logging.getLogger("pipeline.store")
 
 _MISSING = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
 
@@ -199,6 +202,13 @@ class S3MediaStore:
     Same interface as ``pipeline.store.LocalMediaStore``. ``location`` is the pipeline's S3
     location (the ``media/`` part is added here); ``cache_dir`` is the local read-through cache
     (``<sha><ext>`` files, deletable at any time when no run is active).
+
+    Integrity: an S3 object cannot be edited in place, only replaced; ``put`` records the sha256
+    in the object's metadata, so ``check`` (one HEAD) treats an object of another size or without
+    that sha256 as corrupt, and a download is hashed in full against its name. The local
+    read-through copy *can* be edited in place: ``check`` hashes it, and a copy that does not
+    match is moved to ``<cache_dir>/quarantine/`` (downloaded again when needed). A corrupt
+    object is moved (copied, then deleted) to ``<prefix>/quarantine/``.
     """
 
     scheme = "s3"
@@ -221,7 +231,9 @@ class S3MediaStore:
         size = src.stat().st_size
         key = self.key_for(digest, ext)
         head = self.location.head(key)
-        if head is None or head.get("ContentLength") != size:
+        if head is not None and not self._head_matches(head, digest, size):
+            self.quarantine(self.location.uri(key), digest, size)
+        if head is None or not self._head_matches(head, digest, size):
             with open(src, "rb") as body:
                 self.location.s3().put_object(Bucket=self.location.bucket, Key=key, Body=body,
                                               ContentLength=size, Metadata={"sha256": digest})
@@ -245,7 +257,7 @@ class S3MediaStore:
             raise
         name_sha = Path(key).name.split(".")[0]
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=owned_mkstemp_prefix(path), suffix=".tmp")
         try:
             h, n = hashlib.sha256(), 0
             with os.fdopen(fd, "wb") as f, obj["Body"] as body:
@@ -255,34 +267,84 @@ class S3MediaStore:
                     f.write(block)
             content_addressed = len(name_sha) == 64 and all(c in "0123456789abcdef" for c in name_sha)
             if n != obj.get("ContentLength", n) or (content_addressed and h.hexdigest() != name_sha):
-                raise OSError(f"download of {uri} is corrupt: {n} bytes, sha256 {h.hexdigest()}")
+                moved = self._move_object(bucket, key) if content_addressed and h.hexdigest() != name_sha else None
+                raise OSError(f"download of {uri} is corrupt: {n} bytes, sha256 {h.hexdigest()}"
+                              + (f"; moved the object to {moved}, the next run regenerates it" if moved else ""))
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
         return path
 
-    def has(self, uri: str, sha256: str, size: int) -> bool:
-        """True if ``uri`` is an object of ``size`` bytes at ``sha256``'s address (one HEAD)."""
+    @staticmethod
+    def _head_matches(head: dict, sha256: str, size: int) -> bool:
+        recorded = (head.get("Metadata") or {}).get("sha256")
+        return head.get("ContentLength") == size and recorded in (None, sha256)
+
+    def check(self, uri: str, sha256: str, size: int) -> Integrity:
+        """One HEAD: "missing" if there is no object (or ``uri`` is not ``sha256``'s address),
+        "corrupt" if it has another size or another recorded sha256, else "ok". A local
+        read-through copy that no longer hashes to ``sha256`` is moved to the local quarantine
+        (a WARNING) and downloaded again when needed; the object itself is still "ok"."""
         try:
             bucket, key = parse_s3_uri(uri)
         except ValueError:
-            return False
-        if sha256 not in key:
-            return False
+            return "missing"
+        if not Path(key).name.startswith(sha256):
+            return "missing"
         head = self.location.head(key, bucket)
-        return head is not None and head.get("ContentLength") == size
+        if head is None:
+            return "missing"
+        if not self._head_matches(head, sha256, size):
+            return "corrupt"
+        cached = self._cached(key)
+        if cached.exists() and check_file(cached, sha256, size) == "corrupt":
+            target = self.cache_dir / "quarantine" / f"{cached.name}.{utc_stamp()}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.replace(cached, target)
+                log.warning(f"local copy {cached} of {uri} is corrupted (edited in place?): moved it to {target}; "
+                            "it is downloaded again from S3 when needed")
+            except FileNotFoundError:
+                pass
+        return "ok"
+
+    def _move_object(self, bucket: str, key: str) -> str | None:
+        """Copy ``key`` to ``<prefix>/quarantine/<name>.<utc>`` and delete it. Returns the new URI."""
+        target = self.location.key("quarantine", f"{Path(key).name}.{utc_stamp()}")
+        try:
+            self.location.s3().copy_object(Bucket=self.location.bucket, Key=target,
+                                           CopySource={"Bucket": bucket, "Key": key})
+            self.location.s3().delete_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            if _is_missing(exc):
+                return None
+            raise
+        return self.location.uri(target)
+
+    def quarantine(self, uri: str, sha256: str, size: int) -> str | None:
+        """If ``uri`` is still corrupt (one HEAD), move the object to ``<prefix>/quarantine/``
+        (copy, then delete: never just deleted) and drop its local copy. Returns the quarantine
+        URI, or None if it was not corrupt (any more)."""
+        if self.check(uri, sha256, size) != "corrupt":
+            return None
+        bucket, key = parse_s3_uri(uri)
+        moved = self._move_object(bucket, key)
+        self._cached(key).unlink(missing_ok=True)
+        return moved
+
+    def has(self, uri: str, sha256: str, size: int) -> bool:
+        """True if ``check`` says "ok": an object of ``size`` bytes at ``sha256``'s address (one HEAD)."""
+        return self.check(uri, sha256, size) == "ok"
 
     def _cached(self, key: str) -> Path:
         return self.cache_dir / Path(key).name
 
     def _adopt(self, src: Path, dest: Path, size: int) -> None:
-        """Move ``src`` to ``dest`` atomically (or drop it if ``dest`` already holds ``size`` bytes)."""
-        if dest.exists() and dest.stat().st_size == size:
-            src.unlink(missing_ok=True)
-            return
+        """Move ``src`` (verified bytes) to ``dest`` atomically, replacing any copy there (which may
+        have been edited in place); the temp file is removed on any error."""
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
+        tmp = owned_temp_path(dest)
         try:
             shutil.move(str(src), tmp)
             os.replace(tmp, dest)

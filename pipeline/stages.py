@@ -308,13 +308,38 @@ def mux_video(plan: VideoPlan, stitched: StitchedManifest, music: MusicManifest,
 
 
 def publish(src: Path, dest: Path) -> Path:
-    """Atomically place ``src`` at ``dest`` (hard link, or copy across filesystems)."""
+    """Atomically place a copy of ``src`` at ``dest`` (the file people open, edit and share).
+
+    A reflink (Linux ``FICLONE``: shared blocks, copy-on-write) where the filesystem supports it,
+    else a byte copy; never a hard link, so editing the published file in place can never change
+    the media store. Nothing is written when ``dest`` already is a separate file with identical
+    bytes (same size, then same sha256). The temp file beside ``dest`` names its owner process
+    (``pipeline.housekeeping``) and is removed on any error. Returns ``dest``; raises OSError if
+    ``src`` cannot be read or ``dest`` written."""
+    import fcntl
+
+    from pipeline.housekeeping import owned_temp_path
+    from pipeline.store import sha256_file
+
+    ficlone = 0x40049409  # _IOW(0x94, 9, int), linux/fs.h
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    tmp.unlink(missing_ok=True)
     try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dest)
+        if (not os.path.samefile(src, dest) and os.path.getsize(src) == os.path.getsize(dest)
+                and sha256_file(src) == sha256_file(dest)):
+            return dest
+    except FileNotFoundError:
+        pass
+    tmp = owned_temp_path(dest)
+    try:
+        with open(src, "rb") as fsrc, open(tmp, "xb") as fdst:
+            try:
+                fcntl.ioctl(fdst.fileno(), ficlone, fsrc.fileno())
+            except OSError:  # no reflinks here (ext4, tmpfs, another filesystem): copy the bytes
+                shutil.copyfileobj(fsrc, fdst, 1 << 20)
+            fdst.flush()
+            os.fsync(fdst.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return dest
