@@ -11,8 +11,9 @@ holds a dagster.yaml, else ``<data dir>/dagster_home``), so ``dagster dev`` show
 
 Output goes through ``pipeline.cli_output`` (markup off, control characters escaped: a prompt is
 printed as written, whatever it holds). Errors never print a traceback: a bad spec or argument
-exits 2 with the message naming the file and field, an unusable path or other OS error exits 1,
-and anything unexpected exits 1 with one line (``PIPELINE_DEBUG=1`` adds the traceback).
+exits 2 with the message naming the file and field, a provider error (no API token, a refused
+call) or an unusable path exits 1 with its message, and anything unexpected exits 1 with one line
+(``PIPELINE_DEBUG=1`` adds the traceback).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from rich.text import Text
 from pipeline.cli_output import cell, console, error, safe_streams, say, shout
 from pipeline.printable import printable
 from pipeline.providers import PROVIDERS
+from pipeline.providers.base import ProviderError
 from pipeline.spec import VIDEO_ID_PATTERN, SpecError
 
 DEFAULT_INSTANCE_YAML = "telemetry:\n  enabled: false\n"
@@ -344,6 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         shout("interrupted; finished work is kept and reused on the next run")
         return 130
+    except ProviderError as exc:  # e.g. no API token, or the provider refused: its own message says why
+        error(f"{type(exc).__name__}: {exc}")
+        return 1
     except OSError as exc:  # an unusable data dir, inbox or instance: not a bug, not the spec
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
         error(f"{exc.strerror or exc}{where}")
