@@ -3,6 +3,18 @@
 A spec describes one video: its id, target length, style, music and either explicit ``beats``
 or a free-text ``brief`` that a planner splits into beats (see ``examples/``). Nothing here
 imports Dagster.
+
+Input rules (every violation is a SpecError naming the file and the field, user text escaped):
+
+- the file: a regular file inside its own folder (links followed only there), at most 1 MB,
+  UTF-8 (``pipeline.spec_file``); YAML or JSON read with YAML 1.2 core scalars, at most 64
+  levels deep and 100,000 values after alias expansion, no duplicate or non-text keys, no
+  unsafe tags (``pipeline.spec_yaml``);
+- numbers are numbers: never booleans, strings, NaN or infinity; ``bpm`` and ``seed`` are whole
+  numbers; a beat (and the video) lasts at least ``SHORTEST_BEAT_S`` (0.1 s, one frame at any
+  supported frame rate) and a beat at most 600 s;
+- text is capped: title 200, style 500, prompt 2,000, motion 500, music prompt 1,000 and brief
+  20,000 characters; at most 1,000 beats in the file (before truncation to ``max_beats``).
 """
 
 from __future__ import annotations
