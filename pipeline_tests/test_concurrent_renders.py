@@ -19,10 +19,10 @@ from pipeline_tests.conftest import make_dagster_home, write_spec
 
 RENDERS = 6
 TIMEOUT_S = 1500.0
-"""Six renders of 10 s videos on a loaded 2-core machine: generous."""
+"""Six renders of 5 s videos on a loaded 2-core machine: generous."""
 
-BEATS = [{"prompt": "A red kite rises over a green hill", "duration_s": 5},
-         {"prompt": "The kite drifts away over the sea", "duration_s": 5, "motion": "slow pan"}]
+BEATS = [{"prompt": "A red kite rises over a green hill", "duration_s": 5, "motion": "slow pan"}]
+SECONDS = 5.0
 
 
 def _check_video(path: Path, seconds: float) -> None:
@@ -57,9 +57,9 @@ def test_six_renders_of_different_specs_at_once_on_a_fresh_instance(tmp_path):
     runs = _runs_by_video(home)
     for i in range(RENDERS):
         video_id = f"concurrent-{i}"
-        _check_video(data / "videos" / f"{video_id}.mp4", 10.0)
+        _check_video(data / "videos" / f"{video_id}.mp4", SECONDS)
         jobs = sorted(r.job_name for r in runs[video_id])
-        assert jobs == ["assemble_video", "plan_video", "render_music", "render_segment", "render_segment"], jobs
+        assert jobs == ["assemble_video", "plan_video", "render_music", "render_segment"], jobs
         assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs[video_id])
         assert all(ProcessIdentity.parse(r.tags.get(OWNER_TAG)) is not None for r in runs[video_id])
     # The segment runs of each render ran in its forked workers, not in the CLI process itself.
@@ -87,11 +87,10 @@ def test_six_renders_of_one_spec_at_once_without_dagster_home(tmp_path):
     outputs = [p.output() for p in procs]
     assert codes == [0] * RENDERS, "\n\n".join(f"--- render {i} exit {c}\n{o[-3000:]}"
                                                for i, (c, o) in enumerate(zip(codes, outputs)) if c != 0)
-    _check_video(data / "videos" / "same-spec.mp4", 10.0)
+    _check_video(data / "videos" / "same-spec.mp4", SECONDS)
     assert sum("up to date" in o for o in outputs) == RENDERS - 1, outputs
     runs = _runs_by_video(data / "dagster_home")["same-spec"]
-    assert sorted(r.job_name for r in runs) == ["assemble_video", "plan_video", "render_music", "render_segment",
-                                                "render_segment"]
+    assert sorted(r.job_name for r in runs) == ["assemble_video", "plan_video", "render_music", "render_segment"]
     assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
 
 

@@ -15,7 +15,7 @@ from pipeline.defs.instance import OWNER_TAG, fail_dead_runs
 from pipeline.housekeeping import TEMP_SUFFIXES, temp_owner
 from pipeline.procs import ProcessIdentity
 from pipeline_tests.cli_processes import ROOT, clean_env, marked_processes, parent_pid, start_cli
-from pipeline_tests.conftest import copy_example, make_dagster_home
+from pipeline_tests.conftest import make_dagster_home, write_spec
 from pipeline_tests.dagster_services import wait_until
 
 IN_FLIGHT = (dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED)
@@ -35,7 +35,7 @@ def test_sigkill_of_the_render_parent_stops_everything_and_is_cleaned_up(tmp_pat
     home = make_dagster_home(tmp_path / "dagster_home")
     data = tmp_path / "data"
     env = clean_env(DAGSTER_HOME=str(home), PIPELINE_DATA_DIR=str(data))
-    spec = copy_example("tortoise-and-hare.yaml", tmp_path)  # 40 s, 6 beats, 8 chunks: long enough
+    spec = write_spec(tmp_path / "killed.yaml", video_id="killed")  # 16 s: 3 beats, 4 chunks
     render = start_cli(["render", str(spec), "--max-parallel", "2"], env=env, cwd=ROOT,
                        log_path=tmp_path / "killed.log")
     try:
@@ -80,8 +80,8 @@ def test_sigkill_of_the_render_parent_stops_everything_and_is_cleaned_up(tmp_pat
         assert rerun.wait(1500) == 0, rerun.output()
     finally:
         rerun.kill()
-    info = media.verify_video(data / "videos" / "tortoise-and-hare.mp4")
-    assert abs(info.duration_s - 40.0) <= 1 / info.fps and info.has_audio
+    info = media.verify_video(data / "videos" / "killed.mp4")
+    assert abs(info.duration_s - 16.0) <= 1 / info.fps and info.has_audio
 
     with dg.DagsterInstance.from_config(str(home)) as instance:
         assert not [r.run_id for r in instance.get_runs() if r.status in IN_FLIGHT]
