@@ -80,6 +80,15 @@ def subprocess_env(root: Path, **extra: str) -> dict[str, str]:
 
 # --- the machine -------------------------------------------------------------------------------
 
+def load_averages() -> tuple[float, float, float]:
+    """The 1, 5 and 15 minute load averages (/proc/loadavg); NaN where unavailable."""
+    try:
+        a, b, c = Path("/proc/loadavg").read_text().split()[:3]
+        return float(a), float(b), float(c)
+    except (OSError, ValueError):
+        return float("nan"), float("nan"), float("nan")
+
+
 def machine_info() -> dict[str, str]:
     """nproc, CPU model, memory, OS, Python, Dagster and ffmpeg versions."""
     cpu = "unknown"

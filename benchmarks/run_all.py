@@ -6,6 +6,8 @@ Each benchmark is a script in this directory that also runs alone and prints its
     bench_local_render.py      3.   local render speed and scaling, first run vs cached rerun
     bench_stitch.py            4.   stitch throughput (stream copy and re-encode), final mux
     bench_dagster_overhead.py  5.   Dagster overhead per run, in-process and with the daemon
+    bench_daemon_path.py       6.   the operated path: pipeline submit -> final video through the daemon,
+                                    per run launcher and dagster.yaml, against pipeline render
 
 The combined output (Markdown) is also written to benchmarks/results/latest.md, each script's raw
 numbers to benchmarks/results/<name>.json. Every benchmark uses temporary Dagster homes and data
@@ -25,22 +27,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import BENCH, RESULTS, machine_info, table  # noqa: E402
+from _common import BENCH, RESULTS, load_averages, machine_info, table  # noqa: E402
 
 BENCHMARKS = [
     ("makespan", "bench_makespan.py", [], ["--quick"]),
     ("local_render", "bench_local_render.py", [], ["--lengths", "15", "40"]),
     ("stitch", "bench_stitch.py", [], ["--lengths", "40", "120"]),
     ("dagster_overhead", "bench_dagster_overhead.py", [], ["--repeat", "4"]),
+    ("daemon_path", "bench_daemon_path.py", ["--repeat", "2", "--configs", "before,forkserver"], ["--quick"]),
 ]
 
 
-def loadavg() -> tuple[float, float, float]:
-    try:
-        a, b, c = Path("/proc/loadavg").read_text().split()[:3]
-        return float(a), float(b), float(c)
-    except (OSError, ValueError):
-        return float("nan"), float("nan"), float("nan")
+loadavg = load_averages
 
 
 def load1() -> float:

@@ -171,10 +171,12 @@ class DagsterStack:
         self.services.append(service)
         return service
 
-    def start_daemon(self, *, wait: bool = False, timeout: float = 180.0) -> Service:
-        """Start ``dagster-daemon run``; with ``wait``, return once its sensor, run-queue and
-        monitoring daemons have sent a heartbeat (AssertionError after ``timeout`` seconds)."""
-        service = self._start("dagster-daemon", [str(BIN / "dagster-daemon"), "run", "-w", str(self.workspace)])
+    def start_daemon(self, *, wait: bool = False, timeout: float = 180.0, command: list[str] | None = None) -> Service:
+        """Start ``dagster-daemon run`` (or ``command``, which gets ``run -w WORKSPACE`` appended);
+        with ``wait``, return once its sensor, run-queue and monitoring daemons have sent a
+        heartbeat (AssertionError after ``timeout`` seconds)."""
+        args = [*(command or [str(BIN / "dagster-daemon")]), "run", "-w", str(self.workspace)]
+        service = self._start("dagster-daemon", args)
         if wait:
             self.wait_daemon_ready(service, timeout=timeout)
         return service

@@ -74,6 +74,10 @@ DEFAULT_PRELOAD_MODULES: tuple[str, ...] = (
     "dagster._core.storage.schedules.sqlite.sqlite_schedule_storage",
     "dagster._core.storage.local_compute_log_manager",
     "dagster._core.execution.compute_logs",
+    # A forked child re-runs the launching process's main script as __mp_main__ (multiprocessing's
+    # spawn preparation); for the `dagster-daemon` script that imports the daemon's CLI (~0.5 s).
+    # `dagster dev` runs `python -m dagster._daemon`, which is skipped.
+    "dagster._daemon.cli",
     "sqlalchemy",
     "alembic",
     # The third-party libraries the pipeline's assets, resources and providers import.
