@@ -59,10 +59,9 @@ def ffmpeg_exe() -> str:
 def run_ffmpeg(stream_or_args, *, what: str) -> str:
     """Run ffmpeg (an ffmpeg-python stream or a raw argument list). Returns stderr text.
 
-    ffmpeg dies with the calling process (``procs.die_with_parent`` as its ``preexec_fn``: the
-    kernel SIGKILLs it when the thread that started it exits, and that thread is blocked here until
-    ffmpeg ends), so a killed render never leaves an encoder running. Raises MediaError with
-    ``what`` and the tail of ffmpeg's log when it exits non-zero.
+    ffmpeg dies with this process (``procs.die_with_parent``: SIGKILL when the calling thread,
+    blocked here until ffmpeg ends, exits). Raises MediaError with ``what`` and the tail of
+    ffmpeg's log when it exits non-zero.
     """
     if isinstance(stream_or_args, list):
         args = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-y", *stream_or_args]

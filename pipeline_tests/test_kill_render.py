@@ -91,3 +91,40 @@ def test_sigkill_of_the_render_parent_stops_everything_and_is_cleaned_up(tmp_pat
             failures = [e for e in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)]
             assert failures and run.tags[OWNER_TAG] in failures[-1].message, failures
     assert _temp_leftovers(data) == []
+
+
+def _dead_owner() -> str:
+    """``host:pid:start`` of a process that has exited."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=lambda: queue.put(str(ProcessIdentity.current())))
+    child.start()
+    owner = queue.get(timeout=60)
+    child.join(timeout=60)
+    return owner
+
+
+def test_fail_dead_runs_checks_owner_status_and_age(tmp_path, monkeypatch):
+    monkeypatch.setenv("DAGSTER_HOME", str(make_dagster_home(tmp_path / "dagster_home")))
+    dead, live = _dead_owner(), str(ProcessIdentity.current())
+    S = dg.DagsterRunStatus
+    cases = {"dead started": (S.STARTED, dead), "dead starting": (S.STARTING, dead),
+             "dead not started": (S.NOT_STARTED, dead), "dead finished": (S.SUCCESS, dead),
+             "live started": (S.STARTED, live), "remote started": (S.STARTED, "elsewhere.example:7:7"),
+             "untagged started": (S.STARTED, None)}
+    with dg.DagsterInstance.get() as instance:
+        ids = {}
+        for name, (status, owner) in cases.items():
+            run = instance.add_run(dg.DagsterRun(job_name="render_segment", status=status,
+                                                 tags={OWNER_TAG: owner} if owner else {}))
+            ids[name] = run.run_id
+        assert sorted(fail_dead_runs(instance)) == sorted([ids["dead started"], ids["dead starting"]])
+        # A NOT_STARTED run may be about to start: failed only once older than the grace period.
+        assert fail_dead_runs(instance, not_started_grace_s=0.0) == [ids["dead not started"]]
+        assert fail_dead_runs(instance, not_started_grace_s=0.0) == []  # nothing twice
+        status = {name: instance.get_run_by_id(run_id).status for name, run_id in ids.items()}
+    assert status == {"dead started": S.FAILURE, "dead starting": S.FAILURE, "dead not started": S.FAILURE,
+                      "dead finished": S.SUCCESS, "live started": S.STARTED, "remote started": S.STARTED,
+                      "untagged started": S.STARTED}

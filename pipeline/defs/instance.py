@@ -119,7 +119,9 @@ def fail_dead_runs(instance: dg.DagsterInstance, *, not_started_grace_s: float =
     """Report failed every run that is STARTING or STARTED (or NOT_STARTED for more than
     ``not_started_grace_s`` seconds) and whose owner process is dead (``run_owner_state``),
     with a message naming that process. Returns the run ids failed. Runs of live owners, of
-    other hosts and without the owner tag (launched by the daemon) are left alone. Serialized
+    other hosts and without the owner tag (e.g. launched through a code server) are left alone.
+    The CLI's runs carry the tag, and so do runs of ``ForkServerRunLauncher`` (the same rule as its
+    ``check_run_worker_health``, which run monitoring calls while the daemon runs). Serialized
     with other processes by a file lock in the instance's root directory, and each run's status
     is read again under it, so two sweeps never fail one run twice."""
     if not _candidates(instance, not_started_grace_s):
@@ -134,7 +136,7 @@ def fail_dead_runs(instance: dg.DagsterInstance, *, not_started_grace_s: float =
                 continue
             owner = run.tags[OWNER_TAG]
             instance.report_run_failed(
-                current, f"The process executing this run ({owner}: host:pid:start) is gone: it was killed or "
+                current, f"The process executing this run (host:pid:start {owner}) is gone: it was killed or "
                          f"crashed while the run was {current.status.value}. Run `pipeline retry` or render again; "
                          "finished work is reused.")
             failed.append(run.run_id)
