@@ -29,10 +29,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 from rich.text import Text
 
-from pipeline.cli_output import cell, console, error, safe_streams, say, shout
+from pipeline.cli_output import cell, console, err_console, error, safe_streams, say, shout
 from pipeline.printable import printable
 from pipeline.providers import PROVIDERS
 from pipeline.providers.base import ProviderError
+from pipeline.store import atomic_write_text
 from pipeline.spec import VIDEO_ID_PATTERN, SpecError
 
 DEFAULT_INSTANCE_YAML = "telemetry:\n  enabled: false\n"
@@ -49,8 +50,8 @@ def ensure_dagster_home(data_dir: str) -> str:
             home = str(Path(data_dir).resolve() / "dagster_home")
             Path(home).mkdir(parents=True, exist_ok=True)
             yaml_path = Path(home) / "dagster.yaml"
-            if not yaml_path.exists():
-                yaml_path.write_text(DEFAULT_INSTANCE_YAML)
+            if not yaml_path.exists():  # several processes may get here at once: never a half-written file
+                atomic_write_text(yaml_path, DEFAULT_INSTANCE_YAML)
         os.environ["DAGSTER_HOME"] = home
     return home
 
@@ -93,13 +94,17 @@ def cmd_validate(args) -> int:
 
 
 def _dagster(args):
-    import dagster as dg
-
+    """Definitions and the Dagster instance for a command. The instance is opened under a lock (six
+    CLI processes may create a fresh one at once); opening also fails runs whose process died and
+    sweeps the temp files such processes left."""
     from pipeline.definitions import build_definitions
+    from pipeline.defs.instance import cli_startup, open_instance
 
     data_dir = _data_dir(args)
     ensure_dagster_home(data_dir)
-    return build_definitions(data_dir), dg.DagsterInstance.get()
+    instance = open_instance()
+    cli_startup(instance, data_dir)
+    return build_definitions(data_dir), instance
 
 
 def cmd_render(args) -> int:
@@ -131,7 +136,8 @@ def cmd_render(args) -> int:
                 progress.advance(overall)
 
         report = render_video(args.spec, defs=defs, instance=instance, provider=args.provider,
-                              max_parallel=args.max_parallel, force=args.force, on_run=on_run, on_plan=on_plan)
+                              max_parallel=args.max_parallel, force=args.force, on_run=on_run, on_plan=on_plan,
+                              on_wait=lambda message: say(message, stream=progress.console))
     return _report(report)
 
 
@@ -153,25 +159,32 @@ def print_summary(report) -> None:
     plan, final = report.plan, report.final
     table = Table(title=cell(f"{plan.title} ({plan.video_id})"), show_footer=True)
     by_segment = {cv.index: cv for cv in report.chunk_sets}
+    from pipeline.costs import money
+
     costs: dict[str | None, float] = {}
+    reused: dict[str | None, float] = {}
     for line in final.costs:
-        costs[line.segment] = costs.get(line.segment, 0.0) + line.cost_usd
+        costs[line.segment] = costs.get(line.segment, 0.0) + line.paid_usd
+        reused[line.segment] = reused.get(line.segment, 0.0) + line.reused_usd
     table.add_column("segment", min_width=7, footer="total", no_wrap=True)
     table.add_column("start_s", min_width=7, justify="right", no_wrap=True)
     table.add_column("duration_s", min_width=10, justify="right", footer=f"{plan.duration_s:g}", no_wrap=True)
     table.add_column("chunks", min_width=6, justify="right", footer=str(final.chunks), no_wrap=True)
     table.add_column("cached", min_width=6, justify="right", no_wrap=True)
-    table.add_column("cost_usd", min_width=8, justify="right", footer=f"{final.cost_usd:.4f}", no_wrap=True)
+    table.add_column("paid_usd", min_width=8, justify="right", footer=money(final.paid_usd), no_wrap=True)
+    table.add_column("reused_usd", min_width=10, justify="right", footer=money(final.reused_usd), no_wrap=True)
     table.add_column("prompt", no_wrap=True, overflow="ellipsis", max_width=28)
     for b in plan.beats:
         cv = by_segment.get(b.index)
         table.add_row(b.segment, f"{b.start_s:g}", f"{b.duration_s:g}", str(len(cv.chunks)) if cv else "?",
                       f"{sum(c.video.cache_hit for c in cv.chunks)}/{len(cv.chunks)}" if cv else "?",
-                      f"{costs.get(b.segment, 0.0):.4f}", cell(b.prompt))
-    table.add_row("music", "0", f"{plan.duration_s:g}", "", "", f"{costs.get(None, 0.0):.4f}", cell(plan.music.prompt))
+                      money(costs.get(b.segment, 0.0)), money(reused.get(b.segment, 0.0)), cell(b.prompt))
+    table.add_row("music", "0", f"{plan.duration_s:g}", "", "", money(costs.get(None, 0.0)),
+                  money(reused.get(None, 0.0)), cell(plan.music.prompt))
     console.print(table)
     say(f"{final.video.duration_s:.3f} s, {final.video.width}x{final.video.height}, {final.beats} beats, "
-        f"{final.chunks} chunks, ${final.cost_usd:.4f}, rendered in {report.seconds:.1f} s")
+        f"{final.chunks} chunks, paid ${money(final.paid_usd)}, reused ${money(final.reused_usd)}, "
+        f"rendered in {report.seconds:.1f} s")
     say("final video: ", (str(final.path), "bold"))
 
 
@@ -223,13 +236,23 @@ def cmd_status(args) -> int:
     table.add_column("segment", footer="total", no_wrap=True, min_width=7)
     for asset in SEGMENT_ASSETS:
         table.add_column(asset, no_wrap=True, min_width=len(asset))
-    table.add_column("cost_usd", justify="right", no_wrap=True, min_width=8,
-                     footer=f"{sum(s.cost_usd for s in status.segments):.4f}")
+    from pipeline import cost_report, costs
+
+    view = costs.video_costs(args.video_id, manifests=pipeline.manifests_dir,
+                             ledger=costs.open_ledger(pipeline.workspace.root))
+    by_segment = view.by_segment()
+    table.add_column("paid_usd", justify="right", no_wrap=True, footer=costs.money(view.paid_usd))
+    table.add_column("reused_usd", justify="right", no_wrap=True, footer=costs.money(view.reused_usd))
     table.add_column("latest run", no_wrap=True)
     for seg in status.segments:
-        table.add_row(seg.segment, *[_state(seg.states[a]) for a in SEGMENT_ASSETS], f"{seg.cost_usd:.4f}",
+        paid, reused = by_segment.get(seg.segment, (0.0, 0.0))
+        table.add_row(seg.segment, *[_state(seg.states[a]) for a in SEGMENT_ASSETS], costs.money(paid),
+                      costs.money(reused),
                       cell(f"{(seg.latest_run_id or '')[:8]} {(seg.latest_run_status or '').lower()}".strip()))
+    paid, reused = by_segment.get(None, (0.0, 0.0))
+    table.add_row("video", *([""] * len(SEGMENT_ASSETS)), costs.money(paid), costs.money(reused), "music, plan, other")
     console.print(table)
+    say(cost_report.totals_line(view))
     parts = []
     for asset, value in status.video_assets.items():
         parts += [f"{'  ' if parts else ''}{asset}: ", (STATE_WORD[value], STATE_STYLE[value])]
@@ -238,6 +261,18 @@ def cmd_status(args) -> int:
     if failed:
         say(f"segments to redo: {', '.join(failed)}; run `pipeline retry {args.video_id}` or backfill them from the UI")
     return 0 if not failed else 3
+
+
+def cmd_cost(args) -> int:
+    """``pipeline cost VIDEO_ID``: what the video paid and reused, line by line (ledger lines too);
+    ``pipeline cost [--since WHEN] [--until WHEN]``: what was paid in a window, per video and model."""
+    from pipeline.cost_report import cost_command
+
+    defs, _ = _dagster(args)
+    pipeline = defs.resources["pipeline"]
+    return cost_command(console, data_dir=pipeline.workspace.root, manifests=pipeline.manifests_dir,
+                        video_id=args.video_id, since=args.since, until=args.until, as_markdown=args.markdown,
+                        err_console=err_console)
 
 
 def cmd_retry(args) -> int:
@@ -313,6 +348,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="table of a video's segments x assets: materialized/failed/missing/in progress")
     p.add_argument("video_id", type=video_id_arg)
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("cost", help="what a video paid and reused, line by line; or what was paid in a time window")
+    p.add_argument("video_id", nargs="?", type=video_id_arg, help="a video (omit it for --since/--until)")
+    p.add_argument("--since", metavar="WHEN", help="window start: now, 90m, 24h, 7d, Unix seconds or ISO 8601 (UTC "
+                   "when no zone is given); default: the beginning")
+    p.add_argument("--until", metavar="WHEN", help="window end, exclusive (same forms); default: now")
+    p.add_argument("--markdown", action="store_true", help="print a markdown table instead of a terminal table")
+    p.set_defaults(func=cmd_cost)
 
     p = sub.add_parser("retry", help="re-materialize only failed or missing segments of a video, then reassemble")
     p.add_argument("video_id", type=video_id_arg)

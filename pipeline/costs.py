@@ -14,9 +14,11 @@ Paid lines take their amount from the ledger, so with a ledger
 
     VideoCosts.paid_usd == sum(p.cost_usd for p in ledger.predictions(video_id=video))
 
-except for two documented cases: a brief plan whose planner calls the ledger records without a
-video (its cost comes from ``VideoPlan.planning_cost_usd``), and a medium the manifests say this
-video paid for that the ledger does not know (note "not in the ledger": a moved or deleted ledger).
+except for one documented case: a medium the manifests say this video paid for that the ledger does
+not know (note "not in the ledger": a moved or deleted ledger). A brief planner records its calls
+under the video it plans, so the plan line takes its amount from the ledger too (ledgers written
+before that carry the planner's calls under no video; the plan line then falls back to
+``VideoPlan.planning_cost_usd``).
 Without a ledger (the local provider), the manifests' ``price_usd``/``paid_by`` decide; all 0.
 
 Tables are DataFrames with real dtypes (segment keys are strings, "000"), rendered with empty cells

@@ -69,7 +69,7 @@ def run_ffmpeg(stream_or_args, *, what: str) -> str:
         args = [ffmpeg_exe(), "-hide_banner", "-nostdin",
                 *ffmpeg.compile(stream_or_args.global_args("-y"), cmd=[])]
     proc = subprocess.run(args, capture_output=True, text=True, errors="replace", stdin=subprocess.DEVNULL,
-                          preexec_fn=die_with_parent)
+                          preexec_fn=functools.partial(die_with_parent, os.getpid()))
     if proc.returncode != 0:
         tail = "\n".join(proc.stderr.strip().splitlines()[-12:])
         raise MediaError(f"ffmpeg failed to {what} (exit {proc.returncode}):\n{tail}")

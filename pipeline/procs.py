@@ -89,19 +89,23 @@ class ProcessIdentity:
         return not self.start or int(fields[19]) == self.start
 
 
-def die_with_parent(sig: int = signal.SIGKILL) -> None:
+def die_with_parent(parent_pid: int | None = None, sig: int = signal.SIGKILL) -> None:
     """Ask the kernel to send ``sig`` to this process when its parent dies (Linux prctl
-    PR_SET_PDEATHSIG; a no-op elsewhere), and exit at once if the parent is already gone.
+    PR_SET_PDEATHSIG; a no-op elsewhere), and exit at once if the parent is already gone: when
+    ``parent_pid`` is given, if this process's parent is no longer that pid (the orphan was
+    reparented to init or a subreaper before prctl took effect), else if the parent is pid 1.
 
-    Use it as a pool worker's initializer or a subprocess's ``preexec_fn``. The signal fires when
-    the parent *thread* that forked this process exits, so fork from a thread that outlives the
-    child (the main thread, or one that waits for the child)."""
+    Use it as a pool worker's initializer (``initializer=die_with_parent, initargs=(os.getpid(),)``)
+    or in a subprocess's ``preexec_fn``. The signal fires when the parent *thread* that forked this
+    process exits, so fork from a thread that outlives the child (the main thread, or one that
+    waits for the child)."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
     except (OSError, AttributeError):
         return
-    if os.getppid() == 1:  # the parent died before prctl took effect
+    orphaned = os.getppid() != parent_pid if parent_pid is not None else os.getppid() == 1
+    if orphaned:
         os._exit(1)
 
 

@@ -60,10 +60,13 @@ def plan_video(submission: Submission, provider: Provider) -> VideoPlan:
     else:
         try:
             beats = provider.plan_beats(spec.brief or "", duration_s=spec.duration_s, style=spec.style,
+                                        video_id=spec.video_id, max_cost_usd=spec.max_cost_usd,
                                         max_beats=spec.max_beats)
+            # Whatever planner made them, the beats meet the spec's own rules (a pydantic
+            # ValidationError is a ValueError: it becomes a SpecError naming the brief).
+            beats = [BeatSpec.model_validate(b.model_dump()) for b in beats]
         except ValueError as exc:
             raise SpecError(submission.source, [f"brief: cannot be planned: {exc}"]) from None
-        beats = [BeatSpec.model_validate(b.model_dump()) for b in beats]
         planned_by = f"planner:{provider.planner_model}"
     kept, truncation = fit_beats(beats, spec.duration_s)
     planned, start = [], 0.0
@@ -281,7 +284,7 @@ def render_music(plan: VideoPlan, provider: Provider, generator: Generator) -> M
 def mux_video(plan: VideoPlan, stitched: StitchedManifest, music: MusicManifest, generator: Generator,
               workspace: Workspace, ledger: Ledger | None = None) -> FinalManifest:
     """Mux the stitched video with the music (faded out, loudness-normalized) and publish the
-    result at ``videos/<video_id>.mp4`` (a hard link to the stored file when possible).
+    result at ``videos/<video_id>.mp4`` (a copy, see ``publish``).
 
     The manifest's cost lines (``pipeline.costs.final_costs``) are reconciled with ``ledger`` (None:
     the manifests alone): ``paid_usd`` (= ``cost_usd``) is what this video's calls paid in every

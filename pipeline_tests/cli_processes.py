@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline_tests.cli_driver import pipeline_command
+import sys
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKER_VAR = "PIPELINE_TEST_RENDER_MARKER"
@@ -22,9 +22,13 @@ def clean_env(**overrides: str | None) -> dict[str, str]:
     (a None value leaves the variable unset)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PIPELINE_", "DAGSTER_", "REPLICATE_"))}
     env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONPATH"] = str(ROOT)  # the tests' CLI driver is importable from any working directory
     env.update({k: v for k, v in overrides.items() if v is not None})
     return env
+
+
+def pipeline_command() -> list[str]:
+    """The argv prefix that runs the ``pipeline`` console script of this virtualenv."""
+    return [str(Path(sys.executable).parent / "pipeline")]
 
 
 @dataclass

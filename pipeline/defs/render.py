@@ -163,7 +163,7 @@ class _Launcher:
         # Workers are forked by this (the calling) thread, which outlives them, so PR_SET_PDEATHSIG
         # kills them exactly when this process dies, however it dies (SIGKILL included).
         with ProcessPoolExecutor(max_workers=max(1, min(max_parallel, len(jobs))), mp_context=context,
-                                 initializer=die_with_parent) as pool:
+                                 initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
             futures = {}
             for job, key, name, want in jobs:
                 self.notify(name, None)

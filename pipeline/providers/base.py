@@ -52,8 +52,10 @@ class Provider(ABC):
         """Generate a music track (params: bpm, duration_s in seconds) into ``scratch``."""
 
     @abstractmethod
-    def plan_beats(self, brief: str, *, duration_s: float, style: str, max_beats: int) -> list[BeatSpec]:
-        """Split a free-text brief into beats whose durations sum to ``duration_s``, none under 5 s."""
+    def plan_beats(self, brief: str, *, duration_s: float, style: str, max_beats: int, video_id: str | None = None,
+                   max_cost_usd: float | None = None) -> list[BeatSpec]:
+        """Split a free-text brief into beats whose durations sum to ``duration_s``, none under 5 s.
+        A paid planner records its call under ``video_id`` and refuses it past ``max_cost_usd`` (USD)."""
 
     def estimate_cost_usd(self, request: GenerationRequest) -> float:
         """Price of ``request`` before it is made (USD). Free providers return 0."""

@@ -142,7 +142,9 @@ class LocalProvider(Provider):
 
     # --- planner -------------------------------------------------------------------------------
 
-    def plan_beats(self, brief: str, *, duration_s: float, style: str, max_beats: int) -> list[BeatSpec]:
+    def plan_beats(self, brief: str, *, duration_s: float, style: str, max_beats: int, video_id: str | None = None,
+                   max_cost_usd: float | None = None) -> list[BeatSpec]:
+        """The local sentence planner (``plan_brief``); free, so ``video_id`` and the budget do not matter."""
         return plan_brief(brief, duration_s=duration_s, max_beats=max_beats)
 
 

@@ -20,6 +20,7 @@ message, manifest or ledger row.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from pathlib import Path
@@ -244,12 +245,16 @@ class ReplicateProvider(Provider):
             out[m.id] = "ok"
         return out
 
-    def plan_beats(self, brief: str, *, duration_s: float, style: str, max_beats: int) -> list[BeatSpec]:
+    def plan_beats(self, brief: str, *, duration_s: float, style: str, max_beats: int, video_id: str | None = None,
+                   max_cost_usd: float | None = None) -> list[BeatSpec]:
         """Ask the planner LLM for beats as JSON, validated with BeatSpec; durations are rescaled to
         sum to ``duration_s`` in 0.5 s steps, none under 5 s. Invalid JSON or beats get one
         corrective retry (a second paid call); a second failure raises ProviderError (not
-        retryable) quoting the problem. A plan already paid for (by any process) is reused free."""
-        return plan_beats(self._run_text, brief, duration_s=duration_s, style=style, max_beats=max_beats,
+        retryable) quoting the problem. A plan already paid for (by any process) is reused free. The
+        calls are recorded in the ledger under ``video_id`` and checked against its budget
+        (``max_cost_usd`` and the provider's own, the lower wins) like media calls."""
+        run_text = functools.partial(self._run_text, video_id=video_id, max_cost_usd=max_cost_usd)
+        return plan_beats(run_text, brief, duration_s=duration_s, style=style, max_beats=max_beats,
                           model_id=self.planner.id)
 
     # --- one call ------------------------------------------------------------------------------
@@ -295,7 +300,7 @@ class ReplicateProvider(Provider):
                                   "replicate_model": model.ref, "replicate_version": model.version,
                                   "obtained_by": got.how, "create_attempts": got.creates, **info})
 
-    def _run_text(self, prompt: str) -> str:
+    def _run_text(self, prompt: str, *, video_id: str | None = None, max_cost_usd: float | None = None) -> str:
         """The planner model's answer to ``prompt`` (one paid call through the ledger, or free when
         the same prompt was answered before). Adds what it paid to ``planner_cost_usd``."""
         model = self.planner
@@ -314,9 +319,10 @@ class ReplicateProvider(Provider):
         def reuse(job: Job) -> str | None:
             return job.output["text"] if isinstance(job.output, dict) and "text" in job.output else None
 
-        call = Call(key=key, model=model, inp=inp, video_id=None, labels={"stage": "plan_beats"}, input_sha256=key,
+        labels = {"stage": "plan_beats", **({"video_id": video_id} if video_id else {})}
+        call = Call(key=key, model=model, inp=inp, video_id=video_id, labels=labels, input_sha256=key,
                     estimate_usd=model.estimate_usd(request, prompt_chars=len(prompt), max_tokens=2048),
-                    max_cost_usd=None, use=use, reuse=reuse)
+                    max_cost_usd=_min_budget(max_cost_usd, self.max_cost_usd), use=use, reuse=reuse)
         got = self.jobs.obtain(call)
         self.planner_cost_usd += got.cost_usd
         log.info("planner %s prediction %s (%s): $%.5f paid, $%.5f reused", model.id, got.prediction_id, got.how,
