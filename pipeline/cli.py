@@ -1,13 +1,17 @@
 """``pipeline``: render, validate and operate videos from the command line.
 
-    pipeline render SPEC [--provider local|replicate] [--max-parallel N] [--force]
-    pipeline validate SPEC
-    pipeline submit SPEC          (into the inbox; the daemon's sensors take it from there)
+    pipeline render SPEC [--provider local|replicate] [--video-model REF ...] [--max-parallel N] [--force]
+    pipeline validate SPEC [--provider ...] [--video-model REF ...]
+    pipeline submit SPEC [--provider ...] [--video-model REF ...]   (into the inbox; the daemon's sensors take it)
     pipeline status VIDEO_ID
     pipeline retry VIDEO_ID
 
 Runs are recorded in the Dagster instance at $DAGSTER_HOME (default: the current directory when it
 holds a dagster.yaml, else ``<data dir>/dagster_home``), so ``dagster dev`` shows them afterwards.
+The CLI writes no environment variable: it opens that instance explicitly and passes its values
+(data directory) to ``pipeline.definitions.build_definitions``. ``--provider`` and the model options
+are explicit choices for the video: they beat the spec's ``provider`` / ``models`` and the
+deployment defaults, and the registered submission records the result (``pipeline.submissions``).
 
 Output goes through ``pipeline.cli_output`` (markup off, control characters escaped: a prompt is
 printed as written, whatever it holds). Errors never print a traceback: a bad spec or argument
@@ -30,8 +34,8 @@ from rich.table import Table
 from rich.text import Text
 
 from pipeline.cli_output import cell, console, err_console, error, safe_streams, say, shout
+from pipeline.cli_specs import cmd_submit, cmd_validate, provider_options, register_for_render
 from pipeline.printable import printable
-from pipeline.providers import PROVIDERS
 from pipeline.providers.base import ProviderError
 from pipeline.store import atomic_write_text
 from pipeline.spec import VIDEO_ID_PATTERN, SpecError
@@ -40,57 +44,28 @@ DEFAULT_INSTANCE_YAML = "telemetry:\n  enabled: false\n"
 
 
 def ensure_dagster_home(data_dir: str) -> str:
-    """Set $DAGSTER_HOME if unset: the working directory if it has a dagster.yaml (the repo root),
-    else ``<data_dir>/dagster_home`` (created with telemetry off). Returns the directory."""
+    """The Dagster instance directory for the CLI (an absolute path; the environment is left as it
+    is): $DAGSTER_HOME if set, else the working directory if it has a dagster.yaml (the repo root),
+    else ``<data_dir>/dagster_home`` (created with telemetry off). Raises OSError if that cannot be
+    created."""
     home = os.environ.get("DAGSTER_HOME")
-    if not home:
-        if Path("dagster.yaml").exists():
-            home = str(Path.cwd())
-        else:
-            home = str(Path(data_dir).resolve() / "dagster_home")
-            Path(home).mkdir(parents=True, exist_ok=True)
-            yaml_path = Path(home) / "dagster.yaml"
-            if not yaml_path.exists():  # several processes may get here at once: never a half-written file
-                atomic_write_text(yaml_path, DEFAULT_INSTANCE_YAML)
-        os.environ["DAGSTER_HOME"] = home
+    if home:
+        return str(Path(home).expanduser().resolve())
+    if Path("dagster.yaml").exists():
+        return str(Path.cwd())
+    home = str(Path(data_dir).resolve() / "dagster_home")
+    Path(home).mkdir(parents=True, exist_ok=True)
+    yaml_path = Path(home) / "dagster.yaml"
+    if not yaml_path.exists():  # several processes may get here at once: never a half-written file
+        atomic_write_text(yaml_path, DEFAULT_INSTANCE_YAML)
     return home
 
 
 def _data_dir(args) -> str:
-    from pipeline.defs.resources import default_data_dir
+    """``--data-dir``, else the deployment's ($PIPELINE_DATA_DIR or ``data``, read by pipeline.definitions)."""
+    from pipeline.definitions import default_data_dir
 
     return args.data_dir or default_data_dir()
-
-
-def cmd_validate(args) -> int:
-    from pipeline import stages
-    from pipeline.providers import get_provider
-    from pipeline.spec import load_spec
-    from pipeline.submissions import Submission
-
-    from pipeline.store import Workspace
-
-    spec = load_spec(args.spec)
-
-    options = {} if args.provider == "local" else {"workspace": Workspace.at(_data_dir(args))}
-    provider = get_provider(args.provider, **options)
-    sub = Submission(video_id=spec.video_id, provider=args.provider, source=args.spec,
-                     spec=spec.model_dump(mode="json", exclude_none=True), spec_sha256=spec.fingerprint(),
-                     submitted_at="")
-    plan = stages.plan_video(sub, provider)
-    say(("valid", "green"), f" {args.spec}: video ", (plan.video_id, "bold"),
-        f", {len(plan.beats)} beats, {plan.duration_s:g} s, {plan.width}x{plan.height} @ {plan.fps} fps "
-        f"({plan.planned_by})")
-    if plan.truncation:
-        say(("warning", "yellow"), ": ", stages.truncation_message(plan, plan.truncation))
-    table = Table("segment", "start_s", "duration_s", "chunks", "motion")
-    table.add_column("prompt", no_wrap=True, overflow="ellipsis", max_width=60)
-    for b in plan.beats:
-        table.add_row(b.segment, f"{b.start_s:g}", f"{b.duration_s:g}",
-                      str(len(stages.chunk_plan(b.duration_s, provider.chunk_seconds))), cell(b.motion or ""),
-                      cell(b.prompt))
-    console.print(table)
-    return 0
 
 
 def _dagster(args):
@@ -101,8 +76,7 @@ def _dagster(args):
     from pipeline.defs.instance import cli_startup, open_instance
 
     data_dir = _data_dir(args)
-    ensure_dagster_home(data_dir)
-    instance = open_instance()
+    instance = open_instance(ensure_dagster_home(data_dir))
     cli_startup(instance, data_dir)
     return build_definitions(data_dir), instance
 
@@ -112,6 +86,7 @@ def cmd_render(args) -> int:
     from pipeline.defs.render import render_video
 
     defs, instance = _dagster(args)
+    submission, force = register_for_render(defs.resources["pipeline"], args)
     started = time.monotonic()
     with Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=False) as progress:
@@ -135,8 +110,8 @@ def cmd_render(args) -> int:
             if name != "video_spec":
                 progress.advance(overall)
 
-        report = render_video(args.spec, defs=defs, instance=instance, provider=args.provider,
-                              max_parallel=args.max_parallel, force=args.force, on_run=on_run, on_plan=on_plan,
+        report = render_video(args.spec, defs=defs, instance=instance, provider=submission.provider,
+                              max_parallel=args.max_parallel, force=force, on_run=on_run, on_plan=on_plan,
                               on_wait=lambda message: say(message, stream=progress.console))
     return _report(report)
 
@@ -186,33 +161,6 @@ def print_summary(report) -> None:
         f"{final.chunks} chunks, paid ${money(final.paid_usd)}, reused ${money(final.reused_usd)}, "
         f"rendered in {report.seconds:.1f} s")
     say("final video: ", (str(final.path), "bold"))
-
-
-def cmd_submit(args) -> int:
-    """Copy a valid spec into the inbox, where the spec_inbox_sensor picks it up. The bytes that were
-    validated are the bytes written (read once, safely), named ``<video_id>.yaml`` or ``.json``."""
-    import tempfile
-
-    from pipeline.defs.resources import PipelineResource
-    from pipeline.spec import load_spec_bytes, read_spec_file
-
-    data = read_spec_file(args.spec)
-    spec = load_spec_bytes(data, args.spec)  # fail here, not in the inbox, on a bad spec
-    pipeline = PipelineResource(data_dir=_data_dir(args), inbox_dir=os.environ.get("PIPELINE_INBOX_DIR"))
-    inbox = pipeline.inbox_path
-    inbox.mkdir(parents=True, exist_ok=True)
-    target = inbox / f"{spec.video_id}{'.json' if Path(args.spec).suffix.lower() == '.json' else '.yaml'}"
-    fd, tmp = tempfile.mkstemp(dir=inbox, prefix=f".{spec.video_id}.", suffix=".part")  # hidden: not scanned
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    say(f"submitted {spec.video_id} to {target}; with `make dev` (the Dagster daemon) running, "
-        f"spec_inbox_sensor plans it within seconds. Follow it with `pipeline status {spec.video_id}`.")
-    return 0
 
 
 STATE_STYLE = {"materialized": "green", "in_progress": "cyan", "failed": "red", "stale": "yellow", "missing": "dim"}
@@ -331,18 +279,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("render", help="render a spec end to end (all assets, in the Dagster instance)")
     p.add_argument("spec", help="spec file (.yaml, .yml or .json)")
-    p.add_argument("--provider", choices=PROVIDERS, default="local", help="generation provider (default: local)")
+    provider_options(p)
     p.add_argument("--max-parallel", type=positive_int, default=2, metavar="N",
                    help="segment runs at once (default: 2, one per core here)")
-    for kind in ("image", "video", "music"):
-        p.add_argument(f"--{kind}-model", metavar="REF",
-                       help=f"replicate {kind} model (default: $REPLICATE_{kind.upper()}_MODEL or the registry default)")
     p.add_argument("--force", action="store_true",
                    help="re-materialize every asset even if the video is up to date (cache hits are free)")
     p.set_defaults(func=cmd_render)
 
     p = sub.add_parser("submit", help="drop a spec into the inbox for the Dagster daemon's sensors")
     p.add_argument("spec")
+    provider_options(p)
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("status", help="table of a video's segments x assets: materialized/failed/missing/in progress")
@@ -364,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="validate a spec and print its beat plan; renders nothing")
     p.add_argument("spec")
-    p.add_argument("--provider", choices=PROVIDERS, default="local")
+    provider_options(p)
     p.set_defaults(func=cmd_validate)
     return parser
 
@@ -376,11 +322,6 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error already printed
         return exc.code if isinstance(exc.code, int) else 2
-    if args.data_dir:
-        os.environ["PIPELINE_DATA_DIR"] = args.data_dir
-    for kind in ("image", "video", "music"):
-        if getattr(args, f"{kind}_model", None):
-            os.environ[f"REPLICATE_{kind.upper()}_MODEL"] = getattr(args, f"{kind}_model")
     try:
         return args.func(args)
     except SpecError as exc:

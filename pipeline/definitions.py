@@ -1,43 +1,155 @@
-"""The one entry point: every asset, resource, job, sensor and schedule of the pipeline.
+"""The one entry point: every asset, resource, job, sensor and schedule of the pipeline, and the one
+place that reads the environment.
 
-``dagster dev`` (see workspace.yaml) and the ``pipeline`` CLI load ``defs`` from here.
+``dagster dev`` (see workspace.yaml) loads ``defs``; the ``pipeline`` CLI calls ``build_definitions``
+with the values given on its command line (it writes no environment variable).
+
+Configuration has one path: ``build_definitions(...)`` arguments > environment variables > defaults,
+chosen per deployment (hooli's pattern) by ``$PIPELINE_DEPLOYMENT``:
+
+- ``local`` (default): media, cache and manifests under the data directory unless
+  ``$PIPELINE_S3_BUCKET`` is set; the Replicate token only if ``$REPLICATE_API_TOKEN`` is set;
+  default provider ``local``.
+- ``production``: S3 is required (``$PIPELINE_S3_BUCKET``), the token is always read from
+  ``$REPLICATE_API_TOKEN`` (a run fails at start, naming the variable, if it is unset), and the
+  default provider is ``replicate``.
+
+Variables read here (see README "Configuration"): PIPELINE_DEPLOYMENT, PIPELINE_DATA_DIR,
+PIPELINE_INBOX_DIR, PIPELINE_DEFAULT_PROVIDER, PIPELINE_LOCAL_FAULTS, PIPELINE_S3_BUCKET,
+PIPELINE_S3_PREFIX, REPLICATE_API_TOKEN, REPLICATE_BASE_URL, REPLICATE_OUTPUT_HOSTS,
+REPLICATE_IMAGE_MODEL, REPLICATE_VIDEO_MODEL, REPLICATE_MUSIC_MODEL. The token, the base URL, the
+fault file, the default provider and the model defaults reach the resource as ``dg.EnvVar``s
+(Dagster reads them when a run, sensor or schedule starts; run config and the UI show only the
+variable's name). Paths and S3 settings are plain values: the CLI uses them outside any run.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
 from pipeline.defs.assets import all_assets
 from pipeline.defs.io_manager import ManifestIOManager
 from pipeline.defs.jobs import all_jobs
-from pipeline.defs.resources import PipelineResource, S3Settings, default_data_dir
+from pipeline.defs.resources import LocalSettings, PipelineResource, ReplicateSettings, S3Settings
 from pipeline.defs.schedules import all_schedules
 from pipeline.defs.sensors import all_sensors
+from pipeline.providers import PROVIDERS
+
+DEPLOYMENTS = ("local", "production")
 
 
-def build_definitions(data_dir: str | None = None, **pipeline_options) -> dg.Definitions:
+def default_data_dir() -> str:
+    """$PIPELINE_DATA_DIR, else ``data`` (relative to the working directory)."""
+    return os.environ.get("PIPELINE_DATA_DIR") or "data"
+
+
+def _env(name: str, *, required: bool = False) -> dg.EnvVar | None:
+    """``dg.EnvVar(name)`` if the variable is set (or ``required``), else None."""
+    return dg.EnvVar(name) if required or os.environ.get(name) else None
+
+
+def _given(value: Any, fallback: Any) -> Any:
+    return fallback if value is None else value
+
+
+def deployment_name(deployment: str | None = None) -> str:
+    """``deployment``, else $PIPELINE_DEPLOYMENT, else ``local``. Raises ValueError for another name."""
+    name = deployment or os.environ.get("PIPELINE_DEPLOYMENT") or "local"
+    if name not in DEPLOYMENTS:
+        raise ValueError(f"unknown deployment {name!r} ($PIPELINE_DEPLOYMENT); choose one of {', '.join(DEPLOYMENTS)}")
+    return name
+
+
+def replicate_settings(deployment: str = "local", **values: Any) -> ReplicateSettings:
+    """``ReplicateSettings`` from ``values`` (its field names; None: not given) over the environment.
+
+    The token is never taken as a value: it is ``dg.EnvVar("REPLICATE_API_TOKEN")`` (always in
+    production, when set in local), or an ``api_token`` given as a ``dg.EnvVar``. Raises ValueError
+    for a token given as plain text and TypeError for an unknown field.
+    """
+    unknown = set(values) - set(ReplicateSettings.model_fields)
+    if unknown:
+        raise TypeError(f"unknown Replicate setting(s) {', '.join(sorted(unknown))}; "
+                        f"known: {', '.join(ReplicateSettings.model_fields)}")
+    token = values.pop("api_token", None)
+    if token is not None and not isinstance(token, dg.EnvVar):
+        raise ValueError("give the Replicate token as dg.EnvVar(...) (e.g. $REPLICATE_API_TOKEN), never as a value: "
+                         "a value would show in run config and the UI")
+    hosts = [h.strip() for h in os.environ.get("REPLICATE_OUTPUT_HOSTS", "").split(",") if h.strip()]
+    env_values = {"api_token": token or _env("REPLICATE_API_TOKEN", required=deployment == "production"),
+                  "base_url": _env("REPLICATE_BASE_URL"), "output_hosts": hosts or None,
+                  **{f"{kind}_model": _env(f"REPLICATE_{kind.upper()}_MODEL") for kind in ("image", "video", "music")}}
+    merged = {name: _given(values.get(name), env_values.get(name)) for name in ReplicateSettings.model_fields}
+    return ReplicateSettings(**{k: v for k, v in merged.items() if v is not None})
+
+
+def s3_settings(deployment: str = "local", *, s3: S3Settings | None = None, bucket: str | None = None,
+                prefix: str | None = None) -> S3Settings | None:
+    """The S3 settings: ``s3``, else ``bucket`` / ``prefix`` over $PIPELINE_S3_BUCKET /
+    $PIPELINE_S3_PREFIX; None (local media) without a bucket. Raises ValueError in production
+    without a bucket."""
+    if s3 is not None:
+        return s3
+    bucket = bucket or os.environ.get("PIPELINE_S3_BUCKET") or None
+    if bucket is None:
+        if deployment == "production":
+            raise ValueError("the production deployment keeps media in S3: set PIPELINE_S3_BUCKET "
+                             "(or use PIPELINE_DEPLOYMENT=local)")
+        return None
+    return S3Settings(bucket=bucket, prefix=_given(prefix, os.environ.get("PIPELINE_S3_PREFIX", "")))
+
+
+def pipeline_resources(data_dir: str | None = None, *, deployment: str | None = None, inbox_dir: str | None = None,
+                       default_provider: str | None = None, replicate: ReplicateSettings | None = None,
+                       local_faults_file: str | None = None, s3: S3Settings | None = None,
+                       s3_bucket: str | None = None, s3_prefix: str | None = None,
+                       **replicate_options: Any) -> dict[str, Any]:
+    """The resources of a deployment (``"pipeline"`` and ``"io_manager"``), every argument over the
+    environment (None: not given). See ``build_definitions`` for the arguments. Raises ValueError
+    for an unknown deployment or provider, TypeError for an unknown option."""
+    deployment = deployment_name(deployment)
+    root = str(Path(data_dir or default_data_dir()).expanduser().resolve())
+    if replicate is None:
+        bad = [k for k in replicate_options if not k.startswith("replicate_")]
+        if bad:
+            raise TypeError(f"unknown option(s) {', '.join(sorted(bad))}")
+        replicate = replicate_settings(deployment, **{k.removeprefix("replicate_"): v
+                                                      for k, v in replicate_options.items()})
+    elif replicate_options:
+        raise TypeError("give either replicate=ReplicateSettings(...) or replicate_* options, not both")
+    if default_provider is not None and default_provider not in PROVIDERS:
+        raise ValueError(f"unknown default provider {default_provider!r}; choose one of {', '.join(PROVIDERS)}")
+    env_provider = os.environ.get("PIPELINE_DEFAULT_PROVIDER")
+    if default_provider is None and env_provider and env_provider not in PROVIDERS:
+        raise ValueError(f"PIPELINE_DEFAULT_PROVIDER={env_provider!r} is not a provider; "
+                         f"choose one of {', '.join(PROVIDERS)}")
+    provider = default_provider or _env("PIPELINE_DEFAULT_PROVIDER") or (
+        "replicate" if deployment == "production" else "local")
+    s3 = s3_settings(deployment, s3=s3, bucket=s3_bucket, prefix=s3_prefix)
+    pipeline = PipelineResource(
+        data_dir=root, inbox_dir=inbox_dir or os.environ.get("PIPELINE_INBOX_DIR") or None,
+        default_provider=provider, replicate=replicate, s3=s3,
+        local=LocalSettings(faults_file=local_faults_file or _env("PIPELINE_LOCAL_FAULTS")))
+    return {"pipeline": pipeline, "io_manager": ManifestIOManager(base_dir=str(Path(root) / "manifests"), s3=s3)}
+
+
+def build_definitions(data_dir: str | None = None, **options: Any) -> dg.Definitions:
     """Definitions bound to ``data_dir`` (default: $PIPELINE_DATA_DIR or ``data``).
 
-    ``pipeline_options`` override PipelineResource fields (e.g. ``replicate_output_hosts``, or
-    ``s3=S3Settings(...)``); ``s3_bucket`` and ``s3_prefix`` are shorthands for ``s3``. S3 is
-    otherwise configured by $PIPELINE_S3_BUCKET (and $PIPELINE_S3_PREFIX); endpoint, region and
-    credentials come from boto3's environment (AWS_ENDPOINT_URL, AWS_DEFAULT_REGION,
-    AWS_ACCESS_KEY_ID, ..., profiles, roles). The IO manager gets the same S3 settings.
+    ``options`` (each over its environment variable; None: not given): ``deployment`` ("local" or
+    "production"), ``inbox_dir``, ``default_provider`` ("local" or "replicate"), ``replicate``
+    (a whole ``ReplicateSettings``) or ``replicate_<field>`` shorthands (e.g.
+    ``replicate_output_hosts=["http://127.0.0.1:8765"]``, ``replicate_poll_interval_s=0.02``,
+    ``replicate_video_model="kwaivgi/kling-v2.1"``), ``local_faults_file``, ``s3``
+    (``S3Settings``) or ``s3_bucket`` / ``s3_prefix``. S3 endpoint, region and credentials come
+    from boto3's environment (AWS_ENDPOINT_URL, AWS_DEFAULT_REGION, AWS_ACCESS_KEY_ID, ...,
+    profiles, roles); the IO manager gets the same S3 settings. Raises ValueError / TypeError for
+    a bad option (see ``pipeline_resources``).
     """
-    root = str(Path(data_dir or default_data_dir()).expanduser().resolve())
-    token = dg.EnvVar("REPLICATE_API_TOKEN") if os.environ.get("REPLICATE_API_TOKEN") else None
-    bucket = pipeline_options.pop("s3_bucket", None) or os.environ.get("PIPELINE_S3_BUCKET") or None
-    prefix = pipeline_options.pop("s3_prefix", None) or os.environ.get("PIPELINE_S3_PREFIX", "")
-    s3 = pipeline_options.pop("s3", None) or (S3Settings(bucket=bucket, prefix=prefix) if bucket else None)
-    options = {"replicate_api_token": token, "replicate_base_url": os.environ.get("REPLICATE_BASE_URL"),
-               "inbox_dir": os.environ.get("PIPELINE_INBOX_DIR"),
-               **{f"replicate_{kind}_model": os.environ.get(f"REPLICATE_{kind.upper()}_MODEL")
-                  for kind in ("image", "video", "music")},
-               "s3": s3,
-               **pipeline_options}
     return dg.Definitions(
         assets=all_assets,
         jobs=all_jobs,
@@ -46,10 +158,7 @@ def build_definitions(data_dir: str | None = None, **pipeline_options) -> dg.Def
         # (as the jobs do): a process per step buys no parallelism on a chain and costs seconds.
         executor=dg.in_process_executor,
         schedules=all_schedules,
-        resources={
-            "pipeline": PipelineResource(data_dir=root, **options),
-            "io_manager": ManifestIOManager(base_dir=str(Path(root) / "manifests"), s3=s3),
-        },
+        resources=pipeline_resources(data_dir, **options),
     )
 
 

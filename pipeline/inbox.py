@@ -22,7 +22,7 @@ from pathlib import Path
 from pipeline.printable import printable
 from pipeline.spec import SpecError, load_spec
 from pipeline.store import Workspace, atomic_write_text
-from pipeline.submissions import Submission, submit_spec
+from pipeline.submissions import ProviderDefaults, Submission, submit_spec
 
 SPEC_SUFFIXES = (".yaml", ".yml", ".json")
 SETTLE_S = 1.0
@@ -101,13 +101,19 @@ def _reject(path: Path, rejected: Path, reason: str, result: InboxScan) -> None:
     result.rejected.append((target, reason))
 
 
-def scan_inbox(workspace: Workspace, inbox: Path, *, provider: str = "local", settle_s: float = SETTLE_S) -> InboxScan:
+def scan_inbox(workspace: Workspace, inbox: Path, *, provider: str | None = None,
+               defaults: ProviderDefaults | None = None, settle_s: float = SETTLE_S) -> InboxScan:
     """Validate, register and file away every spec-named entry at the top of ``inbox``, oldest first.
 
+    Each spec is registered with the provider and models ``submissions.resolve_provider`` picks:
+    ``provider`` (an explicit choice for every entry; None: none) > the spec's ``provider`` >
+    ``defaults`` (the deployment's, ``PipelineResource.provider_defaults()``) > ``local``; a model
+    choice that does not fit (an unknown model, overrides for a local video) rejects the entry.
     Entries modified less than ``settle_s`` seconds ago wait for a later scan. Returns what was
     accepted, rejected and left waiting; never raises for an entry's contents or type (any
     Exception while reading, validating or registering one entry rejects that entry alone).
     """
+    defaults = defaults or ProviderDefaults()
     result = InboxScan()
     if not inbox.is_dir():
         return result
@@ -128,8 +134,12 @@ def scan_inbox(workspace: Workspace, inbox: Path, *, provider: str = "local", se
         try:
             processed.mkdir(parents=True, exist_ok=True)
             target = _free_name(processed, path.name)
-            submission, changed = submit_spec(workspace, spec, source=str(target), provider=provider)
+            submission, changed = submit_spec(workspace, spec, source=str(target), provider=provider,
+                                              defaults=defaults)
             os.replace(path, target)
+        except SpecError as exc:  # e.g. model overrides on a video the deployment renders locally
+            _reject(path, rejected, str(exc).replace(str(target), str(path)), result)
+            continue
         except Exception as exc:
             _reject(path, rejected, f"{path}: valid, but could not be registered: {type(exc).__name__}: {exc}", result)
             continue

@@ -108,6 +108,9 @@ class VideoPlan(_Manifest):
     seed: int
     max_cost_usd: float | None = None
     provider: str
+    models: dict[str, str] = Field(default_factory=dict)
+    """The replicate models ``{kind: registry ref}`` (image, video, music) the video renders with,
+    from its registered submission; empty for local (and plans made before models were recorded)."""
     beats: list[PlannedBeat]
     truncation: Truncation | None = None
     planned_by: str

@@ -14,7 +14,10 @@ Input rules (every violation is a SpecError naming the file and the field, user 
   numbers; a beat (and the video) lasts at least ``SHORTEST_BEAT_S`` (0.1 s, one frame at any
   supported frame rate) and a beat at most 600 s;
 - text is capped: title 200, style 500, prompt 2,000, motion 500, music prompt 1,000 and brief
-  20,000 characters; at most 1,000 beats in the file (before truncation to ``max_beats``).
+  20,000 characters; at most 1,000 beats in the file (before truncation to ``max_beats``);
+- ``provider`` is ``local`` or ``replicate``; ``models`` (per-kind Replicate model overrides:
+  ``image``, ``video``, ``music``) names registry models of that kind (``pipeline.models``) and
+  is refused beside ``provider: local``.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator,
+                      model_validator)
 
 from pipeline.printable import clip, printable, quoted
 from pipeline.spec_file import MAX_SPEC_BYTES, SpecInputError, decode_spec_text, read_spec_bytes
@@ -122,6 +126,47 @@ class BeatSpec(_Strict):
     motion: MotionText | None = None
 
 
+PROVIDER_NAMES = ("local", "replicate")
+"""The providers a spec may name (``pipeline.providers.PROVIDERS``; kept here so specs import no provider)."""
+
+MODEL_KINDS = {"image": "image", "video": "video", "music": "audio"}
+"""Spec ``models`` keys and the registry kind (``pipeline.models.Kind``) each must be."""
+
+ProviderName = Literal["local", "replicate"]
+
+
+def check_model_ref(ref: str, key: str) -> str:
+    """``ref`` if it names a registry model (``pipeline.models.MODELS``) of the kind of spec key
+    ``key`` (image, video, music); raises ValueError saying which models are known otherwise."""
+    from pipeline.models import get_model  # models -> generation -> spec: imported when used
+
+    get_model(ref, MODEL_KINDS[key])
+    return ref
+
+
+ModelRef = Annotated[str, Field(strict=True), StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+
+
+class ModelChoices(_Strict):
+    """Per-kind Replicate model overrides, each a registry ref (``owner/name``, see
+    ``pipeline/models.py``) of that kind: ``image`` (storyboards), ``video`` (image-to-video
+    chunks; its chunk length drives the chunk plan), ``music``. Unset kinds use the deployment's
+    defaults. Only the ``replicate`` provider has models to choose."""
+
+    image: ModelRef | None = None
+    video: ModelRef | None = None
+    music: ModelRef | None = None
+
+    @field_validator("image", "video", "music")
+    @classmethod
+    def _known(cls, ref: str | None, info) -> str | None:
+        return None if ref is None else check_model_ref(ref, info.field_name)
+
+    def chosen(self) -> dict[str, str]:
+        """The kinds given, as ``{kind: ref}``."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
 class VideoSpec(_Strict):
     """A whole video as a user writes it. Exactly one of ``beats`` (1-1,000 scenes) and ``brief``
     (free text, at most 20,000 characters) is given. ``duration_s`` is 0.1-3600 seconds."""
@@ -136,12 +181,24 @@ class VideoSpec(_Strict):
     seed: Annotated[int, Field(strict=True, ge=0, lt=2**31)] | None = None
     beats: Annotated[list[BeatSpec], Field(strict=True, min_length=1, max_length=MAX_SPEC_BEATS)] | None = None
     brief: BriefText | None = None
+    provider: ProviderName | None = None
+    """The provider to render with; None: the deployment default (``pipeline submit --provider`` wins)."""
+    models: ModelChoices | None = None
+    """Per-kind Replicate model overrides (replicate only)."""
 
     @model_validator(mode="after")
     def _beats_xor_brief(self) -> "VideoSpec":
         if (self.beats is None) == (self.brief is None):
             raise ValueError("give exactly one of 'beats' (a list of scenes) or 'brief' (free text to plan)")
         return self
+
+    @field_validator("models")
+    @classmethod
+    def _models_need_replicate(cls, models: ModelChoices | None, info) -> ModelChoices | None:
+        if info.data.get("provider") == "local" and models is not None and models.chosen():
+            raise ValueError("model overrides apply to the replicate provider only, and this spec says "
+                             "provider: local (remove 'models', or use provider: replicate)")
+        return models
 
     @property
     def max_beats(self) -> int:
@@ -154,8 +211,11 @@ class VideoSpec(_Strict):
         return DRAFT_RESOLUTION[self.aspect_ratio]
 
     def fingerprint(self) -> str:
-        """sha256 of the spec's canonical JSON: equal for specs that render the same video."""
-        return sha256_json(self.model_dump(mode="json"))
+        """sha256 of the spec's canonical JSON: equal for specs that render the same video. The
+        optional ``provider`` and ``models`` count only when given, so a spec without them keeps
+        the fingerprint it had before they existed."""
+        unset = {name for name in ("provider", "models") if getattr(self, name) is None}
+        return sha256_json(self.model_dump(mode="json", exclude=unset))
 
 
 def max_beats(duration_s: float) -> int:

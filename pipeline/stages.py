@@ -80,7 +80,7 @@ def plan_video(submission: Submission, provider: Provider) -> VideoPlan:
         video_id=spec.video_id, title=spec.title, target_duration_s=spec.duration_s,
         duration_s=round(start, 6), aspect_ratio=spec.aspect_ratio, width=width, height=height,
         fps=provider.fps, style=spec.style, music=spec.music, seed=seed, max_cost_usd=spec.max_cost_usd,
-        provider=provider.name, beats=planned, truncation=truncation, planned_by=planned_by,
+        provider=provider.name, models=dict(submission.models), beats=planned, truncation=truncation, planned_by=planned_by,
         planning_cost_usd=round(provider.planner_cost_usd - paid_before, 6),
         spec_sha256=submission.spec_sha256, source=submission.source,
     )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -62,7 +63,8 @@ def main(argv: list[str] | None = None) -> None:
 
     ws = Workspace.at(args.data)
     gen = Generator(ws)
-    provider = get_provider("replicate", base_url=args.base_url, allowed_hosts=[args.base_url],
+    provider = get_provider("replicate", api_token=os.environ["REPLICATE_API_TOKEN"], base_url=args.base_url,
+                            allowed_hosts=[args.base_url],
                             workspace_root=str(ws.root), poll_interval_s=0.05, max_poll_interval_s=0.25,
                             backoff_initial_s=0.05, max_backoff_s=0.5, request_timeout_s=60.0, deadline_s=120.0,
                             lease_s=args.lease)

@@ -28,7 +28,7 @@ WAN = "wan-video/wan-2.2-i2v-fast"
 REPO = Path(__file__).resolve().parents[1]
 
 SEGMENT_SCRIPT = textwrap.dedent("""
-    import json, logging, sys
+    import json, logging, os, sys
     from pathlib import Path
     logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
     from pipeline import stages
@@ -39,7 +39,7 @@ SEGMENT_SCRIPT = textwrap.dedent("""
 
     root, options, video_id = sys.argv[1], json.loads(Path(sys.argv[2]).read_text()), sys.argv[3]
     ws = Workspace.at(root)
-    provider = get_provider("replicate", **options)  # the token comes from REPLICATE_API_TOKEN
+    provider = get_provider("replicate", api_token=os.environ["REPLICATE_API_TOKEN"], **options)  # not in the file
     plan = stages.plan_video(load_submission(ws, video_id), provider)
     beat = stages.plan_beat(plan, plan.beats[0], provider)
     gen = Generator(ws)

@@ -152,10 +152,13 @@ def test_assembly_waits_for_every_real_segment_then_fires_once(env, tmp_path):
 
 
 def test_schedule_retries_failed_segments_a_bounded_number_of_times(env, tmp_path, monkeypatch):
-    pipeline = env.defs.resources["pipeline"]
+    from pipeline.definitions import build_definitions
+
     faults = tmp_path / "faults.json"
     faults.write_text(json.dumps({"fail": ["flaky/001"]}))
     monkeypatch.setenv("PIPELINE_LOCAL_FAULTS", str(faults))
+    env.defs = build_definitions(str(env.data_dir))  # the definitions read PIPELINE_LOCAL_FAULTS (dg.EnvVar)
+    pipeline = env.defs.resources["pipeline"]
     _plan(env.defs, env.instance, write_spec(tmp_path / "a.yaml", video_id="flaky"), env.data_dir)
     env.instance.add_dynamic_partitions("segments", ["000", "001", "002"])
     bad = execute(env.defs, env.instance, "render_segment", segment_partition_key("flaky", 1), name="s")

@@ -98,7 +98,7 @@ def video_spec(context: dg.AssetExecutionContext, pipeline: PipelineResource) ->
 
     with permanent_errors():
         submission = load_submission(pipeline.workspace, context.partition_key)
-        plan = stages.plan_video(submission, pipeline.provider(submission.provider))
+        plan = stages.plan_video(submission, pipeline.provider(submission.provider, submission.models))
     if plan.truncation is not None:
         context.log.warning(stages.truncation_message(plan, plan.truncation))
         stages.record_truncation(pipeline.workspace, plan)
@@ -110,6 +110,7 @@ def video_spec(context: dg.AssetExecutionContext, pipeline: PipelineResource) ->
         "duration_s": plan.duration_s,
         "target_duration_s": plan.target_duration_s,
         "provider": plan.provider,
+        "models": dg.MetadataValue.json(plan.models),
         "planned_by": plan.planned_by,
         "resolution": f"{plan.width}x{plan.height} @ {plan.fps} fps",
         "truncated": plan.truncation is not None,
@@ -127,7 +128,7 @@ def beats(context: dg.AssetExecutionContext, pipeline: PipelineResource, video_s
     beat = _real_beat(context, video_spec)
     if beat is None:
         return
-    manifest = stages.plan_beat(video_spec, beat, pipeline.provider(video_spec.provider))
+    manifest = stages.plan_beat(video_spec, beat, pipeline.provider(video_spec.provider, video_spec.models))
     yield dg.Output(manifest, metadata={
         "start_s": manifest.start_s, "duration_s": manifest.duration_s, "chunks": len(manifest.chunks),
         "chunk_plan": _md_table([c.model_dump() for c in manifest.chunks]),
@@ -144,7 +145,7 @@ def storyboard_images(context: dg.AssetExecutionContext, pipeline: PipelineResou
         return
     beat = _require(beats, "beats", context)
     with permanent_errors():
-        manifest = stages.render_storyboard(beat, pipeline.provider(beat.provider), pipeline.generator)
+        manifest = stages.render_storyboard(beat, pipeline.provider(beat.provider, video_spec.models), pipeline.generator)
     image = manifest.image
     yield dg.Output(manifest, metadata={
         "path": dg.MetadataValue.path(str(pipeline.generator.local_path(image))),
@@ -165,7 +166,7 @@ def chunk_videos(context: dg.AssetExecutionContext, pipeline: PipelineResource, 
     beat = _require(beats, "beats", context)
     storyboard = _require(storyboard_images, "storyboard_images", context)
     with permanent_errors():
-        manifest = stages.render_chunks(beat, storyboard, pipeline.provider(beat.provider), pipeline.generator)
+        manifest = stages.render_chunks(beat, storyboard, pipeline.provider(beat.provider, video_spec.models), pipeline.generator)
     lines = costs.segment_lines(manifest)[1:]
     yield dg.Output(manifest, metadata={
         "chunks": len(manifest.chunks),
@@ -193,7 +194,7 @@ def stitched_video(context: dg.AssetExecutionContext, pipeline: PipelineResource
     """All chunks concatenated in timeline order, each beat trimmed to its exact duration. Checks
     the loaded segments against the spec: a missing or outdated real segment is an error naming it."""
     plan = _require(video_spec, "video_spec", context)
-    provider = pipeline.provider(plan.provider)
+    provider = pipeline.provider(plan.provider, plan.models)
     expected = {b.segment: stages.plan_beat(plan, b, provider).fingerprint for b in plan.beats}
     with permanent_errors():
         ordered = stages.check_fan_in(plan, chunk_videos, expected)
@@ -210,7 +211,7 @@ def music(context: dg.AssetExecutionContext, pipeline: PipelineResource, video_s
     """A music track as long as the video, from the spec's music prompt and bpm."""
     plan = _require(video_spec, "video_spec", context)
     with permanent_errors():
-        manifest = stages.render_music(plan, pipeline.provider(plan.provider), pipeline.generator)
+        manifest = stages.render_music(plan, pipeline.provider(plan.provider, plan.models), pipeline.generator)
     line = costs.music_line(plan.video_id, manifest)
     return dg.Output(manifest, metadata={
         "duration_s": manifest.audio.duration_s, "bpm": plan.music.bpm, "cost_usd": manifest.audio.cost_usd,
@@ -237,7 +238,7 @@ def final_video(context: dg.AssetExecutionContext, pipeline: PipelineResource, v
     published at ``data/videos/<video_id>.mp4``. Metadata: the cost table and a storyboard contact
     sheet. Checks: storyboards match beats, duration matches the spec, audio present."""
     plan = _require(video_spec, "video_spec", context)
-    ledger = costs.open_ledger(pipeline.workspace.root, pipeline.provider(plan.provider))
+    ledger = costs.open_ledger(pipeline.workspace.root, pipeline.provider(plan.provider, plan.models))
     manifest = stages.mux_video(plan, _require(stitched_video, "stitched_video", context),
                                 _require(music, "music", context), pipeline.generator, pipeline.workspace, ledger)
     boards = [read_manifest(pipeline.manifests_dir, "storyboard_images", str(segment_partition_key(plan.video_id, b.index)))

@@ -66,21 +66,30 @@ def initialize_storages(instance: dg.DagsterInstance) -> None:
     instance.get_dynamic_partitions("videos")
 
 
-def open_instance() -> dg.DagsterInstance:
-    """``dg.DagsterInstance.get()`` (the instance at ``$DAGSTER_HOME``), opened and initialized
-    under an exclusive file lock ``$DAGSTER_HOME/.pipeline-instance.lock``, so any number of
-    processes can open a fresh home at once. Takes a few hundred ms per waiting process on a
-    fresh home, about 1 ms more than an unlocked open afterwards. Raises RuntimeError if
-    ``$DAGSTER_HOME`` is unset, and whatever Dagster raises for a broken instance."""
-    home = dagster_home()
+_OPENED_HOME: list[Path] = []
+"""The home of the last instance ``open_instance`` opened in this process; forked workers inherit it."""
+
+
+def open_instance(home: str | Path | None = None) -> dg.DagsterInstance:
+    """The Dagster instance at ``home`` (its ``dagster.yaml``), opened and initialized under an
+    exclusive file lock ``<home>/.pipeline-instance.lock``, so any number of processes can open a
+    fresh home at once. ``home`` None: ``$DAGSTER_HOME``, else the home this process (or the
+    parent it was forked from) last opened, so a render's forked workers open the parent's
+    instance without any environment variable. Takes a few hundred ms per waiting process on a
+    fresh home, about 1 ms more than an unlocked open afterwards. Raises RuntimeError if there is
+    no home to open, and whatever Dagster raises for a broken instance."""
+    if home is None:
+        home = os.environ.get("DAGSTER_HOME") or (str(_OPENED_HOME[-1]) if _OPENED_HOME else None)
+    home = Path(home).expanduser().resolve() if home else dagster_home()
     home.mkdir(parents=True, exist_ok=True)
     with file_lock(home / INSTANCE_LOCK):
-        instance = dg.DagsterInstance.get()
+        instance = dg.DagsterInstance.from_config(str(home))
         try:
             initialize_storages(instance)
         except BaseException:
             instance.dispose()
             raise
+    _OPENED_HOME[:] = [home]
     return instance
 
 

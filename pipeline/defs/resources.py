@@ -1,4 +1,18 @@
-"""Resources: where the pipeline keeps its data, and which providers it generates with."""
+"""Resources: where the pipeline keeps its data, and which providers it generates with.
+
+One resource, ``PipelineResource``, with typed sections: ``ReplicateSettings`` (token, API root,
+output hosts, model defaults, polling, lease), ``LocalSettings`` (the fault-injection drill) and
+``S3Settings`` (media store, cache index, manifests). ``pipeline.definitions`` fills them per
+deployment, reading the environment there and only there (the token and other variables as
+``dg.EnvVar``, so run config and the UI show the variable's name, never its value).
+
+The sections are ``dg.Config`` objects, not nested ``dg.ConfigurableResource``s, on purpose: a
+resource with a nested resource becomes a context-manager resource in Dagster, so every
+``dg.build_sensor_context(resources=...)`` would have to be opened with ``with`` (the sensor and
+inbox tests build them without), and the CLI's out-of-Dagster uses of ``defs.resources["pipeline"]``
+(workspace, manifests, status) would see un-initialized nested resources. Config sections keep one
+plain resource with the same typing and EnvVar support.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +25,10 @@ from dagster_aws.s3 import S3Resource
 from pydantic import PrivateAttr
 
 from pipeline.generation import Generator
-from pipeline.providers import Provider, get_provider
+from pipeline.ledger import DEFAULT_LEASE_S
+from pipeline.providers import PROVIDERS, Provider, get_provider
 from pipeline.store import GenerationCache, TextObjects, Workspace
+from pipeline.submissions import ProviderDefaults, Submission, submit_spec
 
 
 class S3Settings(dg.Config):
@@ -50,19 +66,63 @@ class S3Settings(dg.Config):
         return S3Location(self.bucket, self.prefix, shared_client_provider(key, self.s3_resource().get_client))
 
 
+def configured(value):
+    """``value`` with a ``dg.EnvVar`` read (None if the variable is unset). Inside a Dagster run,
+    sensor or schedule the resource's EnvVars are already resolved; outside one (the CLI reading
+    ``defs.resources["pipeline"]``) this resolves them, so the value is never the variable's name."""
+    if isinstance(value, dg.EnvVar):
+        return value.get_value()
+    return value
+
+
+class ReplicateSettings(dg.Config):
+    """How the ``replicate`` provider reaches Replicate (``pipeline.providers.replicate``).
+
+    ``api_token``: set it from ``dg.EnvVar("REPLICATE_API_TOKEN")`` (``pipeline.definitions``
+    does), never a literal, so it never appears in run config; repr and str hide it.
+    ``base_url``: the API root (default https://api.replicate.com; tests point it at a loopback
+    fake). ``output_hosts``: hosts (https) or exact origins (http://127.0.0.1:PORT) outputs may be
+    downloaded from; default Replicate's delivery hosts. ``image_model`` / ``video_model`` /
+    ``music_model``: the deployment's default registry refs (pipeline/models.py) for specs that
+    choose none; None: the registry defaults. ``poll_interval_s``: first polling interval,
+    seconds. ``lease_s``: ledger ownership lease, seconds (renewed every third of it).
+    """
+
+    api_token: str | None = None
+    base_url: str | None = None
+    output_hosts: list[str] | None = None
+    image_model: str | None = None
+    video_model: str | None = None
+    music_model: str | None = None
+    poll_interval_s: float = 1.0
+    lease_s: float = DEFAULT_LEASE_S
+
+    def __repr_args__(self):
+        for name, value in super().__repr_args__():
+            yield (name, "<set>" if name == "api_token" and value else value)
+
+    def model_defaults(self) -> dict[str, str]:
+        """``{kind: ref}`` of the model defaults that are set (EnvVars read)."""
+        refs = {kind: configured(getattr(self, f"{kind}_model")) for kind in ("image", "video", "music")}
+        return {kind: ref for kind, ref in refs.items() if ref}
+
+
+class LocalSettings(dg.Config):
+    """The ``local`` provider. ``faults_file``: the fault-injection drill, a JSON file
+    ``{"fail": ["<video_id>/<segment>", ...], "retryable": false}`` (``pipeline.definitions`` sets
+    it from ``dg.EnvVar("PIPELINE_LOCAL_FAULTS")`` when that is set); None: no faults."""
+
+    faults_file: str | None = None
+
+
 class PipelineResource(dg.ConfigurableResource):
     """The pipeline's data directory and provider settings.
 
     ``data_dir``: root of media store, cache, manifests, spec registry and logs (see data/README.md).
     ``inbox_dir``: the folder the inbox sensor watches (default ``<data_dir>/inbox``).
-    ``replicate_api_token``: the Replicate token; set it from ``dg.EnvVar("REPLICATE_API_TOKEN")``
-    (``pipeline.definitions`` does) so it never appears in run config. ``replicate_base_url``:
-    the API root (tests point it at a loopback fake). ``replicate_output_hosts``: hosts (https)
-    or exact origins (http://127.0.0.1:PORT) outputs may be downloaded from; default Replicate's
-    delivery hosts. ``replicate_poll_interval_s``: first polling interval, seconds.
-    ``replicate_image_model`` / ``_video_model`` / ``_music_model``: registry refs (pipeline/models.py)
-    replacing the defaults; the video model's chunk length drives the chunk plan.
-
+    ``default_provider``: the deployment's provider for specs that name none ("local" or
+    "replicate"; an explicit ``--provider`` and a spec's ``provider`` win, see
+    ``pipeline.submissions``). ``replicate``: ``ReplicateSettings``. ``local``: ``LocalSettings``.
     ``s3``: keep media, the generation cache index and manifests in S3 (``S3Settings``; give the
     IO manager the same settings). None (default): everything is local under ``data_dir``. Specs,
     the ledger, logs and the published ``videos/`` copies stay local either way.
@@ -70,13 +130,9 @@ class PipelineResource(dg.ConfigurableResource):
 
     data_dir: str = "data"
     inbox_dir: str | None = None
-    replicate_api_token: str | None = None
-    replicate_base_url: str | None = None
-    replicate_output_hosts: list[str] | None = None
-    replicate_poll_interval_s: float = 1.0
-    replicate_image_model: str | None = None
-    replicate_video_model: str | None = None
-    replicate_music_model: str | None = None
+    default_provider: str = "local"
+    replicate: ReplicateSettings = ReplicateSettings()
+    local: LocalSettings = LocalSettings()
     s3: S3Settings | None = None
 
     _s3_location: object = PrivateAttr(default=None)
@@ -127,26 +183,49 @@ class PipelineResource(dg.ConfigurableResource):
                 self._generator = Generator(self.workspace, store, cache)
         return self._generator
 
-    def provider(self, name: str) -> Provider:
-        """The provider called ``name`` (one instance per resource). Raises ValueError if unknown."""
-        if name not in self._providers:
-            options: dict = {}
+    def provider_defaults(self) -> ProviderDefaults:
+        """The deployment's provider and replicate model defaults, for ``pipeline.submissions``.
+        Raises ValueError if ``default_provider`` is not a provider."""
+        name = configured(self.default_provider) or "local"
+        if name not in PROVIDERS:
+            raise ValueError(f"unknown default provider {name!r} (PipelineResource.default_provider, "
+                             f"$PIPELINE_DEFAULT_PROVIDER); choose one of {', '.join(PROVIDERS)}")
+        sources = {kind: f"the deployment default {kind} model" for kind in ("image", "video", "music")}
+        for kind in sources:
+            field = getattr(self.replicate, f"{kind}_model")
+            if isinstance(field, dg.EnvVar):
+                sources[kind] = f"${field.env_var_name} (the deployment default)"
+        if isinstance(self.default_provider, dg.EnvVar):
+            sources["provider"] = f"${self.default_provider.env_var_name}"
+        return ProviderDefaults(provider=name, models=self.replicate.model_defaults(), sources=sources)
+
+    def submit_spec(self, spec, *, source: str, provider: str | None = None,
+                    models: dict[str, str] | None = None) -> tuple[Submission, bool]:
+        """Register ``spec`` (``pipeline.submissions.submit_spec``) with this deployment's defaults:
+        an explicit ``provider`` / ``models`` > the spec's > ``provider_defaults()``. Returns
+        (submission, changed); raises SpecError for a bad model choice, ValueError for an unknown provider."""
+        return submit_spec(self.workspace, spec, source=source, provider=provider, models=models,
+                           defaults=self.provider_defaults())
+
+    def provider(self, name: str, models: dict[str, str] | None = None) -> Provider:
+        """The provider called ``name``, with ``models`` (``{kind: registry ref}``, kinds image,
+        video, music; e.g. ``Submission.models`` / ``VideoPlan.models``) over the deployment's
+        model defaults; ``local`` has no models to choose. One instance per (name, models) and
+        resource. Raises ValueError for an unknown provider or model."""
+        models = {k: v for k, v in (models or {}).items() if v} if name == "replicate" else {}
+        key = (name, tuple(sorted(models.items())))
+        if key not in self._providers:
             if name == "replicate":
-                options = {"workspace": self.workspace, "poll_interval_s": self.replicate_poll_interval_s}
-                for kind in ("image", "video", "music"):
-                    ref = getattr(self, f"replicate_{kind}_model")
-                    if ref:
-                        options[f"{kind}_model"] = ref
-                if self.replicate_output_hosts:
-                    options["allowed_hosts"] = list(self.replicate_output_hosts)
-                if self.replicate_api_token:
-                    options["api_token"] = self.replicate_api_token
-                if self.replicate_base_url:
-                    options["base_url"] = self.replicate_base_url
-            self._providers[name] = get_provider(name, **options)
-        return self._providers[name]
-
-
-def default_data_dir() -> str:
-    """$PIPELINE_DATA_DIR, else ``data`` (relative to the working directory)."""
-    return os.environ.get("PIPELINE_DATA_DIR", "data")
+                settings = self.replicate
+                chosen = {**settings.model_defaults(), **models}
+                hosts = configured(settings.output_hosts)
+                self._providers[key] = get_provider(
+                    "replicate", api_token=configured(settings.api_token), base_url=configured(settings.base_url),
+                    workspace=self.workspace, allowed_hosts=list(hosts) if hosts else None,
+                    poll_interval_s=settings.poll_interval_s, lease_s=settings.lease_s,
+                    **{f"{kind}_model": ref for kind, ref in chosen.items()})
+            elif name == "local":
+                self._providers[key] = get_provider("local", faults_file=configured(self.local.faults_file))
+            else:
+                self._providers[key] = get_provider(name)  # raises ValueError naming the providers
+        return self._providers[key]

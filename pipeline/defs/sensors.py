@@ -45,7 +45,7 @@ def spec_inbox_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineRes
     ``video_spec`` run; an identical re-drop starts nothing, a changed spec re-plans the video.
     Never raises because of a file: any entry that cannot be read, validated or registered is
     rejected alone (``scan_inbox``), and the valid specs beside it are still requested."""
-    scan = scan_inbox(pipeline.workspace, pipeline.inbox_path)
+    scan = scan_inbox(pipeline.workspace, pipeline.inbox_path, defaults=pipeline.provider_defaults())
     for path, error in scan.rejected:  # error: already escaped by scan_inbox
         context.log.warning(f"rejected {printable(path.name)}: {error}")
     for problem in scan.errors:
@@ -59,7 +59,7 @@ def spec_inbox_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineRes
         if sub.video_id not in existing:
             new_partitions.append(sub.video_id)
         runs.append(dg.RunRequest(partition_key=sub.video_id, run_key=f"{sub.video_id}:{sub.spec_sha256[:16]}",
-                                  tags={"video": sub.video_id, "pipeline/spec": sub.spec_sha256[:12]}))
+                                  tags=sub.run_tags()))  # video, pipeline/spec, pipeline/provider
         requested[sub.video_id] = sub.spec_sha256
     return dg.SensorResult(
         run_requests=runs,

@@ -8,7 +8,10 @@ PROVIDERS = ("local", "replicate")
 
 
 def get_provider(name: str, **options) -> Provider:
-    """The provider called ``name``. Raises ValueError for an unknown name."""
+    """The provider called ``name``, constructed with ``options`` (``LocalProvider`` /
+    ``ReplicateProvider`` keyword arguments). Providers read no environment variable: every setting
+    is an option, which ``PipelineResource.provider`` fills from the deployment's configuration.
+    Raises ValueError for an unknown name (or an option value the provider refuses)."""
     if name == "local":
         from pipeline.providers.local import LocalProvider
 

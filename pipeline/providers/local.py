@@ -46,7 +46,11 @@ def _font(size: int) -> ImageFont.ImageFont:
 
 
 class LocalProvider(Provider):
-    """Offline provider (see module doc). ``chunk_seconds`` 5 s, 24 fps, every call costs 0 USD."""
+    """Offline provider (see module doc). ``chunk_seconds`` 5 s, 24 fps, every call costs 0 USD.
+
+    ``faults_file``: the fault-injection drill's JSON file (``injected_fault``), or None for none;
+    ``PipelineResource`` passes its ``local.faults_file`` ($PIPELINE_LOCAL_FAULTS through dg.EnvVar).
+    """
 
     name = "local"
     image_model = "local/storyboard-card-v1"
@@ -54,9 +58,10 @@ class LocalProvider(Provider):
     music_model = "local/synth-v1"
     planner_model = "local/sentence-planner-v1"
 
-    def __init__(self, chunk_seconds: float = 5.0, fps: int = 24):
+    def __init__(self, chunk_seconds: float = 5.0, fps: int = 24, faults_file: str | os.PathLike | None = None):
         self.chunk_seconds = chunk_seconds
         self.fps = fps
+        self.faults_file = faults_file
 
     # --- images --------------------------------------------------------------------------------
 
@@ -115,7 +120,7 @@ class LocalProvider(Provider):
     # --- video ---------------------------------------------------------------------------------
 
     def render_chunk(self, request: GenerationRequest, start_image: Path, scratch: Path) -> ProviderResult:
-        injected_fault(request)
+        injected_fault(request, self.faults_file)
         p = request.params
         out = scratch / "chunk.mp4"
         media.render_camera_move(
@@ -148,11 +153,13 @@ class LocalProvider(Provider):
         return plan_brief(brief, duration_s=duration_s, max_beats=max_beats)
 
 
-def injected_fault(request: GenerationRequest) -> None:
-    """Fault injection for operating drills and tests: if $PIPELINE_LOCAL_FAULTS names a JSON file
+def injected_fault(request: GenerationRequest, faults_file: str | os.PathLike | None) -> None:
+    """Fault injection for operating drills and tests: if ``faults_file`` names a JSON file
     ``{"fail": ["<video_id>/<segment>", ...], "retryable": false}``, chunk renders of those segments
-    raise ProviderError. The file is re-read on every call, so editing it heals the segment."""
-    path = os.environ.get("PIPELINE_LOCAL_FAULTS")
+    raise ProviderError (retryable as the file says). The file is re-read on every call, so editing
+    it heals the segment; a missing or unreadable file injects nothing. Deployments set it with
+    $PIPELINE_LOCAL_FAULTS (read in ``pipeline.definitions``)."""
+    path = faults_file
     if not path:
         return
     try:
@@ -161,7 +168,7 @@ def injected_fault(request: GenerationRequest) -> None:
         return
     target = f"{request.labels.get('video_id')}/{request.labels.get('segment')}"
     if target in faults.get("fail", []):
-        raise ProviderError(f"injected fault for segment {target} (PIPELINE_LOCAL_FAULTS={path})",
+        raise ProviderError(f"injected fault for segment {target} (fault drill file {path})",
                             retryable=bool(faults.get("retryable", False)))
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -67,15 +66,19 @@ class ReplicateProvider(Provider):
 
     Construct with ``get_provider("replicate", **options)``; every option has a default:
 
-    - ``api_token``: Replicate API token; default ``$REPLICATE_API_TOKEN``. Needed only when a call
-      is actually made (a fully cached rerun needs none). Never logged or stored in outputs.
-    - ``base_url``: API root; default ``$REPLICATE_BASE_URL`` or https://api.replicate.com.
+    The provider reads no environment variable: ``PipelineResource`` (configured in
+    ``pipeline.definitions``, where $REPLICATE_API_TOKEN, $REPLICATE_BASE_URL and
+    $REPLICATE_OUTPUT_HOSTS are read) passes everything it needs.
+
+    - ``api_token``: Replicate API token. Needed only when a call is actually made (a fully cached
+      rerun needs none; without one a call fails with a ProviderError). Never logged or stored in outputs.
+    - ``base_url``: API root; default https://api.replicate.com.
     - ``workspace`` (a pipeline.store.Workspace) or ``workspace_root`` (its directory) / ``ledger_path``:
       the ledger is ``ledger_path``, default ``<workspace root>/ledger.sqlite``, the root defaulting to
-      ``$PIPELINE_DATA_DIR`` or ``data``. Use the same data directory as the Generator's Workspace.
+      ``data`` (relative to the working directory). Use the same data directory as the Generator's Workspace.
     - ``allowed_hosts``: where outputs may be downloaded from: host names (https only, subdomains
       included) and/or explicit origins such as ``"http://127.0.0.1:8765"`` (that scheme, host and
-      port exactly). Default ``$REPLICATE_OUTPUT_HOSTS`` (comma-separated) or ``replicate.delivery``.
+      port exactly). Default ``replicate.delivery`` (DEFAULT_OUTPUT_HOSTS).
     - ``image_model``, ``video_model``, ``music_model``, ``planner_model``: registry refs
       (``pipeline.models.MODELS``); defaults in ``pipeline.models.DEFAULTS``.
     - ``chunk_seconds``: chunk length (s), one of the video model's ``chunk_seconds``; default its
@@ -133,13 +136,11 @@ class ReplicateProvider(Provider):
         lookup_max_pages: int = 20,
         transport: httpx.BaseTransport | None = None,
     ):
-        base_url = (base_url or os.environ.get("REPLICATE_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-        root = Path(workspace.root if workspace is not None
-                    else workspace_root or os.environ.get("PIPELINE_DATA_DIR") or "data")
+        base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
+        root = Path(workspace.root if workspace is not None else workspace_root or "data")
         self.ledger = Ledger(ledger_path or default_ledger_path(root))
         if allowed_hosts is None:
-            env = os.environ.get("REPLICATE_OUTPUT_HOSTS", "")
-            allowed_hosts = [h.strip() for h in env.split(",") if h.strip()] or DEFAULT_OUTPUT_HOSTS
+            allowed_hosts = DEFAULT_OUTPUT_HOSTS
         self.image = get_model(image_model or DEFAULTS["image"], "image")
         self.video = get_model(video_model or DEFAULTS["video"], "video")
         self.music = get_model(music_model or DEFAULTS["audio"], "audio")
@@ -163,7 +164,7 @@ class ReplicateProvider(Provider):
             self.max_download_bytes = {k: max_download_bytes for k in DEFAULT_MAX_DOWNLOAD_BYTES}
         else:
             self.max_download_bytes = {**DEFAULT_MAX_DOWNLOAD_BYTES, **(max_download_bytes or {})}
-        self.api = ReplicateApi(token=api_token or os.environ.get("REPLICATE_API_TOKEN"), base_url=base_url,
+        self.api = ReplicateApi(token=api_token, base_url=base_url,
                                 request_timeout_s=request_timeout_s, poll_interval_s=poll_interval_s,
                                 max_poll_interval_s=max_poll_interval_s, transport=transport)
         self.base_url = self.api.base_url

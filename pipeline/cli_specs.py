@@ -1,0 +1,137 @@
+"""The CLI commands that take a spec in: ``validate``, ``submit``, and the registration before
+``render`` (``pipeline.cli`` wires them up). Each resolves the provider and models the way a
+submission does (``pipeline.submissions``): ``--provider`` / ``--<kind>-model`` (explicit choices) >
+the spec's ``provider`` / ``models`` > the deployment's defaults > ``local`` and the registry
+defaults. Nothing here writes an environment variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from rich.table import Table
+
+from pipeline.cli_output import cell, console, say
+from pipeline.providers import PROVIDERS
+
+
+def _definitions(args):
+    """The Definitions for this command's values (data directory); nothing written to the environment."""
+    from pipeline.cli import _data_dir
+    from pipeline.definitions import build_definitions
+
+    return build_definitions(_data_dir(args))
+
+
+MODEL_OPTIONS = ("image", "video", "music")
+"""Kinds with a ``--<kind>-model`` option (the spec's ``models`` keys)."""
+
+
+def provider_options(p: argparse.ArgumentParser) -> None:
+    """``--provider`` and ``--image-model`` / ``--video-model`` / ``--music-model``: explicit choices."""
+    p.add_argument("--provider", choices=PROVIDERS, default=None,
+                   help="generation provider; beats the spec's `provider` and the deployment default "
+                        "($PIPELINE_DEFAULT_PROVIDER, else local)")
+    for kind in MODEL_OPTIONS:
+        p.add_argument(f"--{kind}-model", metavar="REF",
+                       help=f"replicate {kind} model (pipeline/models.py); beats the spec's models.{kind}, "
+                            f"$REPLICATE_{kind.upper()}_MODEL and the registry default")
+
+
+def chosen_models(args) -> dict[str, str]:
+    """The model choices given on the command line, ``{kind: ref}`` (``--image-model`` ...)."""
+    return {kind: getattr(args, f"{kind}_model") for kind in MODEL_OPTIONS if getattr(args, f"{kind}_model", None)}
+
+
+def cmd_validate(args) -> int:
+    """Validate a spec, resolve its provider and models as a submission would, and print the plan
+    (a brief is planned by that provider's planner). Registers nothing."""
+    from pipeline import stages
+    from pipeline.spec import load_spec
+    from pipeline.submissions import Submission, registration_sha256, resolve_provider
+
+    spec = load_spec(args.spec)
+    pipeline = _definitions(args).resources["pipeline"]
+    name, models = resolve_provider(spec, provider=args.provider, models=chosen_models(args),
+                                    defaults=pipeline.provider_defaults(), source=args.spec)
+    provider = pipeline.provider(name, models)
+    sub = Submission(video_id=spec.video_id, provider=name, models=models, source=args.spec,
+                     spec=spec.model_dump(mode="json", exclude_none=True),
+                     spec_sha256=registration_sha256(spec, name, models), submitted_at="")
+    plan = stages.plan_video(sub, provider)
+    say(("valid", "green"), f" {args.spec}: video ", (plan.video_id, "bold"),
+        f", {len(plan.beats)} beats, {plan.duration_s:g} s, {plan.width}x{plan.height} @ {plan.fps} fps "
+        f"({plan.planned_by})")
+    say(f"provider {name}" + "".join(f", {kind} {ref}" for kind, ref in models.items()))
+    if plan.truncation:
+        say(("warning", "yellow"), ": ", stages.truncation_message(plan, plan.truncation))
+    table = Table("segment", "start_s", "duration_s", "chunks", "motion")
+    table.add_column("prompt", no_wrap=True, overflow="ellipsis", max_width=60)
+    for b in plan.beats:
+        table.add_row(b.segment, f"{b.start_s:g}", f"{b.duration_s:g}",
+                      str(len(stages.chunk_plan(b.duration_s, provider.chunk_seconds))), cell(b.motion or ""),
+                      cell(b.prompt))
+    console.print(table)
+    return 0
+
+
+def register_for_render(pipeline, args):
+    """Register the spec with the provider and models chosen on the command line, the spec's and the
+    deployment's (``PipelineResource.submit_spec``), before ``render_video`` takes the video's lock;
+    it re-submits the same spec and provider and keeps these models. Returns (submission, force):
+    ``force`` when asked, or when the video's materialized plan is of another version (another
+    spec, provider or models), so a changed registration is never reported "up to date"."""
+    from pipeline.defs.io_manager import read_manifest
+    from pipeline.manifests import VideoPlan
+    from pipeline.spec import load_spec
+
+    spec = load_spec(args.spec)
+    submission, _ = pipeline.submit_spec(spec, source=args.spec, provider=args.provider, models=chosen_models(args))
+    plan = read_manifest(pipeline.manifests_dir, "video_spec", submission.video_id)
+    outdated = isinstance(plan, VideoPlan) and plan.spec_sha256 != submission.spec_sha256
+    return submission, bool(args.force or outdated)
+
+
+def cmd_submit(args) -> int:
+    """Copy a valid spec into the inbox, where the spec_inbox_sensor picks it up. Without choices on
+    the command line, the bytes that were validated are the bytes written (read once, safely), named
+    ``<video_id>.yaml`` or ``.json``. With ``--provider`` or a model option, the choices are written
+    into the spec (``provider``, ``models``; they replace the spec's own) and the result is written
+    as ``<video_id>.json``, so the sensor registers exactly what was chosen here."""
+    import json
+    import tempfile
+
+    from pipeline.spec import decode_spec_text, load_spec_bytes, parse_spec, read_spec_file
+    from pipeline.spec_yaml import load_yaml
+    from pipeline.submissions import resolve_provider
+
+    data = read_spec_file(args.spec)
+    spec = load_spec_bytes(data, args.spec)  # fail here, not in the inbox, on a bad spec
+    suffix = ".json" if Path(args.spec).suffix.lower() == ".json" else ".yaml"
+    if args.provider or chosen_models(args):
+        raw = load_yaml(decode_spec_text(data))
+        if args.provider:
+            raw["provider"] = args.provider
+        if chosen_models(args):
+            raw["models"] = {**(raw.get("models") or {}), **chosen_models(args)}
+        spec = parse_spec(raw, args.spec)
+        data, suffix = (json.dumps(raw, ensure_ascii=False, indent=2) + "\n").encode("utf-8"), ".json"
+    pipeline = _definitions(args).resources["pipeline"]
+    name, models = resolve_provider(spec, defaults=pipeline.provider_defaults(), source=args.spec)
+    inbox = pipeline.inbox_path
+    inbox.mkdir(parents=True, exist_ok=True)
+    target = inbox / f"{spec.video_id}{suffix}"
+    fd, tmp = tempfile.mkstemp(dir=inbox, prefix=f".{spec.video_id}.", suffix=".part")  # hidden: not scanned
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    chosen = "".join(f", {kind} {ref}" for kind, ref in models.items())
+    say(f"submitted {spec.video_id} (provider {name}{chosen}) to {target}; with `make dev` (the Dagster daemon) "
+        f"running, spec_inbox_sensor plans it within seconds. Follow it with `pipeline status {spec.video_id}`.")
+    return 0
