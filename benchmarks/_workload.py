@@ -164,7 +164,7 @@ def batches(w: Workload, stitch_s: float, mux_s: float, size: int = 3, retry_del
 
 
 def pipeline_policy(w: Workload, stitch_s: float, mux_s: float, workers: int, retry_delay_s: float = 0.0) -> float:
-    """This pipeline's schedule (pipeline.defs.render): one run per beat plus a music run on
+    """This pipeline's schedule (pipeline.orchestration.render): one run per beat plus a music run on
     ``workers`` workers, longest beats first, music queued in the middle, greedy list scheduling;
     then stitch and mux. With workers >= beats + 1 it equals the critical path."""
     order = sorted(w.beats, key=lambda b: -b.duration_s)

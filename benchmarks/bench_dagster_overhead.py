@@ -1,6 +1,6 @@
 """Dagster overhead per run: launch to first log, with the in-process CLI and with the daemon.
 
-In-process (what ``pipeline render`` does, pipeline.defs.render):
+In-process (what ``pipeline render`` does, pipeline.orchestration.render):
 - serial: ``execute_in_process`` of one cached ``render_segment`` run at a time in one process
   (every generation is a cache hit, so the run's wall time is almost all orchestration);
 - forked workers: ``render_video(force=True)`` on a warm cache with --max-parallel 2, timing each
@@ -92,7 +92,7 @@ def serial_in_process(repeat: int, label: str, data: str) -> dict[str, Any]:
 
     from pipeline.definitions import build_definitions
     from pipeline.defs.partitions import segment_partition_key
-    from pipeline.defs.render import render_video
+    from pipeline.orchestration.render import render_video
 
     defs = build_definitions(data)
     with dg.DagsterInstance.get() as instance:
@@ -121,7 +121,7 @@ def forked_in_process(data: str) -> dict[str, Any]:
     """``render_video(force=True)`` on a warm cache; each worker's execute call is timestamped."""
     import dagster as dg
 
-    import pipeline.defs.render as render
+    import pipeline.orchestration.render as render
     from pipeline.definitions import build_definitions
 
     original = render.execute

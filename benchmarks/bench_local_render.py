@@ -67,7 +67,7 @@ def _check(result: dict, what: str) -> None:
 def import_baseline(root: Path) -> dict:
     """Wall time of starting Python and importing what ``pipeline render`` imports before it runs."""
     code = ("import pipeline.cli, dagster\nfrom pipeline.definitions import build_definitions\n"
-            "from pipeline.defs.render import render_video\n")
+            "from pipeline.orchestration.render import render_video\n")
     return run_measured([sys.executable, "-c", code], env=subprocess_env(root), cwd=root)
 
 

@@ -4,7 +4,7 @@ Renders the benchmark specs (benchmarks/specs.py) with ``--provider replicate`` 
 Replicate server (pipeline_tests.fake_replicate, in its own process) whose prediction run times
 are drawn per call from a fixed-seed log-normal distribution (benchmarks/_workload.py), scaled by
 SCALE so a render takes seconds. The pipeline runs exactly as ``pipeline render`` does
-(pipeline.defs.render.render_video: plan run, then segment runs + music in forked worker
+(pipeline.orchestration.render.render_video: plan run, then segment runs + music in forked worker
 processes, then the assemble run), in a temporary Dagster instance and data directory.
 
 Reported in the same run:
@@ -128,7 +128,7 @@ def run_pipeline(spec: Path, workload: Workload, *, seed: int, scale: float, pol
     import dagster as dg
 
     from pipeline.definitions import build_definitions
-    from pipeline.defs.render import render_video
+    from pipeline.orchestration.render import render_video
     from pipeline.generation import read_call_log
     from pipeline.store import Workspace
 

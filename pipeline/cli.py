@@ -73,7 +73,7 @@ def _dagster(args):
     CLI processes may create a fresh one at once); opening also fails runs whose process died and
     sweeps the temp files such processes left."""
     from pipeline.definitions import build_definitions
-    from pipeline.defs.instance import cli_startup, open_instance
+    from pipeline.orchestration.instance import cli_startup, open_instance
 
     data_dir = _data_dir(args)
     instance = open_instance(ensure_dagster_home(data_dir))
@@ -83,7 +83,7 @@ def _dagster(args):
 
 def cmd_render(args) -> int:
     from pipeline import stages
-    from pipeline.defs.render import render_video
+    from pipeline.orchestration.render import render_video
 
     defs, instance = _dagster(args)
     submission, force = register_for_render(defs.resources["pipeline"], args)
@@ -172,7 +172,7 @@ def _state(value: str) -> Text:
 
 
 def cmd_status(args) -> int:
-    from pipeline.defs.status import SEGMENT_ASSETS, video_status
+    from pipeline.orchestration.status import SEGMENT_ASSETS, video_status
 
     defs, instance = _dagster(args)
     pipeline = defs.resources["pipeline"]
@@ -224,7 +224,7 @@ def cmd_cost(args) -> int:
 
 
 def cmd_retry(args) -> int:
-    from pipeline.defs.render import retry_video
+    from pipeline.orchestration.render import retry_video
 
     defs, instance = _dagster(args)
 

@@ -12,7 +12,7 @@ import dagster as dg
 import pytest
 
 from pipeline.definitions import build_definitions
-from pipeline.defs.render import RenderReport, render_video
+from pipeline.orchestration.render import RenderReport, render_video
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"

@@ -11,7 +11,7 @@ import dagster as dg
 import sqlalchemy.exc
 
 from pipeline import media
-from pipeline.defs.instance import OWNER_TAG, open_instance
+from pipeline.orchestration.instance import OWNER_TAG, open_instance
 from pipeline.defs.partitions import add_partitions
 from pipeline.procs import ProcessIdentity
 from pipeline_tests.cli_processes import ROOT, clean_env, start_cli

@@ -24,7 +24,7 @@ import pytest
 
 from pipeline import costs, models
 from pipeline.definitions import build_definitions
-from pipeline.defs.render import render_video
+from pipeline.orchestration.render import render_video
 from pipeline.ledger import Ledger, default_ledger_path
 from pipeline_tests.conftest import write_spec
 from pipeline_tests.fake_replicate import FakeReplicate

@@ -16,7 +16,7 @@ import pytest
 
 from pipeline.defs.io_manager import read_manifest
 from pipeline.defs.partitions import segment_partition_key
-from pipeline.defs.status import IN_PROGRESS, video_status
+from pipeline.orchestration.status import IN_PROGRESS, video_status
 from pipeline.generation import read_call_log
 from pipeline.manifests import ChunkVideosManifest
 from pipeline.store import Workspace

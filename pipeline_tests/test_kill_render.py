@@ -11,7 +11,7 @@ from pathlib import Path
 import dagster as dg
 
 from pipeline import media
-from pipeline.defs.instance import OWNER_TAG, fail_dead_runs
+from pipeline.orchestration.instance import OWNER_TAG, fail_dead_runs
 from pipeline.housekeeping import TEMP_SUFFIXES, temp_owner
 from pipeline.procs import ProcessIdentity
 from pipeline_tests.cli_processes import ROOT, clean_env, marked_processes, parent_pid, start_cli

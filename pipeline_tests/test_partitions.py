@@ -7,7 +7,7 @@ import dagster as dg
 import yaml
 
 from pipeline.defs.partitions import segment_partition_key
-from pipeline.defs.render import execute
+from pipeline.orchestration.render import execute
 from pipeline.generation import read_call_log
 from pipeline.store import Workspace
 from pipeline_tests.conftest import write_spec

@@ -18,7 +18,7 @@ import pytest
 from pipeline import media
 from pipeline.definitions import build_definitions
 from pipeline.defs.io_manager import read_manifest
-from pipeline.defs.render import render_video
+from pipeline.orchestration.render import render_video
 from pipeline.generation import read_call_log
 from pipeline.manifests import FinalManifest, MediaManifest, load_manifest
 from pipeline.s3_store import S3ClientProvider, S3Location, S3MediaStore

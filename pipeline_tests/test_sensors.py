@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from pipeline.defs.partitions import segment_partition_key
-from pipeline.defs.render import execute
+from pipeline.orchestration.render import execute
 from pipeline.defs.resources import PipelineResource
 from pipeline.defs.schedules import MAX_SCHEDULED_RETRIES, failed_segment_requests
 from pipeline.defs.sensors import assembly_sensor, segment_fanout_sensor, spec_inbox_sensor

@@ -14,7 +14,7 @@ import dagster as dg
 import pytest
 
 from pipeline.definitions import build_definitions
-from pipeline.defs.render import render_video
+from pipeline.orchestration.render import render_video
 from pipeline_tests.conftest import write_spec
 from pipeline_tests.dagster_services import DagsterStack
 

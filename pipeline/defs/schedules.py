@@ -8,7 +8,7 @@ from pipeline.defs.jobs import render_segment_job
 from pipeline.defs.partitions import segment_partition_key, videos
 from pipeline.defs.resources import PipelineResource
 from pipeline.defs.sensors import segment_run_tags
-from pipeline.defs.status import video_status
+from pipeline.orchestration.status import video_status
 
 MAX_SCHEDULED_RETRIES = 3
 """Scheduled re-requests per segment and spec version; after that a person decides (backfill/CLI)."""

@@ -19,7 +19,7 @@ from pipeline.defs.io_manager import read_manifest
 from pipeline.defs.jobs import assemble_video_job, plan_video_job, render_music_job, render_segment_job
 from pipeline.defs.partitions import segment_partition_key, segments, split_key, videos
 from pipeline.defs.resources import PipelineResource
-from pipeline.defs.status import video_status
+from pipeline.orchestration.status import video_status
 from pipeline.inbox import scan_inbox
 from pipeline.manifests import VideoPlan
 from pipeline.printable import printable

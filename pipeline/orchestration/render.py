@@ -13,7 +13,7 @@ longest chain), then ``assemble_video`` once every segment succeeded.
 Concurrency and crashes: renders and retries of one video are serialized by a file lock
 (``<data>/locks/<video_id>.lock``), so a second render of the same spec waits and then finds it up
 to date; different videos render at once. Every run carries ``pipeline/owner`` (the executing
-process, ``pipeline.defs.instance.OWNER_TAG``). Workers die with the parent (``PR_SET_PDEATHSIG``),
+process, ``pipeline.orchestration.instance.OWNER_TAG``). Workers die with the parent (``PR_SET_PDEATHSIG``),
 and so do their ffmpeg processes, so killing ``pipeline render`` stops all of its work at once.
 """
 
@@ -33,11 +33,11 @@ from typing import Callable, Iterator
 
 import dagster as dg
 
-from pipeline.defs.instance import fail_dead_runs, open_instance, owner_tags
+from pipeline.orchestration.instance import fail_dead_runs, open_instance, owner_tags
 from pipeline.defs.io_manager import read_manifest
 from pipeline.defs.partitions import add_partitions, ensure_partitions, segment_partition_key, videos
 from pipeline.defs.resources import PipelineResource
-from pipeline.defs.status import video_status
+from pipeline.orchestration.status import video_status
 from pipeline.manifests import ChunkVideosManifest, FinalManifest, PlannedBeat, VideoPlan
 from pipeline.procs import ProcessIdentity, die_with_parent, file_lock
 from pipeline.spec import VIDEO_ID_PATTERN, load_spec
