@@ -24,13 +24,10 @@ Configurations:
 
 Replicate (``--replicate``): the makespan benchmark's spec (benchmarks/specs.py, ``mixed-12`` by
 default) against the fake Replicate server (its own process, per-call latencies drawn as in
-bench_makespan.py, at ``--replicate-scale``, 1.0 = real latencies) through the daemon. The inbox
-sensor renders inbox files with the local provider, so the spec is registered with
-``provider=replicate`` directly in the data directory's spec registry
-(``pipeline.submissions.submit_file``, what ``pipeline render --provider replicate`` does first);
-the inbox sensor picks registered specs up on its next tick and everything downstream is the
-sensors and the daemon. The provider polls on its production schedule (the daemon's processes
-cannot be patched), so only scale 1.0 compares with bench_makespan's ``--real-latency``.
+bench_makespan.py, at ``--replicate-scale``, 1.0 = real latencies) through the daemon: a copy of
+the spec saying ``provider: replicate`` goes through ``pipeline submit`` and the inbox, like the
+local one. The provider polls on its production schedule (the daemon's processes are not
+patched), so only scale 1.0 compares with bench_makespan's ``--real-latency``.
 ``--replicate-cli`` also renders the same spec with ``render_video`` in-process (bench_makespan's
 harness, production polling) for the daemon/CLI comparison.
 
@@ -57,6 +54,7 @@ from _common import (  # noqa: E402
     INSTANCE_YAML,
     ROOT,
     VENV_BIN,
+    TreeSampler,
     emit,
     heading,
     load_averages,
@@ -110,6 +108,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "op-granularity": {"overrides": "op"},
     "fast-sensors": {"overrides": {}, "workspace": "fast-sensors"},
     "fast-sensors+1s-loop": {"overrides": {}, "workspace": "fast-sensors", "daemon": "1s-loop"},
+    "fast-sensors+capped-polling": {"overrides": {}, "workspace": "fast-sensors-capped-polling"},
 }
 LABELS = {
     "before": "before (commit 9687ed2: default launcher, queue 5 s, 3 runs/video, pools 4)",
@@ -119,6 +118,8 @@ LABELS = {
     "op-granularity": "today's dagster.yaml, pools at op granularity (experiment)",
     "fast-sensors": "ForkServerRunLauncher + sensors' minimum_interval_seconds 1 instead of 5 (experiment)",
     "fast-sensors+1s-loop": "... + the sensor daemon looping every 1 s instead of 5 (experiment, patched daemon)",
+    "fast-sensors+capped-polling": "ForkServerRunLauncher + sensors every 1 s + replicate polling capped at 2 s "
+                                   "(experiment)",
 }
 
 FAST_SENSORS_MODULE = '''"""The pipeline's definitions with every sensor's minimum interval set to 1 s (benchmark experiment,
@@ -128,6 +129,7 @@ from dagster._core.definitions.sensor_definition import resolve_jobs_from_target
 
 from pipeline.definitions import defs as _defs
 
+CAP_POLLING = {cap}
 
 def _every(sensor: dg.SensorDefinition, seconds: int) -> dg.SensorDefinition:
     job_name, job, jobs = resolve_jobs_from_targets_for_with_attributes(sensor, None)
@@ -138,6 +140,18 @@ def _every(sensor: dg.SensorDefinition, seconds: int) -> dg.SensorDefinition:
         required_resource_keys=sensor._raw_required_resource_keys, tags=sensor._tags,
         metadata=sensor._metadata, target=None, owners=sensor._owners)
 
+
+if CAP_POLLING:  # the replicate provider polls at most 2 s apart (its default cap is 10 s)
+    import pipeline.defs.resources as _resources
+
+    _original = _resources.get_provider
+
+    def _get_provider(name, **options):
+        if name == "replicate":
+            options = {**options, "max_poll_interval_s": 2.0}
+        return _original(name, **options)
+
+    _resources.get_provider = _get_provider
 
 defs = dg.Definitions(assets=_defs.assets, jobs=_defs.jobs, schedules=_defs.schedules,
                       sensors=[_every(s, 1) for s in _defs.sensors], resources=_defs.resources,
@@ -152,11 +166,13 @@ def _workspace(name: str, root: Path) -> Path | None:
     """The workspace for configuration ``name`` (None: the repository's)."""
     import yaml
 
-    if CONFIGS[name].get("workspace") != "fast-sensors":
+    kind = CONFIGS[name].get("workspace")
+    if kind is None:
         return None
     code = root / "code"
     code.mkdir(parents=True, exist_ok=True)
-    (code / "bench_fast_sensors.py").write_text(FAST_SENSORS_MODULE)
+    (code / "bench_fast_sensors.py").write_text(
+        FAST_SENSORS_MODULE.replace("{cap}", str(kind == "fast-sensors-capped-polling")))
     path = root / "workspace.yaml"
     path.write_text(yaml.safe_dump({"load_from": [{"python_module": {
         "module_name": "bench_fast_sensors", "attribute": "defs", "working_directory": str(code),
@@ -242,6 +258,22 @@ def _video_runs(instance, video_id: str) -> list[dict[str, Any]]:
     return rows
 
 
+def _why(instance, run_id: str) -> str:
+    """The failure and engine-error messages of run ``run_id`` (with the innermost error)."""
+    lines = []
+    for e in instance.all_logs(run_id):
+        ev = e.dagster_event
+        if ev is None or ev.event_type_value not in ("STEP_FAILURE", "PIPELINE_FAILURE", "ENGINE_EVENT"):
+            continue
+        err = getattr(ev.event_specific_data, "error", None)
+        while err is not None and err.cause is not None:
+            err = err.cause
+        if ev.event_type_value != "ENGINE_EVENT" or err is not None:
+            lines.append(f"{ev.event_type_value} {ev.step_key or ''}: {e.message or ev.message or ''}"
+                         + (f" -- {err.message.strip()}" if err is not None else ""))
+    return "\n".join(lines[-6:])
+
+
 def _wait_final(stack, instance, video_id: str, timeout: float) -> list[dict[str, Any]]:
     import dagster as dg
 
@@ -253,7 +285,7 @@ def _wait_final(stack, instance, video_id: str, timeout: float) -> list[dict[str
         bad = [r for r in runs if r.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)]
         if bad:
             raise RuntimeError(f"{video_id}: run {bad[0].job_name} {bad[0].tags.get('dagster/partition')} "
-                               f"{bad[0].status.value}\n{stack.tails()}")
+                               f"{bad[0].status.value}:\n{_why(instance, bad[0].run_id)}")
         return any(r.job_name == "assemble_video" and r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
 
     wait_until(done, timeout=timeout, interval=0.25, what=f"{video_id}'s final video", on_timeout=stack.tails)
@@ -314,7 +346,7 @@ def daemon_render(config: str, *, warm_up: bool, timeout: float = 900.0) -> dict
     result: dict[str, Any] = {"config": config}
     try:
         t0 = time.time()
-        stack.start_daemon(wait=True, command=_daemon_command(config))
+        daemon = stack.start_daemon(wait=True, command=_daemon_command(config))
         result["daemon_ready_s"] = time.time() - t0
         with dg.DagsterInstance.from_config(str(stack.home)) as instance:
             if warm_up:
@@ -326,12 +358,16 @@ def daemon_render(config: str, *, warm_up: bool, timeout: float = 900.0) -> dict
                 boots = [r["fork_server_boot_s"] for r in warm_runs if r.get("fork_server_boot_s")]
                 result["fork_server_boot_s"] = boots[0] if boots else None
             la_start = load_averages()
-            t_submit = time.time()
-            _submit_file(stack, SPEC)
-            t_submitted = time.time()
-            runs = _wait_final(stack, instance, VIDEO, timeout)
+            with TreeSampler(daemon.proc.pid, interval=0.2) as memory:  # daemon, code server, runs
+                t_submit = time.time()
+                _submit_file(stack, SPEC)
+                t_submitted = time.time()
+                runs = _wait_final(stack, instance, VIDEO, timeout)
             la_end = load_averages()
             ticks = sensor_tick_intervals(instance)
+        result["peak_tree_pss_mib"] = memory.peak_pss_kb / 1024
+        result["peak_tree_rss_mib"] = memory.peak_rss_kb / 1024
+        result["peak_processes"] = memory.peak_procs
         result.update(hops(runs, t_submit, t_submitted))
         for name, gap in ticks.items():
             result["detail"][f"{name}: median s between ticks"] = gap
@@ -378,32 +414,37 @@ def replicate_daemon_render(config: str, spec: Path, workload, *, seed: int, sca
     import shutil
 
     import dagster as dg
+    import yaml
 
     from _server import ServerProcess
     from _workload import critical_path
     from pipeline.generation import read_call_log
     from pipeline.store import Workspace
-    from pipeline.submissions import submit_file
     from pipeline_tests.dagster_services import DagsterStack
     from specs import write_spec
 
     root = Path(tempfile.mkdtemp(prefix=f"bench-daemon-rep-{_safe(config)}-"))
     overrides, source = _overrides(config)
-    video_id = __import__("yaml").safe_load(spec.read_text())["video_id"]
+    video_id = yaml.safe_load(spec.read_text())["video_id"]
     try:
         with ServerProcess(seed=seed, scale=scale, failed=[], fault_kind=None, fault_options={}) as server:
-            stack = DagsterStack.create(root, instance_overrides=overrides, instance_source=source, extra_env={
+            stack = DagsterStack.create(root, instance_overrides=overrides, instance_source=source,
+                                        workspace=_workspace(config, root), extra_env={
                 "REPLICATE_API_TOKEN": server.token, "REPLICATE_BASE_URL": server.base_url,
                 "REPLICATE_OUTPUT_HOSTS": server.origin})
             try:
-                stack.start_daemon(wait=True)
+                stack.start_daemon(wait=True, command=_daemon_command(config))
                 with dg.DagsterInstance.from_config(str(stack.home)) as instance:
                     warm = write_spec(root / "warmup.yaml", WARMUP_VIDEO, [5])
                     _submit_file(stack, warm)  # local provider: warms the daemon without touching the fake
                     _wait_final(stack, instance, WARMUP_VIDEO, 600)
+                    data = yaml.safe_load(spec.read_text())
+                    data["provider"] = "replicate"
+                    replicate_spec = root / spec.name
+                    replicate_spec.write_text(yaml.safe_dump(data, sort_keys=False))
                     la_start = load_averages()
                     t_submit = time.time()
-                    submit_file(Workspace.at(stack.data_dir), spec, provider="replicate")
+                    _submit_file(stack, replicate_spec)
                     t_submitted = time.time()
                     runs = _wait_final(stack, instance, video_id, timeout)
                     la_end = load_averages()
@@ -488,9 +529,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args.replicate_only:
         renders: dict[str, list[dict[str, Any]]] = {c: [] for c in configs}
         cli: list[dict[str, Any]] = []
+        failures: list[dict[str, Any]] = []
         for rep in range(args.repeat):  # interleaved, so slow drifts in background load hit every config
             for c in configs:
-                r = daemon_render(c, warm_up=not args.cold)
+                try:
+                    r = daemon_render(c, warm_up=not args.cold)
+                except Exception as exc:  # noqa: BLE001 - a failed render is reported, not measured
+                    failures.append({"config": c, "rep": rep + 1, "error": f"{type(exc).__name__}: {exc}"})
+                    emit(f"  rep {rep + 1} {c}: FAILED ({type(exc).__name__}: {exc})")
+                    continue
                 renders[c].append(r)
                 emit(f"  rep {rep + 1} {c}: {r['total_s']:.1f} s (load {_fmt_load(r['load_start'])} -> "
                      f"{_fmt_load(r['load_end'])})")
@@ -500,6 +547,8 @@ def main(argv: list[str] | None = None) -> int:
                 emit(f"  rep {rep + 1} pipeline render: {r['wall_s']:.1f} s (load {_fmt_load(r['load_start'])})")
         results["daemon"] = renders
         results["cli"] = cli
+        results["failures"] = failures
+        configs = [c for c in configs if renders[c]]
         cli_med = statistics.median(r["wall_s"] for r in cli) if cli else None
 
         heading(f"40 s demo spec, local provider: submit -> final_video materialized ({args.repeat} runs each"
@@ -512,16 +561,20 @@ def main(argv: list[str] | None = None) -> int:
                          "x_pipeline_render": (med / cli_med) if cli_med else None,
                          "segment_launch_s (median)": statistics.median(
                              r["detail"]["segment runs: median launch_s"] for r in renders[c]),
+                         "peak_daemon_tree_pss_mib": statistics.median(r["peak_tree_pss_mib"] for r in renders[c]),
                          "load_1min (start..end)": ", ".join(f"{r['load_start'][0]:.1f}..{r['load_end'][0]:.1f}"
                                                             for r in renders[c])})
         if cli:
             walls = [r["wall_s"] for r in cli]
             rows.append({"configuration": "`pipeline render` (in-process, -j 2, fresh data dir; wall incl. start-up)",
                          "median_s": cli_med, "min-max_s": _spread(walls), "x_pipeline_render": 1.0,
-                         "segment_launch_s (median)": None,
+                         "segment_launch_s (median)": None, "peak_daemon_tree_pss_mib": None,
                          "load_1min (start..end)": ", ".join(f"{r['load_start'][0]:.1f}..{r['load_end'][0]:.1f}"
                                                             for r in cli)})
         emit(table(rows))
+        if failures:
+            emit("\nFailed renders (not in the medians): " + "; ".join(
+                f"{f['config']} rep {f['rep']}: {f['error'].splitlines()[0]}" for f in failures))
 
         heading("Where the time goes (median of each hop over the runs; the hops add up to the total)", 4)
         names = list(renders[configs[0]][0]["hops"])

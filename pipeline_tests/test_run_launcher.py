@@ -43,6 +43,7 @@ PROBE_SOURCE = '''
 pipeline_tests/test_run_launcher.py."""
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -56,12 +57,16 @@ class NapConfig(dg.Config):
     seconds: float = 0.0
     retry_seconds: float = 0.0
     report: str = ""
+    ignore_interrupts: bool = False
 
 
 @dg.op
 def nap(context: dg.OpExecutionContext, config: NapConfig) -> float:
     retry = bool(context.run.tags.get("dagster/parent_run_id"))
     seconds = config.retry_seconds if retry else config.seconds
+    if config.ignore_interrupts:  # a step stuck where Python cannot interrupt it
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     print(f"probe napping {{seconds}} s in pid {{os.getpid()}} (version {{VERSION}})", flush=True)
     if config.report:
         Path(config.report + (".retry" if retry else "")).write_text(json.dumps({{
@@ -121,9 +126,10 @@ def probe_workspace(root: Path) -> Path:
     return path
 
 
-def nap_config(seconds: float, report: Path | None = None, retry_seconds: float = 0.0) -> dict:
+def nap_config(seconds: float, report: Path | None = None, retry_seconds: float = 0.0,
+               ignore_interrupts: bool = False) -> dict:
     return {"ops": {"nap": {"config": {"seconds": seconds, "retry_seconds": retry_seconds,
-                                       "report": str(report or "")}}}}
+                                       "report": str(report or ""), "ignore_interrupts": ignore_interrupts}}}}
 
 
 def read_report(path: Path, timeout: float = 120.0) -> dict:
@@ -193,15 +199,14 @@ def test_worker_health_from_the_owner_tag():
 
 @pytest.fixture
 def direct_instance(tmp_path, request):
-    """A temporary instance like the repository's dagster.yaml (start_method from the param), and
-    the probe job's reconstructable origin."""
+    """A temporary instance like the repository's dagster.yaml (the launcher's config from the
+    param), and the probe job's reconstructable origin."""
     code = tmp_path / "code"
     write_probe(code, 1)
-    method = getattr(request, "param", "forkserver")
     home = tmp_path / "home"
     write_instance_yaml(home, {"run_launcher": {"module": "pipeline.orchestration.launcher",
                                                 "class": "ForkServerRunLauncher",
-                                                "config": {"start_method": method}}})
+                                                "config": getattr(request, "param", {})}})
     from dagster._core.definitions.reconstruct import ReconstructableRepository
 
     recon = ReconstructableRepository.for_module(PROBE_MODULE, "defs", str(code)).get_reconstructable_job("nap_job")
@@ -220,7 +225,8 @@ def _launch_direct(instance, recon, config: dict) -> str:
     return run.run_id
 
 
-@pytest.mark.parametrize("direct_instance", ["forkserver", "spawn"], indirect=True)
+@pytest.mark.parametrize("direct_instance", [{"start_method": "forkserver"}, {"start_method": "spawn"}],
+                         indirect=True, ids=["forkserver", "spawn"])
 def test_launcher_runs_a_job_and_its_worker_is_tagged(direct_instance):
     instance, recon, tmp = direct_instance
     launcher = instance.run_launcher
@@ -267,6 +273,22 @@ def test_terminate_interrupts_the_worker_and_the_run_ends_canceled(direct_instan
     assert kinds.index("PIPELINE_CANCELING") < kinds.index("STEP_FAILURE") < kinds.index("PIPELINE_CANCELED")
     assert any(m.startswith("Process for run exited") for _, m in event_messages(instance, run_id))
     assert not instance.run_launcher.terminate(run_id)  # finished: nothing to terminate
+
+
+@pytest.mark.parametrize("direct_instance", [{"terminate_timeout_seconds": 3.0}], indirect=True)
+def test_a_worker_that_ignores_the_interrupt_is_killed_and_its_run_canceled(direct_instance):
+    instance, recon, tmp = direct_instance
+    report = tmp / "report.json"
+    run_id = _launch_direct(instance, recon, nap_config(600, report, ignore_interrupts=True))
+    read_report(report)
+    time.sleep(0.5)  # let the op replace the signal handlers
+    owner = ProcessIdentity.parse(instance.get_run_by_id(run_id).tags.get(OWNER_TAG))
+    assert instance.run_coordinator.cancel_run(run_id)
+    wait_until(lambda: run_status(instance, run_id) == dg.DagsterRunStatus.CANCELED, timeout=120, interval=0.2,
+               what="the run to be CANCELED", on_timeout=lambda: str(event_messages(instance, run_id)))
+    assert not owner.is_alive()
+    canceled = [m for k, m in event_messages(instance, run_id) if k == "PIPELINE_CANCELED"]
+    assert canceled and "SIGKILL" in canceled[-1] and str(owner) in canceled[-1], canceled
 
 
 # --- through the daemon and the webserver ---------------------------------------------------------

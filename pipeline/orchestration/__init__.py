@@ -1,6 +1,7 @@
 """Dagster machinery that is not definitions: run launching (``launcher.ForkServerRunLauncher``,
-configured as the instance's ``run_launcher`` in dagster.yaml: runs start as processes forked
-from a warm fork server instead of fresh interpreters) and run-worker liveness for Dagster's run
-monitoring (the ``pipeline/owner`` run tag). Nothing here defines assets, jobs or sensors; those
-live in ``pipeline.defs``.
+the instance's ``run_launcher`` in dagster.yaml: runs start as processes forked from a warm fork
+server, tagged with the worker that executes them so run monitoring can tell a dead run), and the
+pieces the CLI and the daemon share to plan, coordinate, execute in-process and report on a
+video's runs. Nothing here defines assets, jobs, sensors or schedules; those live in
+``pipeline.defs``.
 """

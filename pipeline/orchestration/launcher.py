@@ -30,6 +30,7 @@ server can only fork the interpreter it runs in).
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import signal
@@ -278,13 +279,25 @@ class ForkServerRunLauncher(RunLauncher, ConfigurableClass):
         owner = _identity_of(proc.pid)
         with self._lock:
             self._workers[run.run_id] = (proc, owner)
-        self._instance.add_run_tags(run.run_id, {OWNER_TAG: str(owner)})
+        # The worker runs now: from here on nothing may raise (Dagster would report a launch
+        # failure for a run that is executing). The tag is what run monitoring checks, so retry it.
+        for attempt in range(5):
+            try:
+                self._instance.add_run_tags(run.run_id, {OWNER_TAG: str(owner)})
+                break
+            except Exception:  # noqa: BLE001 - e.g. SQLite "database is locked" under load
+                if attempt == 4:
+                    logging.getLogger(__name__).exception("could not tag run %s with its worker %s", run.run_id, owner)
+                time.sleep(0.2 * (attempt + 1))
         how = "forked from the fork server" if self.start_method == "forkserver" else "spawned"
         extra = f"; the fork server started first, in {warm:.2f} s" if warm else ""
-        self._instance.report_engine_event(
-            f"Run worker {owner} {how} in {time.monotonic() - started:.3f} s{extra}.", run,
-            EngineEventData(metadata={"pid": proc.pid, OWNER_TAG: str(owner)}),
-            cls=self.__class__)
+        try:
+            self._instance.report_engine_event(
+                f"Run worker {owner} {how} in {time.monotonic() - started:.3f} s{extra}.", run,
+                EngineEventData(metadata={"pid": proc.pid, OWNER_TAG: str(owner)}),
+                cls=self.__class__)
+        except Exception:  # noqa: BLE001 - informational only
+            logging.getLogger(__name__).exception("could not record the launch of run %s", run.run_id)
 
     def _grpc(self) -> DefaultRunLauncher:
         if self._grpc_launcher is None:
@@ -413,22 +426,32 @@ class ForkServerRunLauncher(RunLauncher, ConfigurableClass):
         return True
 
     def _kill_if_stuck(self, run_id: str, owner: ProcessIdentity) -> None:
+        """After an interrupt: wait up to ``terminate_timeout_seconds`` for the worker to exit,
+        SIGKILL it if it did not, and mark the run CANCELED if the worker did not get to (it was
+        killed, or the interrupt arrived before it started executing)."""
         deadline = time.monotonic() + self.terminate_timeout_seconds
-        while time.monotonic() < deadline:
-            if not owner.is_alive():
-                return
+        while owner.is_alive() and time.monotonic() < deadline:
             time.sleep(0.5)
+        killed = False
+        if owner.is_alive():
+            try:
+                os.kill(owner.pid, signal.SIGKILL)
+                killed = True
+            except ProcessLookupError:
+                pass
+            for _ in range(20):
+                if not owner.is_alive():
+                    break
+                time.sleep(0.1)
         run = self._instance.get_run_by_id(run_id)
-        if not owner.is_alive() or run is None:
+        if run is None or run.is_finished:
             return
-        try:
-            os.kill(owner.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            return
-        if not run.is_finished:
-            self._instance.report_run_canceled(
-                run, f"Run worker {owner} did not stop within {self.terminate_timeout_seconds:g} s of the interrupt; "
-                     "it was killed (SIGKILL).")
+        if killed:
+            message = (f"Run worker {owner} did not stop within {self.terminate_timeout_seconds:g} s of the interrupt; "
+                       "it was killed (SIGKILL).")
+        else:
+            message = f"Run worker {owner} exited without reporting the cancellation; run marked canceled."
+        self._instance.report_run_canceled(run, message)
 
     def dispose(self) -> None:
         """Nothing to stop: run workers outlive the daemon by design, and the fork server exits by
