@@ -176,7 +176,8 @@ def daemon_render(timeout_s: float = 420) -> dict[str, Any]:
     (home / "dagster.yaml").write_text(_daemon_yaml(home))
     workspace = root / "workspace.yaml"
     workspace.write_text(yaml.safe_dump({"load_from": [{"python_module": {
-        "module_name": "pipeline.definitions", "attribute": "defs", "working_directory": str(ROOT)}}]}))
+        "module_name": "pipeline.definitions", "attribute": "defs", "working_directory": str(ROOT),
+        "location_name": "video_pipeline"}}]}))
     env = subprocess_env(root)
     log = open(root / "daemon.log", "w")
     daemon = subprocess.Popen([str(VENV_BIN / "dagster-daemon"), "run", "-w", str(workspace)], env=env,

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import shutil
+import time
 from pathlib import Path
 
 from pipeline import costs, media
@@ -31,6 +32,7 @@ from pipeline.manifests import (
     segment_key,
     utc_now,
 )
+from pipeline.progress import Progress, ProgressCallback, report
 from pipeline.providers import Provider
 from pipeline.spec import BeatSpec, SpecError, Truncation, fit_beats, sha256_json
 from pipeline.store import Workspace
@@ -145,8 +147,12 @@ def _labels(video_id: str, index: int, **more: object) -> dict[str, str]:
     return {"video_id": video_id, "segment": segment_key(index), **{k: str(v) for k, v in more.items()}}
 
 
-def render_storyboard(beat: BeatManifest, provider: Provider, generator: Generator) -> StoryboardManifest:
-    """Exactly one storyboard image for ``beat``, at the beat's draft resolution."""
+def render_storyboard(beat: BeatManifest, provider: Provider, generator: Generator,
+                      progress: ProgressCallback | None = None) -> StoryboardManifest:
+    """Exactly one storyboard image for ``beat``, at the beat's draft resolution (pixels).
+
+    ``progress`` receives a started and a done ``Progress`` report. Raises what the provider or
+    the store raises (ProviderError, media.MediaError)."""
     request = GenerationRequest(
         media_type="image", provider=provider.name, model=provider.image_model, prompt=beat.image_prompt,
         seed=beat.seed,
@@ -154,7 +160,11 @@ def render_storyboard(beat: BeatManifest, provider: Provider, generator: Generat
                 "caption": f"Beat {beat.index + 1} · {beat.start_s:g}-{beat.start_s + beat.duration_s:g} s"},
         labels=_labels(beat.video_id, beat.index, stage="storyboard_images"), max_cost_usd=beat.max_cost_usd,
     )
+    item = dict(stage="storyboard_images", kind="storyboard image", index=1, count=1, segment=segment_key(beat.index))
+    report(progress, Progress("started", **item, detail=f"{beat.width}x{beat.height} with {provider.image_model}"))
+    started = time.monotonic()
     image = generator.generate(request, lambda scratch: provider.render_image(request, scratch))
+    report(progress, Progress("done", **item, medium=image, elapsed_s=time.monotonic() - started))
     return StoryboardManifest(video_id=beat.video_id, index=beat.index, fingerprint=beat.fingerprint, image=image)
 
 
@@ -174,11 +184,14 @@ def extract_last_frame(video: MediaManifest, generator: Generator, labels: dict[
 
 
 def render_chunks(beat: BeatManifest, storyboard: StoryboardManifest, provider: Provider,
-                  generator: Generator) -> ChunkVideosManifest:
+                  generator: Generator, progress: ProgressCallback | None = None) -> ChunkVideosManifest:
     """Render a beat's chunk chain: the reference image chunk from the storyboard image, then each
     continuous chunk from the last frame of the chunk before it.
 
     Every finished chunk is in the cache, so a rerun after a failure at chunk k resumes at chunk k.
+    ``progress`` receives "chunk k of n started" and "... done" reports (``Progress``: chunk type,
+    prediction id, seconds of video, USD paid and reused, cache hit). Raises what the provider or
+    the store raises (ProviderError, media.MediaError).
     """
     start = storyboard.image
     chunks: list[ChunkManifest] = []
@@ -193,7 +206,14 @@ def render_chunks(beat: BeatManifest, storyboard: StoryboardManifest, provider: 
             max_cost_usd=beat.max_cost_usd,
         )
         start_path = generator.local_path(start)
+        item = dict(stage="chunk_videos", kind=plan.chunk_type.replace("_", " ") + " chunk", index=plan.index + 1,
+                    count=len(beat.chunks), segment=segment_key(beat.index))
+        source = "the storyboard image" if plan.index == 0 else f"the last frame of chunk {plan.index}"
+        report(progress, Progress("started", **item, seconds=plan.generate_s,
+                                  detail=f"from {source} with {provider.video_model}"))
+        began = time.monotonic()
         video = generator.generate(request, lambda scratch: provider.render_chunk(request, start_path, scratch))
+        report(progress, Progress("done", **item, medium=video, elapsed_s=time.monotonic() - began))
         last = extract_last_frame(video, generator, request.labels)
         chunks.append(ChunkManifest(plan=plan, video=video, start_image_sha256=start.sha256, last_frame=last))
         start = last
@@ -268,14 +288,23 @@ def segment_costs(ordered: list[ChunkVideosManifest]) -> list[CostLine]:
 
 # --- music -------------------------------------------------------------------------------------
 
-def render_music(plan: VideoPlan, provider: Provider, generator: Generator) -> MusicManifest:
-    """A music track of at least the video's duration (seconds) at the spec's bpm."""
+def render_music(plan: VideoPlan, provider: Provider, generator: Generator,
+                 progress: ProgressCallback | None = None) -> MusicManifest:
+    """A music track of at least the video's duration (seconds) at the spec's bpm.
+
+    ``progress`` receives a started and a done ``Progress`` report. Raises what the provider or
+    the store raises (ProviderError, media.MediaError)."""
     request = GenerationRequest(media_type="audio", provider=provider.name, model=provider.music_model,
                                 prompt=plan.music.prompt, seed=plan.seed,
                                 params={"bpm": plan.music.bpm, "duration_s": math.ceil(plan.duration_s)},
                                 labels={"video_id": plan.video_id, "stage": "music"},
                                 max_cost_usd=plan.max_cost_usd)
+    item = dict(stage="music", kind="music track", index=1, count=1)
+    report(progress, Progress("started", **item, seconds=float(request.params["duration_s"]),
+                              detail=f"{plan.music.bpm} bpm with {provider.music_model}"))
+    started = time.monotonic()
     audio = generator.generate(request, lambda scratch: provider.render_music(request, scratch))
+    report(progress, Progress("done", **item, medium=audio, elapsed_s=time.monotonic() - started))
     return MusicManifest(video_id=plan.video_id, audio=audio)
 
 

@@ -11,12 +11,10 @@ on a phantom segment (no output, no provider call, a log line saying why).
 from contextlib import contextmanager
 from typing import Iterator
 
-import base64
-
 import dagster as dg
-import pandas as pd
 
-from pipeline import costs, media, stages
+from pipeline import costs, media, previews, stages
+from pipeline.defs import checks, metadata, run_log
 from pipeline.defs.io_manager import read_manifest
 from pipeline.defs.partitions import BY_VIDEO, per_segment, segment_beat, segment_partition_key, split_key, videos
 from pipeline.defs.resources import PipelineResource
@@ -28,7 +26,9 @@ from pipeline.manifests import (
     StitchedManifest,
     StoryboardManifest,
     VideoPlan,
+    segment_key,
 )
+from pipeline.progress import run_cost
 from pipeline.providers.base import ProviderError
 from pipeline.spec import SpecError
 from pipeline.submissions import UnknownVideoError
@@ -50,25 +50,6 @@ def permanent_errors() -> Iterator[None]:
         if exc.retryable:
             raise
         raise dg.Failure(description=str(exc), allow_retries=False) from exc
-
-
-def _md_table(rows: list[dict]) -> dg.MetadataValue:
-    return dg.MetadataValue.md(pd.DataFrame(rows).to_markdown(index=False) if rows else "_none_")
-
-
-COST_TABLE_COLUMNS = ["stage", "segment", "item", "provider", "model", "units", "unit", "paid_usd", "reused_usd",
-                      "paid_by", "cache_hit", "note"]
-"""The cost table's columns in final_video's markdown metadata (``costs`` has them all)."""
-
-
-def _table_metadata(table: pd.DataFrame) -> dg.MetadataValue:
-    """A cost table as Dagster table metadata: every column as text (empty when missing), money
-    formatted, with a total row (``pipeline.costs.display_rows``)."""
-    columns = [c for c in table.columns if c != "cache_key"]
-    rows = costs.display_rows(table)
-    return dg.MetadataValue.table(
-        records=[dg.TableRecord({c: r[c] for c in columns}) for r in rows],
-        schema=dg.TableSchema(columns=[dg.TableColumn(c, "string") for c in columns]))
 
 
 def _require(value, what: str, context: dg.AssetExecutionContext):
@@ -115,9 +96,10 @@ def video_spec(context: dg.AssetExecutionContext, pipeline: PipelineResource) ->
         "resolution": f"{plan.width}x{plan.height} @ {plan.fps} fps",
         "truncated": plan.truncation is not None,
         "truncation": dg.MetadataValue.json(plan.truncation.model_dump() if plan.truncation else {}),
-        "beat_table": _md_table([{"segment": b.segment, "start_s": b.start_s, "duration_s": b.duration_s,
-                                  "motion": b.motion or "", "prompt": b.prompt} for b in plan.beats]),
+        "beat_table": metadata.md_table([{"segment": b.segment, "start_s": b.start_s, "duration_s": b.duration_s,
+                                          "motion": b.motion or "", "prompt": b.prompt} for b in plan.beats]),
         "spec_sha256": plan.spec_sha256,
+        **run_log.tag_run_cost(context, plan.planning_cost_usd, 0.0),
     })
 
 
@@ -131,7 +113,7 @@ def beats(context: dg.AssetExecutionContext, pipeline: PipelineResource, video_s
     manifest = stages.plan_beat(video_spec, beat, pipeline.provider(video_spec.provider, video_spec.models))
     yield dg.Output(manifest, metadata={
         "start_s": manifest.start_s, "duration_s": manifest.duration_s, "chunks": len(manifest.chunks),
-        "chunk_plan": _md_table([c.model_dump() for c in manifest.chunks]),
+        "chunk_plan": metadata.md_table([c.model_dump() for c in manifest.chunks]),
         "image_prompt": manifest.image_prompt, "motion_prompt": manifest.motion_prompt,
     })
 
@@ -144,13 +126,14 @@ def storyboard_images(context: dg.AssetExecutionContext, pipeline: PipelineResou
     if _real_beat(context, video_spec) is None:
         return
     beat = _require(beats, "beats", context)
-    with permanent_errors():
-        manifest = stages.render_storyboard(beat, pipeline.provider(beat.provider, video_spec.models), pipeline.generator)
+    with permanent_errors(), run_log.provider_logs(context):
+        manifest = stages.render_storyboard(beat, pipeline.provider(beat.provider, video_spec.models),
+                                            pipeline.generator, progress=run_log.progress_logger(context))
     image = manifest.image
     yield dg.Output(manifest, metadata={
         "path": dg.MetadataValue.path(str(pipeline.generator.local_path(image))),
         "size": f"{image.width}x{image.height}", "cache_hit": image.cache_hit, "cost_usd": image.cost_usd,
-        "model": image.model,
+        "model": image.model, **run_log.tag_run_cost(context, *run_cost([image])),
     })
 
 
@@ -165,8 +148,9 @@ def chunk_videos(context: dg.AssetExecutionContext, pipeline: PipelineResource, 
         return
     beat = _require(beats, "beats", context)
     storyboard = _require(storyboard_images, "storyboard_images", context)
-    with permanent_errors():
-        manifest = stages.render_chunks(beat, storyboard, pipeline.provider(beat.provider, video_spec.models), pipeline.generator)
+    with permanent_errors(), run_log.provider_logs(context):
+        manifest = stages.render_chunks(beat, storyboard, pipeline.provider(beat.provider, video_spec.models),
+                                        pipeline.generator, progress=run_log.progress_logger(context))
     lines = costs.segment_lines(manifest)[1:]
     yield dg.Output(manifest, metadata={
         "chunks": len(manifest.chunks),
@@ -176,13 +160,13 @@ def chunk_videos(context: dg.AssetExecutionContext, pipeline: PipelineResource, 
         "paid_usd": costs.totals(lines)[0],
         "reused_usd": costs.totals(lines)[1],
         "cache_hits": sum(c.video.cache_hit for c in manifest.chunks),
-        "chunk_table": _md_table([{"chunk": c.plan.index, "type": c.plan.chunk_type, "keep_s": c.plan.keep_s,
-                                   "video_s": c.video.duration_s, "cache_hit": "yes" if c.video.cache_hit else "no",
-                                   "this_run_usd": costs.money(c.video.cost_usd),
-                                   "paid_usd": costs.money(line.paid_usd), "reused_usd": costs.money(line.reused_usd),
-                                   "paid_by": line.paid_by or "",
-                                   "sha256": c.video.sha256[:12]}
-                                  for c, line in zip(manifest.chunks, lines)]),
+        "chunk_table": metadata.md_table([
+            {"chunk": c.plan.index, "type": c.plan.chunk_type, "keep_s": c.plan.keep_s, "video_s": c.video.duration_s,
+             "cache_hit": "yes" if c.video.cache_hit else "no", "this_run_usd": costs.money(c.video.cost_usd),
+             "paid_usd": costs.money(line.paid_usd), "reused_usd": costs.money(line.reused_usd),
+             "paid_by": line.paid_by or "", "sha256": c.video.sha256[:12]}
+            for c, line in zip(manifest.chunks, lines)]),
+        **run_log.tag_run_cost(context, *run_cost(c.video for c in manifest.chunks)),
     })
 
 
@@ -210,70 +194,50 @@ def stitched_video(context: dg.AssetExecutionContext, pipeline: PipelineResource
 def music(context: dg.AssetExecutionContext, pipeline: PipelineResource, video_spec: VideoPlan | None) -> dg.Output[MusicManifest]:
     """A music track as long as the video, from the spec's music prompt and bpm."""
     plan = _require(video_spec, "video_spec", context)
-    with permanent_errors():
-        manifest = stages.render_music(plan, pipeline.provider(plan.provider, plan.models), pipeline.generator)
+    with permanent_errors(), run_log.provider_logs(context):
+        manifest = stages.render_music(plan, pipeline.provider(plan.provider, plan.models),
+                                       pipeline.generator, progress=run_log.progress_logger(context))
     line = costs.music_line(plan.video_id, manifest)
     return dg.Output(manifest, metadata={
         "duration_s": manifest.audio.duration_s, "bpm": plan.music.bpm, "cost_usd": manifest.audio.cost_usd,
         "paid_usd": line.paid_usd, "reused_usd": line.reused_usd, "paid_by": line.paid_by or "",
         "cache_hit": manifest.audio.cache_hit,
         "path": dg.MetadataValue.path(str(pipeline.generator.local_path(manifest.audio))),
+        **run_log.tag_run_cost(context, *run_cost([manifest.audio])),
     })
 
 
-FINAL_CHECKS = [
-    dg.AssetCheckSpec("storyboards_match_beats", asset="final_video",
-                      description="Exactly one storyboard image per beat of the plan."),
-    dg.AssetCheckSpec("duration_matches_spec", asset="final_video",
-                      description="The final video lasts the spec's duration_s, within one frame."),
-    dg.AssetCheckSpec("audio_present", asset="final_video",
-                      description="The final video has an audio track as long as the video, within one frame."),
-]
-
-
-@dg.asset(partitions_def=videos, group_name="video", kinds={"mp4"}, check_specs=FINAL_CHECKS)
+@dg.asset(partitions_def=videos, group_name="video", kinds={"mp4"}, check_specs=checks.FINAL_CHECKS)
 def final_video(context: dg.AssetExecutionContext, pipeline: PipelineResource, video_spec: VideoPlan | None,
                 stitched_video: StitchedManifest | None, music: MusicManifest | None):
     """The stitched video muxed with the music, faded out and loudness-normalized (EBU R128),
-    published at ``data/videos/<video_id>.mp4``. Metadata: the cost table and a storyboard contact
-    sheet. Checks: storyboards match beats, duration matches the spec, audio present."""
+    published at ``data/videos/<video_id>.mp4``. Metadata: the file's path and ``file://`` link, an
+    animated preview, a poster frame, a storyboard contact sheet and the cost table. Checks, recorded
+    per video partition: storyboards match beats, duration matches the spec, audio present."""
     plan = _require(video_spec, "video_spec", context)
     ledger = costs.open_ledger(pipeline.workspace.root, pipeline.provider(plan.provider, plan.models))
     manifest = stages.mux_video(plan, _require(stitched_video, "stitched_video", context),
                                 _require(music, "music", context), pipeline.generator, pipeline.workspace, ledger)
     boards = [read_manifest(pipeline.manifests_dir, "storyboard_images", str(segment_partition_key(plan.video_id, b.index)))
               for b in plan.beats]
-    board_paths = [pipeline.generator.local_path(b.image) for b in boards if isinstance(b, StoryboardManifest)]
-    sheet = media.contact_sheet(board_paths, labels=[b.segment for b in plan.beats][:len(board_paths)])
+    found = [b for b in boards if isinstance(b, StoryboardManifest)]
+    shown = previews.render_previews(plan.video_id, manifest.video, [b.image for b in found],
+                                     [segment_key(b.index) for b in found], pipeline.generator)
     info = media.probe(manifest.path, decode=False)
-    frame = 1 / plan.fps
     table = costs.cost_frame(manifest.costs)
     yield dg.Output(manifest, metadata={
-        "path": dg.MetadataValue.path(manifest.path),
+        **metadata.final_video_metadata(manifest, shown, pipeline.generator),
         "duration_s": manifest.video.duration_s,
         "beats": manifest.beats, "chunks": manifest.chunks,
         "cost_usd": manifest.cost_usd,
         "paid_usd": manifest.paid_usd,
         "reused_usd": manifest.reused_usd,
-        "cost_table": dg.MetadataValue.md(costs.markdown(table, columns=COST_TABLE_COLUMNS)),
-        "costs": _table_metadata(table),
-        "storyboard": dg.MetadataValue.md(
-            f"![storyboard contact sheet](data:image/jpeg;base64,{base64.b64encode(sheet).decode()})"),
+        "cost_table": dg.MetadataValue.md(costs.markdown(table, columns=metadata.COST_TABLE_COLUMNS)),
+        "costs": metadata.cost_table(table),
         "loudness_in_lufs": float(manifest.video.extra.get("loudness", {}).get("input_i", "nan")),
+        **run_log.tag_run_cost(context, 0.0, 0.0, {run_log.VIDEO_COST_TAG: costs.money(manifest.paid_usd)}),
     })
-    board_shas = {b.image.sha256 for b in boards if isinstance(b, StoryboardManifest)}
-    yield dg.AssetCheckResult(check_name="storyboards_match_beats", passed=len(board_shas) == len(plan.beats),
-                              metadata={"beats": len(plan.beats), "storyboard_images": len(board_shas)})
-    duration = manifest.video.duration_s or 0.0
-    yield dg.AssetCheckResult(check_name="duration_matches_spec",
-                              passed=abs(duration - plan.target_duration_s) <= frame + 1e-6,
-                              severity=dg.AssetCheckSeverity.WARN,
-                              metadata={"duration_s": duration, "spec_duration_s": plan.target_duration_s,
-                                        "beats_duration_s": plan.duration_s})
-    audio_s = info.audio_duration_s or 0.0
-    yield dg.AssetCheckResult(check_name="audio_present",
-                              passed=info.has_audio and abs(audio_s - duration) <= frame + 0.05,
-                              metadata={"audio_codec": info.audio_codec or "none", "audio_duration_s": audio_s})
+    yield from checks.final_checks(plan, manifest, {b.image.sha256 for b in found}, info)
 
 
 segment_assets = [beats, storyboard_images, chunk_videos]
