@@ -34,7 +34,7 @@ from rich.table import Table
 from rich.text import Text
 
 from pipeline.cli_output import cell, console, err_console, error, safe_streams, say, shout
-from pipeline.cli_specs import cmd_submit, cmd_validate, provider_options, register_for_render
+from pipeline.cli_specs import chosen_models, cmd_submit, cmd_validate, provider_options
 from pipeline.printable import printable
 from pipeline.providers.base import ProviderError
 from pipeline.store import atomic_write_text
@@ -86,7 +86,6 @@ def cmd_render(args) -> int:
     from pipeline.orchestration.render import render_video
 
     defs, instance = _dagster(args)
-    submission, force = register_for_render(defs.resources["pipeline"], args)
     started = time.monotonic()
     with Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=False) as progress:
@@ -103,16 +102,16 @@ def cmd_render(args) -> int:
                 return
             elapsed = time.monotonic() - started
             if outcome.success:
-                say("  ", ("✓", "green"), f" {name:<12} {outcome.seconds:5.1f} s   (t={elapsed:.1f} s)",
-                    stream=progress.console)
+                say("  ", ("✓", "green"), f" {name:<12} {outcome.seconds:5.1f} s   (t={elapsed:.1f} s)"
+                    + (f"   {outcome.note}" if outcome.note else ""), stream=progress.console)
             else:
                 say("  ", ("✗", "red"), f" {name:<12} failed: {outcome.error}", multiline=True, stream=progress.console)
             if name != "video_spec":
                 progress.advance(overall)
 
-        report = render_video(args.spec, defs=defs, instance=instance, provider=submission.provider,
-                              max_parallel=args.max_parallel, force=force, on_run=on_run, on_plan=on_plan,
-                              on_wait=lambda message: say(message, stream=progress.console))
+        report = render_video(args.spec, defs=defs, instance=instance, provider=args.provider,
+                              models=chosen_models(args), max_parallel=args.max_parallel, force=args.force,
+                              on_run=on_run, on_plan=on_plan, on_wait=lambda message: say(message, stream=progress.console))
     return _report(report)
 
 
@@ -172,7 +171,8 @@ def _state(value: str) -> Text:
 
 
 def cmd_status(args) -> int:
-    from pipeline.orchestration.status import SEGMENT_ASSETS, video_status
+    from pipeline.orchestration.planner import Waiting, assembly_run
+    from pipeline.orchestration.status import SEGMENT_ASSETS, assembly_runs, video_status
 
     defs, instance = _dagster(args)
     pipeline = defs.resources["pipeline"]
@@ -205,6 +205,9 @@ def cmd_status(args) -> int:
     for asset, value in status.video_assets.items():
         parts += [f"{'  ' if parts else ''}{asset}: ", (STATE_WORD[value], STATE_STYLE[value])]
     say(*parts)
+    assembly = assembly_run(status, assembly_runs(instance, args.video_id, status.assembly_state))
+    say("assembly: " + (f"not now: {assembly}" if isinstance(assembly, Waiting) else
+                        "ready (the daemon's assembly_sensor requests it; `pipeline retry` does it here)"))
     failed = status.failed_or_missing
     if failed:
         say(f"segments to redo: {', '.join(failed)}; run `pipeline retry {args.video_id}` or backfill them from the UI")
@@ -231,10 +234,11 @@ def cmd_retry(args) -> int:
     def on_run(name, outcome):
         if outcome is not None:
             mark = ("✓", "green") if outcome.success else ("✗", "red")
-            say("  ", mark, f" {name:<12} {outcome.seconds:5.1f} s {outcome.error or ''}", multiline=True)
+            say("  ", mark, f" {name:<12} {outcome.seconds:5.1f} s {outcome.error or outcome.note or ''}", multiline=True)
 
     try:
-        report = retry_video(args.video_id, defs=defs, instance=instance, max_parallel=args.max_parallel, on_run=on_run)
+        report = retry_video(args.video_id, defs=defs, instance=instance, max_parallel=args.max_parallel, on_run=on_run,
+                             on_wait=say)
     except LookupError as exc:
         error(exc)
         return 1

@@ -1,8 +1,8 @@
-"""The CLI commands that take a spec in: ``validate``, ``submit``, and the registration before
-``render`` (``pipeline.cli`` wires them up). Each resolves the provider and models the way a
-submission does (``pipeline.submissions``): ``--provider`` / ``--<kind>-model`` (explicit choices) >
-the spec's ``provider`` / ``models`` > the deployment's defaults > ``local`` and the registry
-defaults. Nothing here writes an environment variable.
+"""The CLI commands that take a spec in: ``validate`` and ``submit`` (``pipeline.cli`` wires them up;
+``render`` registers through ``pipeline.orchestration.render.render_video``). Each resolves the
+provider and models the way a submission does (``pipeline.submissions``): ``--provider`` /
+``--<kind>-model`` (explicit choices) > the spec's ``provider`` / ``models`` > the deployment's
+defaults > ``local`` and the registry defaults. Nothing here writes an environment variable.
 """
 
 from __future__ import annotations
@@ -75,23 +75,6 @@ def cmd_validate(args) -> int:
                       cell(b.prompt))
     console.print(table)
     return 0
-
-
-def register_for_render(pipeline, args):
-    """Register the spec with the provider and models chosen on the command line, the spec's and the
-    deployment's (``PipelineResource.submit_spec``), before ``render_video`` takes the video's lock;
-    it re-submits the same spec and provider and keeps these models. Returns (submission, force):
-    ``force`` when asked, or when the video's materialized plan is of another version (another
-    spec, provider or models), so a changed registration is never reported "up to date"."""
-    from pipeline.defs.io_manager import read_manifest
-    from pipeline.manifests import VideoPlan
-    from pipeline.spec import load_spec
-
-    spec = load_spec(args.spec)
-    submission, _ = pipeline.submit_spec(spec, source=args.spec, provider=args.provider, models=chosen_models(args))
-    plan = read_manifest(pipeline.manifests_dir, "video_spec", submission.video_id)
-    outdated = isinstance(plan, VideoPlan) and plan.spec_sha256 != submission.spec_sha256
-    return submission, bool(args.force or outdated)
 
 
 def cmd_submit(args) -> int:

@@ -1,6 +1,7 @@
 """Sensor and schedule logic with an ephemeral instance and build_sensor_context: partition
-requests, run requests and cursors for new, repeated, changed and invalid specs; fan-out that
-never requests a phantom segment; assembly once per state; bounded scheduled retries."""
+requests, run requests, tags and cursors for new, repeated, changed and invalid specs; fan-out of
+every real segment at once, longest first, never a phantom segment; assembly once per state (also
+when the CLI assembled it), with the reason logged while a video waits; bounded scheduled retries."""
 
 from __future__ import annotations
 
@@ -13,11 +14,14 @@ import dagster as dg
 import pytest
 import yaml
 
+from pipeline.defs.io_manager import read_manifest
 from pipeline.defs.partitions import segment_partition_key
 from pipeline.orchestration.render import execute
 from pipeline.defs.resources import PipelineResource
-from pipeline.defs.schedules import MAX_SCHEDULED_RETRIES, failed_segment_requests
+from pipeline.defs.schedules import failed_segment_runs, retry_failed_segments
 from pipeline.defs.sensors import assembly_sensor, segment_fanout_sensor, spec_inbox_sensor
+from pipeline.orchestration.planner import MAX_SCHEDULED_RETRIES
+from pipeline.submissions import PROVIDER_TAG, load_submission
 from pipeline_tests.conftest import EXAMPLES, write_spec
 
 
@@ -52,7 +56,10 @@ def test_inbox_new_repeated_changed_and_invalid_specs(setup, tmp_path):
     _drop(inbox, EXAMPLES / "tortoise-and-hare.yaml")
     first = _tick(spec_inbox_sensor, instance, pipeline)
     [request] = first.run_requests
-    assert request.partition_key == "tortoise-and-hare"
+    assert request.partition_key == "tortoise-and-hare" and request.job_name == "plan_video"
+    sub = load_submission(pipeline.workspace, "tortoise-and-hare")
+    assert request.run_key == f"tortoise-and-hare:{sub.spec_sha256[:16]}"
+    assert request.tags == {"video": "tortoise-and-hare", "pipeline/spec": sub.spec_sha256[:12], PROVIDER_TAG: "local"}
     assert [r.partition_keys for r in first.dynamic_partitions_requests] == [["tortoise-and-hare"]]
     assert (inbox / "processed" / "tortoise-and-hare.yaml").exists()
     assert not (inbox / "tortoise-and-hare.yaml").exists()
@@ -113,10 +120,18 @@ def test_fanout_requests_real_segments_and_music_only(env, tmp_path):
     pipeline = env.defs.resources["pipeline"]
     first = _tick(segment_fanout_sensor, env.instance, pipeline)
     assert [r.partition_keys for r in first.dynamic_partitions_requests] == [["000", "001", "002"]]
-    segs = sorted(r.partition_key.keys_by_dimension["segment"] for r in first.run_requests
-                  if r.job_name == "render_segment")
-    assert segs == ["000", "001", "002"]
-    assert [r.partition_key for r in first.run_requests if r.job_name == "render_music"] == ["three"]
+    # Every real segment at once (nothing serializes a video's beats), longest chain first (beat 001
+    # is 6 s, the others 5 s), music after the longer half; each run keyed by the spec's storage id.
+    assert [(r.job_name, str(r.partition_key)) for r in first.run_requests] == [
+        ("render_segment", "001|three"), ("render_music", "three"), ("render_segment", "000|three"),
+        ("render_segment", "002|three")]
+    [spec_record] = env.instance.fetch_materializations(dg.AssetKey("video_spec"), limit=1).records
+    plan = read_manifest(pipeline.manifests_dir, "video_spec", "three")
+    for r in first.run_requests:
+        assert r.tags == {"video": "three", "pipeline/spec": plan.spec_sha256[:12], PROVIDER_TAG: "local"}
+        assert r.run_key.startswith("three:") and r.run_key.endswith(f":{spec_record.storage_id}")
+    assert len({r.run_key for r in first.run_requests}) == 4
+    assert first.cursor == str(spec_record.storage_id)
     env.instance.add_dynamic_partitions("segments", ["000", "001", "002"])
 
     _plan(env.defs, env.instance, write_spec(tmp_path / "b.yaml", video_id="one",
@@ -130,25 +145,37 @@ def test_fanout_requests_real_segments_and_music_only(env, tmp_path):
     assert _tick(segment_fanout_sensor, env.instance, pipeline, second.cursor).run_requests == []
 
 
-def test_assembly_waits_for_every_real_segment_then_fires_once(env, tmp_path):
+def test_assembly_waits_for_every_real_segment_then_fires_once(env, tmp_path, capsys):
     pipeline = env.defs.resources["pipeline"]
     _plan(env.defs, env.instance, write_spec(tmp_path / "a.yaml", video_id="asm"), env.data_dir)
     env.instance.add_dynamic_partitions("segments", ["000", "001", "002"])
     cursor = None
     for i in (0, 1):
         assert execute(env.defs, env.instance, "render_segment", segment_partition_key("asm", i), name="s").success
-    assert execute(env.defs, env.instance, "render_music", "asm", name="m").success
+    capsys.readouterr()
     partial = _tick(assembly_sensor, env.instance, pipeline, cursor)
-    assert partial.run_requests == []  # segment 002 missing
+    assert partial.run_requests == []  # segment 002 and the music are missing: said so in the log
+    assert "asm: not assembled now: segments 002 (missing); music (missing)" in capsys.readouterr().err
+    assert execute(env.defs, env.instance, "render_music", "asm", name="m").success
     assert execute(env.defs, env.instance, "render_segment", segment_partition_key("asm", 2), name="s").success
     ready = _tick(assembly_sensor, env.instance, pipeline, partial.cursor)
     [request] = ready.run_requests
-    assert request.partition_key == "asm"
+    newest = max(r.storage_id for asset in ("chunk_videos", "music")
+                 for r in env.instance.fetch_materializations(dg.AssetKey(asset), limit=10).records)
+    assert request.partition_key == "asm" and request.job_name == "assemble_video"
+    assert request.run_key == f"asm:assemble:{newest}"
+    assert request.tags["pipeline/assembly_state"] == str(newest) and request.tags["video"] == "asm"
+    assert request.tags[PROVIDER_TAG] == "local"
     assert _tick(assembly_sensor, env.instance, pipeline, ready.cursor).run_requests == []
     # A re-materialized segment (say, a backfill) assembles again, with a new run key.
     assert execute(env.defs, env.instance, "render_segment", segment_partition_key("asm", 1), name="s").success
     [again] = _tick(assembly_sensor, env.instance, pipeline, ready.cursor).run_requests
     assert again.run_key != request.run_key
+    # ... unless someone (here: the CLI path) assembled that state already: then nothing, and why.
+    assert execute(env.defs, env.instance, "assemble_video", "asm", name="a", tags=dict(again.tags)).success
+    capsys.readouterr()
+    assert _tick(assembly_sensor, env.instance, pipeline, ready.cursor).run_requests == []
+    assert "asm: not assembled now: this state was assembled already (run " in capsys.readouterr().err
 
 
 def test_schedule_retries_failed_segments_a_bounded_number_of_times(env, tmp_path, monkeypatch):
@@ -163,14 +190,21 @@ def test_schedule_retries_failed_segments_a_bounded_number_of_times(env, tmp_pat
     env.instance.add_dynamic_partitions("segments", ["000", "001", "002"])
     bad = execute(env.defs, env.instance, "render_segment", segment_partition_key("flaky", 1), name="s")
     assert not bad.success and "injected fault for segment flaky/001" in bad.error
-    requests, exhausted = failed_segment_requests(env.instance, pipeline.manifests_dir, ["flaky"])
-    [request] = requests
+    runs, exhausted = failed_segment_runs(env.instance, pipeline.manifests_dir, ["flaky"])
+    [run] = runs
+    assert (run.job, run.video_id, run.segment) == ("render_segment", "flaky", "001") and exhausted == []
+    # The schedule itself wraps the same planned run in a RunRequest.
+    with dg.build_schedule_context(instance=env.instance, resources={"pipeline": pipeline}) as context:
+        [request] = retry_failed_segments(context)
     assert dict(request.partition_key.keys_by_dimension) == {"video": "flaky", "segment": "001"}
+    assert request.run_key == run.run_key and request.tags == run.tags
     assert request.tags["pipeline/retry"] == "scheduled" and request.tags["pipeline/retry_attempt"] == "1"
-    assert exhausted == []
+    assert request.tags["video"] == "flaky" and request.tags[PROVIDER_TAG] == "local"
     for _ in range(MAX_SCHEDULED_RETRIES):  # each scheduled retry fails again
         again = execute(env.defs, env.instance, "render_segment", request.partition_key, name="retry",
                         tags=request.tags)
         assert not again.success
-    requests, exhausted = failed_segment_requests(env.instance, pipeline.manifests_dir, ["flaky"])
-    assert requests == [] and exhausted == ["flaky/001"]
+    runs, exhausted = failed_segment_runs(env.instance, pipeline.manifests_dir, ["flaky"])
+    assert runs == [] and exhausted == ["flaky/001"]
+    with dg.build_schedule_context(instance=env.instance, resources={"pipeline": pipeline}) as context:
+        assert isinstance(retry_failed_segments(context), dg.SkipReason)

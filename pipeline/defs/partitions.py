@@ -31,6 +31,11 @@ def segment_partition_key(video_id: str, index: int) -> dg.MultiPartitionKey:
     return dg.MultiPartitionKey({"video": video_id, "segment": segment_key(index)})
 
 
+def partition_key(video_id: str, segment: str | None) -> str | dg.MultiPartitionKey:
+    """The partition key of a run: per-segment for ``segment`` ("000", ...), else the video's."""
+    return video_id if segment is None else dg.MultiPartitionKey({"video": video_id, "segment": segment})
+
+
 def split_key(partition_key: str | dg.MultiPartitionKey) -> tuple[str, str]:
     """(video_id, segment) of a per-segment partition key."""
     if not isinstance(partition_key, dg.MultiPartitionKey):

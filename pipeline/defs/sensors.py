@@ -1,27 +1,33 @@
-"""Sensors that make the pipeline run itself (DESIGN.md "Orchestration").
+"""Sensors that make the pipeline run itself (DESIGN.md "Orchestration"). What to run, in which
+order, with which tags and run keys is ``pipeline.orchestration.planner``'s; these wrap its
+``PlannedRun``s in ``dg.RunRequest``s (``run_request``).
 
 - ``spec_inbox_sensor``: spec files dropped into the inbox are validated and registered; a new or
-  changed spec adds its ``videos`` partition and requests ``video_spec``.
+  changed spec adds its ``videos`` partition and requests ``video_spec`` (``planner.plan_run``).
 - ``segment_fanout_sensor``: each new ``video_spec`` materialization adds the ``segments`` keys its
-  plan needs and requests one ``render_segment`` run per real segment, plus ``render_music``.
+  plan needs and requests one ``render_segment`` run per real segment, plus ``render_music``, all at
+  once, longest beats first (``planner.fanout_runs``).
 - ``assembly_sensor``: once every real segment has ``chunk_videos`` (and the video has ``music``)
-  newer than its spec, requests ``assemble_video`` for that video, once per such state.
+  newer than its spec, requests ``assemble_video`` for that video, once per such state, unless that
+  state is being or was assembled by another run (the CLI's). Logs what each video waits on.
 
-All three keep a JSON cursor and are idempotent across ticks; none ever requests a phantom segment.
+All three keep a cursor and are idempotent across ticks; none ever requests a phantom segment.
 """
 
 from __future__ import annotations
 
 import json
+
 import dagster as dg
 
 from pipeline.defs.io_manager import read_manifest
 from pipeline.defs.jobs import assemble_video_job, plan_video_job, render_music_job, render_segment_job
-from pipeline.defs.partitions import segment_partition_key, segments, split_key, videos
+from pipeline.defs.partitions import partition_key, segments, split_key, videos
 from pipeline.defs.resources import PipelineResource
-from pipeline.orchestration.status import video_status
 from pipeline.inbox import scan_inbox
 from pipeline.manifests import VideoPlan
+from pipeline.orchestration.planner import PlannedRun, Waiting, assembly_run, fanout_runs, plan_run
+from pipeline.orchestration.status import assembly_runs, video_status
 from pipeline.printable import printable
 from pipeline.submissions import list_submissions
 
@@ -32,9 +38,10 @@ def _cursor(context) -> dict:
     return json.loads(context.cursor) if context.cursor else {}
 
 
-def segment_run_tags(plan: VideoPlan) -> dict[str, str]:
-    """Tags every segment run carries: the video and the spec version it renders."""
-    return {"video": plan.video_id, "pipeline/spec": plan.spec_sha256[:12]}
+def run_request(run: PlannedRun) -> dg.RunRequest:
+    """The ``dg.RunRequest`` of a planned run (job, partition key, run key, tags)."""
+    return dg.RunRequest(job_name=run.job, partition_key=partition_key(run.video_id, run.segment),
+                         run_key=run.run_key, tags=run.tags)
 
 
 @dg.sensor(job=plan_video_job, minimum_interval_seconds=TICK_S, default_status=dg.DefaultSensorStatus.RUNNING)
@@ -58,8 +65,7 @@ def spec_inbox_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineRes
             continue
         if sub.video_id not in existing:
             new_partitions.append(sub.video_id)
-        runs.append(dg.RunRequest(partition_key=sub.video_id, run_key=f"{sub.video_id}:{sub.spec_sha256[:16]}",
-                                  tags=sub.run_tags()))  # video, pipeline/spec, pipeline/provider
+        runs.append(run_request(plan_run(sub)))  # tags: sub.run_tags(): video, pipeline/spec, pipeline/provider
         requested[sub.video_id] = sub.spec_sha256
     return dg.SensorResult(
         run_requests=runs,
@@ -87,16 +93,8 @@ def segment_fanout_sensor(context: dg.SensorEvaluationContext, pipeline: Pipelin
         if not isinstance(plan, VideoPlan):
             context.log.warning(f"video_spec[{video_id}] materialized but its manifest is unreadable; skipped")
             continue
-        for seg in plan.segment_keys:
-            if seg not in existing and seg not in new_keys:
-                new_keys.append(seg)
-        tags = segment_run_tags(plan)
-        for beat in sorted(plan.beats, key=lambda b: -b.duration_s):  # longest chains first
-            runs.append(dg.RunRequest(job_name=render_segment_job.name,
-                                      partition_key=segment_partition_key(video_id, beat.index),
-                                      run_key=f"{video_id}:{beat.segment}:{record.storage_id}", tags=tags))
-        runs.append(dg.RunRequest(job_name=render_music_job.name, partition_key=video_id,
-                                  run_key=f"{video_id}:music:{record.storage_id}", tags=tags))
+        new_keys += [seg for seg in plan.segment_keys if seg not in existing and seg not in new_keys]
+        runs += [run_request(run) for run in fanout_runs(plan, record.storage_id)]
     return dg.SensorResult(
         run_requests=runs,
         dynamic_partitions_requests=[segments.build_add_request(sorted(new_keys))] if new_keys else [],
@@ -107,8 +105,10 @@ def segment_fanout_sensor(context: dg.SensorEvaluationContext, pipeline: Pipelin
 @dg.sensor(job=assemble_video_job, minimum_interval_seconds=TICK_S, default_status=dg.DefaultSensorStatus.RUNNING)
 def assembly_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResource) -> dg.SensorResult:
     """Request ``assemble_video`` (stitched_video + final_video) for a video once every real segment
-    has ``chunk_videos`` newer than its spec and the video has fresh ``music``. The run key is the
-    newest input's storage id: one assembly per state, and a backfilled segment assembles again."""
+    has ``chunk_videos`` newer than its spec and the video has fresh ``music`` (``planner.assembly_run``).
+    The run key is the newest input's storage id: one assembly per state, and a backfilled segment
+    assembles again. A state that another run (e.g. ``pipeline retry``) is assembling or assembled
+    is not requested. Each candidate video's decision is logged: what it waits on, or the request."""
     start = after = int(context.cursor or 0)
     candidates: set[str] = set()
     for asset in ("chunk_videos", "music"):
@@ -122,11 +122,12 @@ def assembly_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResou
     runs = []
     for video_id in sorted(candidates):
         status = video_status(context.instance, pipeline.manifests_dir, video_id)
-        if not status.ready_to_assemble:
+        planned = assembly_run(status, assembly_runs(context.instance, video_id, status.assembly_state))
+        if isinstance(planned, Waiting):
+            context.log.info(f"{video_id}: not assembled now: {planned}")
             continue
-        newest = max(max(s.chunk_videos_storage_id or 0 for s in status.segments), status.music_storage_id or 0)
-        runs.append(dg.RunRequest(partition_key=video_id, run_key=f"{video_id}:assemble:{newest}",
-                                  tags={"video": video_id}))
+        context.log.info(f"{video_id}: requesting assemble_video (run key {planned.run_key})")
+        runs.append(run_request(planned))
     return dg.SensorResult(run_requests=runs, cursor=str(after))
 
 

@@ -1,7 +1,13 @@
-"""Dagster machinery that is not definitions: run launching (``launcher.ForkServerRunLauncher``,
-the instance's ``run_launcher`` in dagster.yaml: runs start as processes forked from a warm fork
-server, tagged with the worker that executes them so run monitoring can tell a dead run), and the
-pieces the CLI and the daemon share to plan, coordinate, execute in-process and report on a
-video's runs. Nothing here defines assets, jobs, sensors or schedules; those live in
-``pipeline.defs``.
+"""Dagster machinery that is not definitions (those live in ``pipeline.defs``):
+
+- ``planner``: which runs a video needs, in what order, with which tags and run keys, and when it
+  is up to date; the one planner of the sensors, the retry schedule and the CLI.
+- ``status``: where each segment and video-level asset of a video stands, read from the instance.
+- ``render``: the CLI's way to execute planned runs in-process (``pipeline render`` / ``retry``).
+- ``instance``: opening the instance safely from many processes, run owners, dead-run sweeps.
+- ``coordinator.VideoRunCoordinator`` (dagster.yaml ``run_coordinator``): the run queue, plus the
+  ``video`` tag on every queued run and one assembly per state.
+- ``launcher.ForkServerRunLauncher`` (dagster.yaml ``run_launcher``): runs start as processes forked
+  from a warm fork server instead of fresh interpreters, with run-worker liveness for Dagster's run
+  monitoring (the ``pipeline/owner`` run tag).
 """

@@ -11,6 +11,8 @@ that name the process executing them, and runs of processes that are gone report
   a minute) whose owner is a process of this host that is gone was killed with it; it is reported
   failed instead of showing as running forever. ``run_owner_state`` is a plain function of
   (instance, run) so a run launcher's health check (run monitoring) can reuse it.
+- ``instance_home``: the ``$DAGSTER_HOME`` an instance was opened from, so a render's forked
+  workers open the very same instance (``open_instance(home)``) without reading the environment.
 - ``cli_startup``: what the CLI runs before render / retry / status: the dead-run sweep and the
   temp-file sweep (``pipeline.housekeeping.sweep_temp``).
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -68,6 +71,8 @@ def initialize_storages(instance: dg.DagsterInstance) -> None:
 
 _OPENED_HOME: list[Path] = []
 """The home of the last instance ``open_instance`` opened in this process; forked workers inherit it."""
+_HOMES: "weakref.WeakKeyDictionary[dg.DagsterInstance, Path]" = weakref.WeakKeyDictionary()
+"""The home of each instance ``open_instance`` returned."""
 
 
 def open_instance(home: str | Path | None = None) -> dg.DagsterInstance:
@@ -90,7 +95,24 @@ def open_instance(home: str | Path | None = None) -> dg.DagsterInstance:
             instance.dispose()
             raise
     _OPENED_HOME[:] = [home]
+    _HOMES[instance] = home
     return instance
+
+
+def instance_home(instance: dg.DagsterInstance) -> Path:
+    """The ``$DAGSTER_HOME`` directory ``instance`` was opened from: the one ``open_instance`` was
+    given, else (an instance from ``DagsterInstance.get()``) ``$DAGSTER_HOME``. Raises RuntimeError
+    for an ephemeral instance, or one of unknown home: no other process can open it."""
+    if instance in _HOMES:
+        return _HOMES[instance]
+    if instance.is_ephemeral:
+        raise RuntimeError("an ephemeral Dagster instance cannot be shared with worker processes; "
+                           "open a persistent one (open_instance)")
+    try:
+        return dagster_home().resolve()
+    except RuntimeError:
+        raise RuntimeError("the Dagster instance's home is unknown: open it with open_instance(home), "
+                           "or set DAGSTER_HOME") from None
 
 
 def owner_tags() -> dict[str, str]:

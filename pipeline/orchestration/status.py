@@ -1,13 +1,24 @@
 """Where each segment of a video stands, read from the Dagster instance: the one place the CLI
-(``status``, ``retry``), the assembly sensor and the retry schedule get it from.
+(``status``, ``retry``, ``render``), the assembly sensor and the retry schedule get it from. The
+decisions taken on it (what to run, what a video waits on, whether it is up to date) are
+``pipeline.orchestration.planner``'s.
 
 A segment's asset is ``materialized`` when its latest materialization is newer than the video's
 latest ``video_spec`` materialization, ``stale`` when it is older, ``in_progress`` while a run for
 the segment is queued or running, ``failed`` when the latest run for it failed, else ``missing``.
+Video-level assets (``music``, ``stitched_video``, ``final_video``) follow the same rule with the
+latest run of the job that makes them.
+
+Phantom materializations: a (video, segment) partition that is a phantom of its video may be
+recorded as a runless materialization whose metadata says ``phantom: true`` (DESIGN.md). When the
+video is re-planned with more beats, that segment becomes real; a phantom record is then no
+output at all, so it counts as *missing* (``is_phantom``, ``latest_real_storage_ids``).
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,10 +27,25 @@ import dagster as dg
 from pipeline.defs.io_manager import read_manifest
 from pipeline.defs.partitions import segment_partition_key
 from pipeline.manifests import ChunkVideosManifest, VideoPlan
+from pipeline.orchestration.planner import RunSummary
+from pipeline.orchestration.tags import ASSEMBLY_STATE_TAG, RETRY_TAG, VIDEO_TAG
+from pipeline.submissions import SPEC_TAG
 
 SEGMENT_ASSETS = ("beats", "storyboard_images", "chunk_videos")
+VIDEO_LEVEL_JOBS = {"music": "render_music", "stitched_video": "assemble_video", "final_video": "assemble_video"}
+"""Which job materializes each video-level asset (its latest run decides in_progress / failed)."""
 IN_PROGRESS = {dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
                dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING}
+PHANTOM_KEY = "phantom"
+"""Materialization metadata key: ``True`` on the runless record of a phantom (video, segment)."""
+
+
+def is_phantom(metadata: Mapping[str, object] | None) -> bool:
+    """Whether materialization ``metadata`` (raw values or Dagster ``MetadataValue``s) marks a
+    phantom segment: ``phantom`` is true (``True``, or the text "true" in any case)."""
+    value = (metadata or {}).get(PHANTOM_KEY)
+    value = getattr(value, "value", value)
+    return value is True or (isinstance(value, str) and value.strip().lower() == "true")
 
 
 @dataclass
@@ -48,7 +74,8 @@ class SegmentStatus:
 
 @dataclass
 class VideoStatus:
-    """A video's plan, the storage id of its latest spec materialization, and every segment."""
+    """A video's plan, the storage id of its latest spec materialization, every real segment, the
+    state of each video-level asset (``video_assets``) and their latest storage ids."""
 
     video_id: str
     plan: VideoPlan | None
@@ -57,6 +84,8 @@ class VideoStatus:
     video_assets: dict[str, str] = field(default_factory=dict)
     music_storage_id: int | None = None
     final_storage_id: int | None = None
+    latest_runs: dict[str, str] = field(default_factory=dict)
+    """Video-level asset -> id of the latest run of the job that makes it (when there is one)."""
 
     @property
     def failed_or_missing(self) -> list[str]:
@@ -67,10 +96,31 @@ class VideoStatus:
         return bool(self.segments) and all(s.done for s in self.segments) and \
             self.video_assets.get("music") == "materialized"
 
+    @property
+    def assembly_state(self) -> int | None:
+        """The storage id of the newest input of ``assemble_video`` (every real segment's
+        ``chunk_videos`` and the ``music``): one number per state worth assembling, None while
+        not ``ready_to_assemble``."""
+        if not self.ready_to_assemble:
+            return None
+        return max([s.chunk_videos_storage_id or 0 for s in self.segments] + [self.music_storage_id or 0])
 
-def _latest_storage_ids(instance: dg.DagsterInstance, asset: str, partitions: set[str]) -> dict[str, int]:
-    return dict(instance.event_log_storage.get_latest_storage_id_by_partition(
+
+def latest_real_storage_ids(instance: dg.DagsterInstance, asset: str, partitions: set[str]) -> dict[str, int]:
+    """``{partition: storage id}`` of the latest materialization of ``asset`` in each of
+    ``partitions`` that has one and is not a phantom record (``is_phantom``): a partition whose
+    latest record is a phantom is left out, i.e. missing. One storage query, plus one fetch of
+    the latest records when any partition has one."""
+    latest = dict(instance.event_log_storage.get_latest_storage_id_by_partition(
         dg.AssetKey(asset), dg.DagsterEventType.ASSET_MATERIALIZATION, partitions))
+    if not latest:
+        return latest
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), storage_ids=list(latest.values())),
+        limit=len(latest)).records
+    phantom = {r.storage_id for r in records
+               if r.asset_materialization is not None and is_phantom(r.asset_materialization.metadata)}
+    return {key: sid for key, sid in latest.items() if sid not in phantom}
 
 
 def _state(storage_id: int | None, spec_id: int) -> str:
@@ -79,41 +129,94 @@ def _state(storage_id: int | None, spec_id: int) -> str:
     return "materialized" if storage_id > spec_id else "stale"
 
 
+def _with_run(states: dict[str, str], run: dg.DagsterRun | None) -> dict[str, str]:
+    """``states`` with every not-materialized asset marked in_progress / failed after ``run``'s status."""
+    if run is None or all(v == "materialized" for v in states.values()):
+        return states
+    if run.status in IN_PROGRESS:
+        return {a: ("in_progress" if v != "materialized" else v) for a, v in states.items()}
+    if run.status == dg.DagsterRunStatus.FAILURE:
+        return {a: ("failed" if v != "materialized" else v) for a, v in states.items()}
+    return states
+
+
 def video_status(instance: dg.DagsterInstance, manifests_dir: str | Path, video_id: str) -> VideoStatus:
-    """The status of ``video_id`` (see module doc). ``plan`` is None until video_spec materialized."""
-    spec_ids = _latest_storage_ids(instance, "video_spec", {video_id})
+    """The status of ``video_id`` (see module doc). ``plan`` is None until video_spec materialized.
+    Reads the instance (a few queries) and the manifests of the video's real segments."""
+    spec_ids = latest_real_storage_ids(instance, "video_spec", {video_id})
     plan = read_manifest(manifests_dir, "video_spec", video_id)
     status = VideoStatus(video_id, plan if isinstance(plan, VideoPlan) else None, spec_ids.get(video_id))
     if status.plan is None or status.spec_storage_id is None:
         return status
     spec_id = status.spec_storage_id
     keys = {b.segment: str(segment_partition_key(video_id, b.index)) for b in status.plan.beats}
-    latest = {asset: _latest_storage_ids(instance, asset, set(keys.values())) for asset in SEGMENT_ASSETS}
-    runs = instance.get_run_records(dg.RunsFilter(tags={"dagster/partition/video": video_id}), limit=500)
+    latest = {asset: latest_real_storage_ids(instance, asset, set(keys.values())) for asset in SEGMENT_ASSETS}
     latest_run: dict[str, dg.DagsterRun] = {}
-    for record in runs:  # newest first
-        seg = record.dagster_run.tags.get("dagster/partition/segment")
+    for record in instance.get_run_records(dg.RunsFilter(tags={"dagster/partition/video": video_id}), limit=500):
+        seg = record.dagster_run.tags.get("dagster/partition/segment")  # newest first
         if seg is not None and seg not in latest_run:
             latest_run[seg] = record.dagster_run
     for seg, key in keys.items():
-        states = {asset: _state(latest[asset].get(key), spec_id) for asset in SEGMENT_ASSETS}
         run = latest_run.get(seg)
-        if run is not None and any(v != "materialized" for v in states.values()):
-            if run.status in IN_PROGRESS:
-                states = {a: ("in_progress" if v != "materialized" else v) for a, v in states.items()}
-            elif run.status == dg.DagsterRunStatus.FAILURE:
-                states = {a: ("failed" if v != "materialized" else v) for a, v in states.items()}
+        states = _with_run({asset: _state(latest[asset].get(key), spec_id) for asset in SEGMENT_ASSETS}, run)
         cv = read_manifest(manifests_dir, "chunk_videos", key)
         status.segments.append(SegmentStatus(
             segment=seg, states=states, latest_run_id=run.run_id if run else None,
             latest_run_status=run.status.value if run else None,
             chunk_videos_storage_id=latest["chunk_videos"].get(key),
             cost_usd=(cv.cost_usd + cv.storyboard.cost_usd) if isinstance(cv, ChunkVideosManifest) else 0.0))
-    for asset in ("music", "stitched_video", "final_video"):
-        storage_id = _latest_storage_ids(instance, asset, {video_id}).get(video_id)
-        status.video_assets[asset] = _state(storage_id, spec_id)
+    job_runs: dict[str, dg.DagsterRun] = {}
+    for record in instance.get_run_records(dg.RunsFilter(tags={"dagster/partition": video_id}), limit=200):
+        job_runs.setdefault(record.dagster_run.job_name, record.dagster_run)  # newest first
+    for asset, job in VIDEO_LEVEL_JOBS.items():
+        storage_id = latest_real_storage_ids(instance, asset, {video_id}).get(video_id)
+        run = job_runs.get(job)
+        status.video_assets[asset] = _with_run({asset: _state(storage_id, spec_id)}, run)[asset]
+        if run is not None:
+            status.latest_runs[asset] = run.run_id
         if asset == "music":
             status.music_storage_id = storage_id
         elif asset == "final_video":
             status.final_storage_id = storage_id
     return status
+
+
+DAEMON_HEARTBEAT_MAX_AGE_S = 60.0
+"""A run-queue daemon whose last heartbeat is older than this (seconds) is taken to be down."""
+WAITING = {dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED}
+
+
+def run_queue_alive(instance: dg.DagsterInstance, max_age_s: float = DAEMON_HEARTBEAT_MAX_AGE_S) -> bool:
+    """Whether a daemon dequeues runs of ``instance``: its ``QUEUED_RUN_COORDINATOR`` heartbeat is
+    at most ``max_age_s`` seconds old. Without one, a QUEUED run never starts."""
+    beat = instance.get_daemon_heartbeats().get("QUEUED_RUN_COORDINATOR")
+    return beat is not None and time.time() - beat.timestamp <= max_age_s
+
+
+def run_summary(run: dg.DagsterRun) -> RunSummary:
+    """The planner's view of a run: id, job, status name, and whether it is in progress / succeeded."""
+    return RunSummary(run_id=run.run_id, job=run.job_name, status=run.status.value,
+                      in_progress=run.status in IN_PROGRESS, succeeded=run.status == dg.DagsterRunStatus.SUCCESS,
+                      tags=dict(run.tags))
+
+
+def assembly_runs(instance: dg.DagsterInstance, video_id: str, state: int | None) -> list[RunSummary]:
+    """Every ``assemble_video`` run of ``video_id`` tagged with assembly ``state``
+    (``pipeline/assembly_state``; the sensor's and the CLI's), newest first; [] for state None."""
+    if state is None:
+        return []
+    runs = instance.get_runs(dg.RunsFilter(job_name="assemble_video",
+                                           tags={VIDEO_TAG: video_id, ASSEMBLY_STATE_TAG: str(state)}))
+    return [run_summary(r) for r in runs]
+
+
+def scheduled_retry_attempts(instance: dg.DagsterInstance, video_id: str, spec_tag: str) -> dict[str, int]:
+    """``{segment: runs}``: how many ``pipeline/retry=scheduled`` runs each segment of ``video_id``
+    had for spec version ``spec_tag`` (``pipeline/spec``)."""
+    counts: dict[str, int] = {}
+    for record in instance.get_run_records(dg.RunsFilter(tags={
+            "dagster/partition/video": video_id, RETRY_TAG: "scheduled", SPEC_TAG: spec_tag})):
+        seg = record.dagster_run.tags.get("dagster/partition/segment")
+        if seg is not None:
+            counts[seg] = counts.get(seg, 0) + 1
+    return counts
