@@ -84,7 +84,9 @@ def _dagster(args):
 def cmd_render(args) -> int:
     from pipeline import stages
     from pipeline.orchestration.render import render_video
+    from pipeline.spec import load_spec
 
+    load_spec(args.spec)  # a bad spec fails here (exit 2), before the instance is opened and progress drawn
     defs, instance = _dagster(args)
     started = time.monotonic()
     with Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),

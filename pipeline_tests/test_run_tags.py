@@ -136,7 +136,8 @@ def _describe(instance: dg.DagsterInstance, stack: DagsterStack) -> str:
 
 @pytest.fixture
 def stack(tmp_path):
-    with DagsterStack.create(tmp_path, instance_overrides={"run_coordinator": COORDINATOR}).running(daemon=True) as s:
+    with DagsterStack.create(tmp_path).running(daemon=True) as s:  # the repository's dagster.yaml
+        assert yaml.safe_load((s.home / "dagster.yaml").read_text())["run_coordinator"] == COORDINATOR
         yield s
 
 
