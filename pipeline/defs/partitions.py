@@ -2,7 +2,9 @@
 
 Dagster's multi-partitions are a full cross product (dagster issue #14228), so a video with 4
 beats still has partitions for segments 004.. when another video has more beats. Such a
-*phantom segment* is not part of its video: ``segment_beat`` tells the assets to do nothing there.
+*phantom segment* is not part of its video: ``segment_beat`` tells the assets to do nothing there,
+and ``pipeline.orchestration.phantoms`` records it (a runless materialization marked
+``phantom: true``) wherever keys are added or a video is planned, so Dagster does not show it missing.
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ def add_partitions(instance: dg.DagsterInstance, partitions_def: str | dg.Dynami
 
 def ensure_partitions(instance: dg.DagsterInstance, plan: VideoPlan) -> list[str]:
     """Add the video's key and every segment key its plan needs (``add_partitions``: safe when
-    several processes do it at once). Returns the segment keys this call added."""
+    several processes do it at once). Returns the segment keys this call added. Records no
+    phantoms: after planning, call ``phantoms.ensure_plan_partitions``, which calls this."""
     add_partitions(instance, videos, [plan.video_id])
     return add_partitions(instance, segments, list(plan.segment_keys))

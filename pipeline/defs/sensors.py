@@ -3,10 +3,13 @@ order, with which tags and run keys is ``pipeline.orchestration.planner``'s; the
 ``PlannedRun``s in ``dg.RunRequest``s (``run_request``).
 
 - ``spec_inbox_sensor``: spec files dropped into the inbox are validated and registered; a new or
-  changed spec adds its ``videos`` partition and requests ``video_spec`` (``planner.plan_run``).
+  changed spec adds its ``videos`` partition and requests ``video_spec`` (``planner.plan_run``),
+  unless ``pipeline render`` registered it and renders it itself.
 - ``segment_fanout_sensor``: each new ``video_spec`` materialization adds the ``segments`` keys its
   plan needs and requests one ``render_segment`` run per real segment, plus ``render_music``, all at
-  once, longest beats first (``planner.fanout_runs``).
+  once, longest beats first (``planner.fanout_runs``); none for a plan ``pipeline render`` made (it
+  renders it itself). It records the phantom partitions every plan makes (``phantoms``), so a
+  finished video shows complete and "Missing" means a real segment.
 - ``assembly_sensor``: once every real segment has ``chunk_videos`` (and the video has ``music``)
   newer than its spec, requests ``assemble_video`` for that video, once per such state, unless that
   state is being or was assembled by another run (the CLI's). Logs what each video waits on.
@@ -16,7 +19,9 @@ All three keep a cursor and are idempotent across ticks; none ever requests a ph
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 
 import dagster as dg
 
@@ -26,9 +31,11 @@ from pipeline.defs.partitions import partition_key, segments, split_key, videos
 from pipeline.defs.resources import PipelineResource
 from pipeline.inbox import scan_inbox
 from pipeline.manifests import VideoPlan
-from pipeline.orchestration.planner import PlannedRun, Waiting, assembly_run, fanout_runs, plan_run
+from pipeline.orchestration.phantoms import phantoms_after_planning, planned_videos
+from pipeline.orchestration.planner import LAUNCHED_BY_TAG, PlannedRun, Waiting, assembly_run, fanout_runs, plan_run
 from pipeline.orchestration.status import assembly_runs, video_status
 from pipeline.printable import printable
+from pipeline.store import Workspace
 from pipeline.submissions import list_submissions
 
 TICK_S = 5
@@ -44,12 +51,34 @@ def run_request(run: PlannedRun) -> dg.RunRequest:
                          run_key=run.run_key, tags=run.tags)
 
 
+def render_lock_holder(workspace: Workspace, video_id: str) -> str | None:
+    """Who holds ``video_id``'s render lock (``<data>/locks/<video_id>.lock``, taken by
+    ``pipeline render`` / ``retry`` for the whole command: ``render.video_lock``) on this machine:
+    the holder's identity as written there (``host:pid:start``), or None when nobody holds it.
+    Tested with a non-blocking shared flock, released at once."""
+    path = workspace.root / "locks" / f"{video_id}.lock"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        return os.read(fd, 200).decode(errors="replace").strip() or "another process"
+    finally:
+        os.close(fd)
+
+
 @dg.sensor(job=plan_video_job, minimum_interval_seconds=TICK_S, default_status=dg.DefaultSensorStatus.RUNNING)
 def spec_inbox_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResource) -> dg.SensorResult:
     """Validate spec files dropped into the inbox (``<data>/inbox`` unless configured): valid ones
     are registered and moved to ``processed/``, invalid ones to ``rejected/`` with a ``.error.txt``.
     Every registered spec whose version was not requested yet gets its ``videos`` partition and a
     ``video_spec`` run; an identical re-drop starts nothing, a changed spec re-plans the video.
+    A registration ``pipeline render`` made is that process's: while a ``pipeline`` process holds
+    the video's render lock it is not requested (looked at again next tick), and a version that is
+    already the video's latest plan is not planned again (recorded as requested).
     Never raises because of a file: any entry that cannot be read, validated or registered is
     rejected alone (``scan_inbox``), and the valid specs beside it are still requested."""
     scan = scan_inbox(pipeline.workspace, pipeline.inbox_path, defaults=pipeline.provider_defaults())
@@ -60,8 +89,17 @@ def spec_inbox_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineRes
     requested: dict[str, str] = _cursor(context)
     runs, new_partitions = [], []
     existing = set(context.instance.get_dynamic_partitions(videos.name))
-    for sub in list_submissions(pipeline.workspace):
-        if requested.get(sub.video_id) == sub.spec_sha256:
+    pending = [sub for sub in list_submissions(pipeline.workspace) if requested.get(sub.video_id) != sub.spec_sha256]
+    planned = planned_videos(context.instance, [s.video_id for s in pending if s.video_id in existing]) if pending else {}
+    for sub in pending:
+        if (holder := render_lock_holder(pipeline.workspace, sub.video_id)) is not None:
+            context.log.info(f"{sub.video_id}: `pipeline` ({printable(holder)}) is rendering it; not requested")
+            continue
+        shape = planned.get(sub.video_id)
+        if shape is not None and shape.spec_sha256 == sub.spec_sha256:
+            context.log.info(f"{sub.video_id}: version {sub.spec_sha256[:12]} is its latest plan already "
+                             "(e.g. by `pipeline render`); not requested")
+            requested[sub.video_id] = sub.spec_sha256
             continue
         if sub.video_id not in existing:
             new_partitions.append(sub.video_id)
@@ -74,18 +112,31 @@ def spec_inbox_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineRes
     )
 
 
+def _launched_by(instance: dg.DagsterInstance, run_ids: set[str]) -> dict[str, str]:
+    """``{run_id: pipeline/launched_by}`` of those of ``run_ids`` that have the tag (one query)."""
+    if not run_ids:
+        return {}
+    runs = instance.get_runs(dg.RunsFilter(run_ids=sorted(run_ids)))
+    return {r.run_id: r.tags[LAUNCHED_BY_TAG] for r in runs if LAUNCHED_BY_TAG in r.tags}
+
+
 @dg.sensor(jobs=[render_segment_job, render_music_job], minimum_interval_seconds=TICK_S,
            default_status=dg.DefaultSensorStatus.RUNNING)
 def segment_fanout_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResource) -> dg.SensorResult:
     """For each new ``video_spec`` materialization: add the segment keys its plan needs and request
     one ``render_segment`` run per real segment plus one ``render_music`` run (run keys carry the
-    materialization's storage id, so a re-planned video fans out again and a tick never twice)."""
+    materialization's storage id, so a re-planned video fans out again and a tick never twice).
+    A plan made by ``pipeline render`` (run tag ``pipeline/launched_by=cli``) is rendered by that
+    process: no runs are requested for it. Every plan read, whoever made it, gets its phantoms
+    recorded in the same result (``phantoms.phantoms_after_planning``: runless materializations of
+    the video's phantom segments, and of the other planned videos' phantoms among its keys)."""
     after = int(context.cursor or 0)
     records = context.instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=dg.AssetKey("video_spec"), after_storage_id=after), limit=100,
         ascending=True).records
     existing = set(context.instance.get_dynamic_partitions(segments.name))
-    runs, new_keys = [], []
+    launched_by = _launched_by(context.instance, {r.run_id for r in records if r.run_id})
+    runs, new_keys, planned = [], [], []
     for record in records:
         after = max(after, record.storage_id)
         video_id = record.partition_key
@@ -94,9 +145,20 @@ def segment_fanout_sensor(context: dg.SensorEvaluationContext, pipeline: Pipelin
             context.log.warning(f"video_spec[{video_id}] materialized but its manifest is unreadable; skipped")
             continue
         new_keys += [seg for seg in plan.segment_keys if seg not in existing and seg not in new_keys]
+        planned.append(video_id)
+        if launched_by.get(record.run_id) == "cli":
+            context.log.info(f"{video_id}: planned by `pipeline render` (run {record.run_id[:8]}), which renders "
+                             "it; no runs requested")
+            continue
         runs += [run_request(run) for run in fanout_runs(plan, record.storage_id)]
+    found = phantoms_after_planning(context.instance, planned, existing | set(new_keys)) if planned else []
+    if found:
+        segs = sorted({f"{p.video_id}/{p.segment}" for p in found})
+        context.log.info(f"recording {len(segs)} phantom segments ({len(found)} runless materializations): "
+                         + ", ".join(segs))
     return dg.SensorResult(
         run_requests=runs,
+        asset_events=[p.materialization() for p in found],
         dynamic_partitions_requests=[segments.build_add_request(sorted(new_keys))] if new_keys else [],
         cursor=str(after),
     )

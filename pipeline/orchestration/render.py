@@ -7,10 +7,10 @@ two runs starting at once in one process deadlock on the logging locks. Workers 
 parent once it is single-threaded (after the planning run), so they start in milliseconds; each
 builds its definitions once and opens the parent's instance (``instance_home``).
 
-Order: ``plan_video``, then every real segment's ``render_segment`` run and ``render_music`` in
-parallel (``planner.fanout_runs``: longest beat chains first), then ``assemble_video`` (``assemble``:
-once per state, under the video's assembly lock, which the daemon's run coordinator takes too; when
-the daemon's ``assembly_sensor`` got there first, the render waits for that run and reports it).
+Order: ``plan_video`` (and its phantoms recorded: ``phantoms``), then every real segment's
+``render_segment`` run and ``render_music`` in parallel (``planner.fanout_runs``: longest beat chains
+first), then ``assemble_video`` (``assemble``: once per state, under the video's assembly lock, which the
+daemon's run coordinator takes too; if the daemon's ``assembly_sensor`` was first, it waits for that run).
 
 Concurrency and crashes: renders and retries of one video are serialized by a file lock
 (``<data>/locks/<video_id>.lock``), so a second render of the same spec waits and then finds it up
@@ -36,11 +36,12 @@ from typing import Callable, Iterator
 import dagster as dg
 
 from pipeline.defs.io_manager import read_manifest
-from pipeline.defs.partitions import add_partitions, ensure_partitions, partition_key, segment_partition_key, videos
+from pipeline.defs.partitions import add_partitions, partition_key, segment_partition_key, videos
 from pipeline.defs.resources import PipelineResource
 from pipeline.manifests import ChunkVideosManifest, FinalManifest, VideoPlan
 from pipeline.orchestration.coordinator import assembly_lock
 from pipeline.orchestration.instance import fail_dead_runs, instance_home, open_instance, owner_tags
+from pipeline.orchestration.phantoms import ensure_plan_partitions
 from pipeline.orchestration.planner import (
     LAUNCHED_BY_TAG,
     RETRY_TAG,
@@ -370,7 +371,7 @@ def render_video(spec_path: str | Path, *, defs: dg.Definitions, instance: dg.Da
         plan: VideoPlan = planned.outputs["video_spec"]
         if on_plan:
             on_plan(plan)
-        ensure_partitions(instance, plan)
+        ensure_plan_partitions(instance, plan)  # segment keys, and the phantoms they make recorded
         runs = [planned, *launcher.run_parallel(fanout_runs(plan, "cli"), max_parallel)]
         return _finish(launcher, plan, runs, started, {})
 

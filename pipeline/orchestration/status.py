@@ -9,10 +9,12 @@ the segment is queued or running, ``failed`` when the latest run for it failed, 
 Video-level assets (``music``, ``stitched_video``, ``final_video``) follow the same rule with the
 latest run of the job that makes them.
 
-Phantom materializations: a (video, segment) partition that is a phantom of its video may be
-recorded as a runless materialization whose metadata says ``phantom: true`` (DESIGN.md). When the
-video is re-planned with more beats, that segment becomes real; a phantom record is then no
-output at all, so it counts as *missing* (``is_phantom``, ``latest_real_storage_ids``).
+Phantom materializations: a (video, segment) partition that is a phantom of its video is recorded
+as a runless materialization whose metadata says ``phantom: true`` (``pipeline.orchestration.phantoms``).
+When the video is re-planned with more beats, that segment becomes real; a phantom record is then
+no output at all, so it counts as *missing* here (``is_phantom``, ``latest_real_storage_ids``),
+although Dagster, which cannot unmaterialize a partition, shows it materialized and stale until
+its run (requested at once by the fan-out sensor or the CLI) starts.
 """
 
 from __future__ import annotations
