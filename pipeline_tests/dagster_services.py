@@ -125,6 +125,19 @@ class Service:
             pass
 
 
+def _self_and_ancestors() -> set[int]:
+    """This process's pid and those of its ancestors (from /proc; stops at pid 1)."""
+    pids, pid = set(), os.getpid()
+    while pid > 1 and pid not in pids:
+        pids.add(pid)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            pid = int(stat[stat.rindex(")") + 2:].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return pids
+
+
 @dataclass
 class DagsterStack:
     """A temporary instance and data directory, and the services running against them."""
@@ -301,8 +314,13 @@ class DagsterStack:
 
     def kill_run_workers(self) -> None:
         """SIGKILL the live run workers of this instance (and their process groups: compute-log
-        helpers). Only processes whose identity (pid *and* start time) matches are signalled."""
+        helpers). Only processes whose identity (pid *and* start time) matches are signalled, and
+        never this process or its ancestors: a test that rendered in-process (the CLI path) owns
+        runs of this instance itself."""
+        spared = _self_and_ancestors()
         for _run_id, owner in self.run_workers():
+            if owner.pid in spared:
+                continue
             try:
                 if os.getpgid(owner.pid) == owner.pid:
                     os.killpg(owner.pid, signal.SIGKILL)
