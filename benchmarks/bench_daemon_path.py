@@ -106,6 +106,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "forkserver+defs": {"overrides": {"run_launcher": {**LAUNCHER, "config": {
         "extra_preload_modules": ["pipeline.definitions"]}}}},
     "op-granularity": {"overrides": "op"},
+    "local-runs-2": {"overrides": "local-2"},
+    "local-runs-3": {"overrides": "local-3"},
     "fast-sensors": {"overrides": {}, "workspace": "fast-sensors"},
     "fast-sensors+1s-loop": {"overrides": {}, "workspace": "fast-sensors", "daemon": "1s-loop"},
     "fast-sensors+capped-polling": {"overrides": {}, "workspace": "fast-sensors-capped-polling"},
@@ -116,6 +118,8 @@ LABELS = {
     "forkserver": "today's dagster.yaml (ForkServerRunLauncher)",
     "forkserver+defs": "ForkServerRunLauncher + pipeline.definitions preloaded (experiment)",
     "op-granularity": "today's dagster.yaml, pools at op granularity (experiment)",
+    "local-runs-2": "ForkServerRunLauncher + at most 2 local-provider runs at once (experiment)",
+    "local-runs-3": "ForkServerRunLauncher + at most 3 local-provider runs at once (experiment)",
     "fast-sensors": "ForkServerRunLauncher + sensors' minimum_interval_seconds 1 instead of 5 (experiment)",
     "fast-sensors+1s-loop": "... + the sensor daemon looping every 1 s instead of 5 (experiment, patched daemon)",
     "fast-sensors+capped-polling": "ForkServerRunLauncher + sensors every 1 s + replicate polling capped at 2 s "
@@ -216,6 +220,12 @@ def _overrides(name: str) -> tuple[dict[str, Any], Path | None]:
     if overrides == "op":
         concurrency = (yaml.safe_load((ROOT / "dagster.yaml").read_text()) or {})["concurrency"]
         concurrency["pools"]["granularity"] = "op"
+        overrides = {"concurrency": concurrency}
+    elif isinstance(overrides, str) and overrides.startswith("local-"):
+        concurrency = (yaml.safe_load((ROOT / "dagster.yaml").read_text()) or {})["concurrency"]
+        limits = [t for t in concurrency["runs"]["tag_concurrency_limits"] if t["key"] != "pipeline/provider"]
+        limits.append({"key": "pipeline/provider", "value": "local", "limit": int(overrides.split("-")[1])})
+        concurrency["runs"]["tag_concurrency_limits"] = limits
         overrides = {"concurrency": concurrency}
     return dict(overrides), source
 
@@ -401,7 +411,16 @@ def cli_render() -> dict[str, Any]:
         wall = time.perf_counter() - t0
         if proc.returncode != 0:
             raise RuntimeError(f"pipeline render failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-        return {"wall_s": wall, "load_start": la_start, "load_end": load_averages()}
+        la_end = load_averages()
+        import dagster as dg
+
+        with dg.DagsterInstance.from_config(str(root / "dagster_home")) as instance:
+            runs = _video_runs(instance, VIDEO)
+        segs = [r for r in runs if r["job"] == "render_segment" and r["start"] and r["end"]]
+        work = [r for r in runs if r["job"] in ("render_segment", "render_music") and r["start"] and r["end"]]
+        return {"wall_s": wall, "load_start": la_start, "load_end": la_end,
+                "segment_execution_s": statistics.median(r["end"] - r["start"] for r in segs) if segs else None,
+                "segment_phase_s": (max(r["end"] for r in work) - min(r["start"] for r in work)) if work else None}
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -562,6 +581,10 @@ def main(argv: list[str] | None = None) -> int:
                          "segment_launch_s (median)": statistics.median(
                              r["detail"]["segment runs: median launch_s"] for r in renders[c]),
                          "peak_daemon_tree_pss_mib": statistics.median(r["peak_tree_pss_mib"] for r in renders[c]),
+                         "segment_phase_s": statistics.median(
+                             r["hops"]["segment + music runs: first enqueued -> last succeeded"] for r in renders[c]),
+                         "segment_execution_s": statistics.median(
+                             r["detail"]["segment runs: median execution_s"] for r in renders[c]),
                          "load_1min (start..end)": ", ".join(f"{r['load_start'][0]:.1f}..{r['load_end'][0]:.1f}"
                                                             for r in renders[c])})
         if cli:
@@ -569,6 +592,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"configuration": "`pipeline render` (in-process, -j 2, fresh data dir; wall incl. start-up)",
                          "median_s": cli_med, "min-max_s": _spread(walls), "x_pipeline_render": 1.0,
                          "segment_launch_s (median)": None, "peak_daemon_tree_pss_mib": None,
+                         "segment_phase_s": statistics.median(r["segment_phase_s"] for r in cli),
+                         "segment_execution_s": statistics.median(r["segment_execution_s"] for r in cli),
                          "load_1min (start..end)": ", ".join(f"{r['load_start'][0]:.1f}..{r['load_end'][0]:.1f}"
                                                             for r in cli)})
         emit(table(rows))

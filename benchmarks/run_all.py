@@ -8,6 +8,8 @@ Each benchmark is a script in this directory that also runs alone and prints its
     bench_dagster_overhead.py  5.   Dagster overhead per run, in-process and with the daemon
     bench_daemon_path.py       6.   the operated path: pipeline submit -> final video through the daemon,
                                     per run launcher and dagster.yaml, against pipeline render
+    bench_concurrency.py       7.   concurrent pipeline render processes: crashes, duplicate paid creates,
+                                    ledger vs cost tables (fake Replicate at create latency 0/0.5/2 s)
 
 The combined output (Markdown) is also written to benchmarks/results/latest.md, each script's raw
 numbers to benchmarks/results/<name>.json. Every benchmark uses temporary Dagster homes and data
@@ -35,6 +37,7 @@ BENCHMARKS = [
     ("stitch", "bench_stitch.py", [], ["--lengths", "40", "120"]),
     ("dagster_overhead", "bench_dagster_overhead.py", [], ["--repeat", "4"]),
     ("daemon_path", "bench_daemon_path.py", ["--repeat", "2", "--configs", "before,forkserver"], ["--quick"]),
+    ("concurrency", "bench_concurrency.py", [], ["--latencies", "0.5", "--scenarios", "twins"]),
 ]
 
 

@@ -38,7 +38,12 @@ from pipeline.printable import printable
 from pipeline.store import Workspace
 from pipeline.submissions import list_submissions
 
-TICK_S = 5
+TICK_S = 1
+"""Minimum seconds between two evaluations of a sensor. The sensor daemon loops every 5 s
+(``dagster._daemon.sensor.MIN_INTERVAL_LOOP_TIME``, not configurable), so 1 s means "every loop".
+With 5 a sensor whose previous tick began a little under 5 s earlier was skipped to the next loop:
+7-9 s between ticks measured instead of 5 (BENCHMARKS.md section 6); each tick is cheap (a
+directory listing, one or two event-log queries)."""
 
 
 def _cursor(context) -> dict:

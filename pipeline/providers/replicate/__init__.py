@@ -84,8 +84,10 @@ class ReplicateProvider(Provider):
     - ``chunk_seconds``: chunk length (s), one of the video model's ``chunk_seconds``; default its
       first. ``fps`` is the video model's frame rate. Both drive the chunk plan.
     - ``max_cost_usd``: a per-video budget (USD) applied on top of any spec budget (the lower wins).
-    - ``poll_interval_s`` (1.0), ``max_poll_interval_s`` (10.0): polling backoff, seconds (also how
-      often a process waiting for another one's job reads the ledger).
+    - ``poll_interval_s`` (1.0), ``max_poll_interval_s`` (2.0): polling backoff, seconds (also how
+      often a process waiting for another one's job reads the ledger). The 2 s cap sees a finished
+      prediction ~1 s late on average (a 10 s cap: ~5 s late on a 45 s chunk, 1.14x instead of
+      1.08x of the critical path at real latencies: BENCHMARKS.md section 1); reads are not billed.
     - ``deadline_s``: polling deadline, seconds: one number, or a dict by kind (image/video/audio/text);
       defaults DEFAULT_DEADLINES_S. On expiry the prediction is canceled; creates send it as
       ``Cancel-After`` so Replicate cancels it by itself if this process dies.
@@ -122,7 +124,7 @@ class ReplicateProvider(Provider):
         chunk_seconds: float | None = None,
         max_cost_usd: float | None = None,
         poll_interval_s: float = 1.0,
-        max_poll_interval_s: float = 10.0,
+        max_poll_interval_s: float = 2.0,
         deadline_s: float | dict[str, float] | None = None,
         lease_s: float = DEFAULT_LEASE_S,
         wait_limit_s: float | None = None,
