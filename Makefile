@@ -20,9 +20,9 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/pipeline render $(SPEC)
 
-## Run the whole test suite.
+## Run the whole test suite (two pytest-xdist workers: most tests wait on processes, not the CPU).
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2
 
 ## The Dagster UI and daemon (sensors, schedules, backfills) on http://127.0.0.1:3000
 dev: setup
