@@ -169,7 +169,8 @@ class DagsterStack:
         faults.write_text('{"fail": []}')
         env = {k: v for k, v in os.environ.items() if not k.startswith(_ENV_DROP_PREFIXES)}
         env.update(DAGSTER_HOME=str(home.resolve()), PIPELINE_DATA_DIR=str(data.resolve()),
-                   PIPELINE_LOCAL_FAULTS=str(faults.resolve()), PYTHONUNBUFFERED="1", **(extra_env or {}))
+                   PIPELINE_LOCAL_FAULTS=str(faults.resolve()), PYTHONUNBUFFERED="1",
+                   PYTHONFAULTHANDLER="1", **(extra_env or {}))  # thread dumps: dump_threads()
         return cls(root, home, data, faults, env, workspace=Path(workspace or WORKSPACE_YAML))
 
     def _start(self, name: str, args: list[str]) -> Service:
@@ -288,6 +289,20 @@ class DagsterStack:
 
     def tails(self) -> str:
         return "\n".join(s.tail() for s in self.services)
+
+    def dump_threads(self, name: str = "dagster-daemon", lines: int = 400) -> str:
+        """Diagnostics for a test that timed out waiting on a service: SIGABRT the running service
+        ``name`` (its Python dumps every thread's stack into its log: PYTHONFAULTHANDLER is set for
+        the services) and return the last ``lines`` lines of that log. The service is gone after."""
+        found = [s for s in self.services if s.name == name and s.proc.poll() is None]
+        if not found:
+            return f"({name}: not running)"
+        found[0].proc.send_signal(signal.SIGABRT)
+        try:
+            found[0].proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        return found[0].tail(lines)
 
     def stop(self) -> None:
         """Stop every service, then kill the run workers of this instance that are still alive."""

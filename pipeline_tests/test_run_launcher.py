@@ -378,7 +378,7 @@ def test_run_monitoring_fails_runs_whose_worker_died(probe_stack, tmp_path):
         retry = wait_until(lambda: instance.get_runs(dg.RunsFilter(tags={"dagster/parent_run_id": run_id})),
                            timeout=300, interval=0.5, what="run_retries to retry the failed run",
                            on_timeout=lambda: f"{instance.get_run_by_id(run_id).tags}\n{event_messages(instance, run_id)}\n"
-                                              + stack.tails())[0]
+                                              + stack.dump_threads())[0]
         wait_until(lambda: run_status(instance, retry.run_id) == dg.DagsterRunStatus.SUCCESS, timeout=120,
                    interval=0.5, what="the retry to succeed", on_timeout=stack.tails)
 
