@@ -57,7 +57,7 @@ def test_large_inputs_are_uploaded_once_small_ones_go_inline(tmp_path, fake_repl
 
 def test_an_ambiguous_create_with_an_uploaded_input_is_found_by_the_lookup(tmp_path, fake_replicate):
     server = fake_replicate
-    h = Harness(tmp_path, server, request_timeout_s=0.4)
+    h = Harness(tmp_path, server)  # the dropped connection fails the create at once: no short timeout needed
     h.start = noisy(tmp_path / "noise.png")
     server.inject("drop_connection", model=WAN)
     video = h.chunk()
@@ -67,7 +67,9 @@ def test_an_ambiguous_create_with_an_uploaded_input_is_found_by_the_lookup(tmp_p
 
 def test_a_resumed_intent_sends_the_same_file_and_adopts_the_earlier_prediction(tmp_path, fake_replicate):
     server = fake_replicate
-    h = Harness(tmp_path, server, request_timeout_s=0.2)
+    # Lookups retry for 3 x the request timeout: 2 s keeps that short and still lets the ~1 MB upload
+    # through on a loaded machine (0.2 s timed it out, and a retried upload is a second upload).
+    h = Harness(tmp_path, server, request_timeout_s=2.0)
     h.start = noisy(tmp_path / "noise.png")
     server.inject("drop_connection", model=WAN)  # created, but the client never hears of it ...
     server.inject("list_error", times=None)      # ... and cannot look it up: it must not create blindly
