@@ -19,7 +19,8 @@ from dagster._core.storage.partition_status_cache import get_and_update_asset_st
 from pipeline.defs.partitions import per_segment, segment_partition_key
 from pipeline.defs.sensors import segment_fanout_sensor, spec_inbox_sensor
 from pipeline.orchestration.phantoms import PHANTOM_ASSETS, PlanShape, wanted_phantoms
-from pipeline.orchestration.render import execute, video_lock
+from pipeline.orchestration.render import execute
+from pipeline.orchestration.render_lock import video_lock
 from pipeline.orchestration.status import is_phantom, video_status
 from pipeline.store import Workspace
 from pipeline.submissions import submit_file

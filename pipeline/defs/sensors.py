@@ -19,9 +19,7 @@ All three keep a cursor and are idempotent across ticks; none ever requests a ph
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 
 import dagster as dg
 
@@ -32,10 +30,10 @@ from pipeline.defs.resources import PipelineResource
 from pipeline.inbox import scan_inbox
 from pipeline.manifests import VideoPlan
 from pipeline.orchestration.phantoms import phantoms_after_planning, planned_videos
+from pipeline.orchestration.render_lock import render_lock_holder
 from pipeline.orchestration.planner import LAUNCHED_BY_TAG, PlannedRun, Waiting, assembly_run, fanout_runs, plan_run
 from pipeline.orchestration.status import assembly_runs, video_status
 from pipeline.printable import printable
-from pipeline.store import Workspace
 from pipeline.submissions import list_submissions
 
 TICK_S = 1
@@ -54,25 +52,6 @@ def run_request(run: PlannedRun) -> dg.RunRequest:
     """The ``dg.RunRequest`` of a planned run (job, partition key, run key, tags)."""
     return dg.RunRequest(job_name=run.job, partition_key=partition_key(run.video_id, run.segment),
                          run_key=run.run_key, tags=run.tags)
-
-
-def render_lock_holder(workspace: Workspace, video_id: str) -> str | None:
-    """Who holds ``video_id``'s render lock (``<data>/locks/<video_id>.lock``, taken by
-    ``pipeline render`` / ``retry`` for the whole command: ``render.video_lock``) on this machine:
-    the holder's identity as written there (``host:pid:start``), or None when nobody holds it.
-    Tested with a non-blocking shared flock, released at once."""
-    path = workspace.root / "locks" / f"{video_id}.lock"
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return None
-    except BlockingIOError:
-        return os.read(fd, 200).decode(errors="replace").strip() or "another process"
-    finally:
-        os.close(fd)
 
 
 @dg.sensor(job=plan_video_job, minimum_interval_seconds=TICK_S, default_status=dg.DefaultSensorStatus.RUNNING)

@@ -28,10 +28,9 @@ import re
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import dagster as dg
 
@@ -42,6 +41,7 @@ from pipeline.manifests import ChunkVideosManifest, FinalManifest, VideoPlan
 from pipeline.orchestration.coordinator import assembly_lock
 from pipeline.orchestration.instance import fail_dead_runs, instance_home, open_instance, owner_tags
 from pipeline.orchestration.phantoms import ensure_plan_partitions
+from pipeline.orchestration.render_lock import video_lock
 from pipeline.orchestration.planner import (
     LAUNCHED_BY_TAG,
     RETRY_TAG,
@@ -55,9 +55,8 @@ from pipeline.orchestration.planner import (
     video_tags,
 )
 from pipeline.orchestration.status import IN_PROGRESS, WAITING, assembly_runs, run_queue_alive, video_status
-from pipeline.procs import ProcessIdentity, die_with_parent, file_lock
+from pipeline.procs import die_with_parent
 from pipeline.spec import VIDEO_ID_PATTERN, load_spec
-from pipeline.store import Workspace
 from pipeline.submissions import Submission
 
 log = logging.getLogger(__name__)
@@ -315,26 +314,6 @@ def up_to_date_report(instance: dg.DagsterInstance, pipeline: PipelineResource, 
             for b in status.plan.beats]
     return RenderReport(video_id, status.plan, [], final, time.monotonic() - started,
                         up_to_date=True, stored_chunk_sets=[c for c in sets if c is not None])
-
-
-@contextmanager
-def video_lock(workspace: Workspace, video_id: str,
-               on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
-    """Hold the render lock of ``video_id`` (``<data>/locks/<video_id>.lock``, flock) for the
-    block: one CLI render or retry of a video at a time on this machine. If another live process
-    holds it, ``on_wait(message)`` is called first (default: a log warning) and this one waits.
-    The lock is released when the holder exits or is killed (its forked workers die with it)."""
-    path = workspace.root / "locks" / f"{video_id}.lock"
-    try:
-        holder = ProcessIdentity.parse(path.read_text().strip())
-    except OSError:
-        holder = None
-    me = ProcessIdentity.current()
-    if holder is not None and holder != me and holder.is_alive():
-        (on_wait or log.warning)(f"waiting for another render of {video_id} (process {holder.pid}) to finish")
-    with file_lock(path):
-        path.write_text(str(me))
-        yield
 
 
 def render_video(spec_path: str | Path, *, defs: dg.Definitions, instance: dg.DagsterInstance,
