@@ -372,37 +372,3 @@ def encode_audio(wav: str | Path, out: str | Path) -> None:
 def frame_count(seconds: float, fps: float) -> int:
     """Frames that ``seconds`` covers at ``fps`` (rounded to the nearest frame)."""
     return int(round(seconds * fps))
-
-
-
-def contact_sheet(images: list[str | Path], *, columns: int = 4, thumb_width: int = 192,
-                  labels: list[str] | None = None) -> bytes:
-    """A JPEG grid of ``images`` (``thumb_width`` pixels wide each, ``columns`` per row), each
-    optionally labelled, for showing a video's storyboard at a glance. Returns the JPEG bytes."""
-    import io
-
-    from PIL import ImageDraw
-
-    thumbs = []
-    for path in images:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            h = max(1, round(im.height * thumb_width / im.width))
-            thumbs.append(im.resize((thumb_width, h), Image.Resampling.LANCZOS))
-    if not thumbs:
-        raise ValueError("contact_sheet needs at least one image")
-    cell_h = max(t.height for t in thumbs)
-    rows = (len(thumbs) + columns - 1) // columns
-    cols = min(columns, len(thumbs))
-    pad = 4
-    sheet = Image.new("RGB", (cols * (thumb_width + pad) + pad, rows * (cell_h + pad) + pad), (24, 24, 24))
-    draw = ImageDraw.Draw(sheet)
-    for i, thumb in enumerate(thumbs):
-        x, y = pad + (i % columns) * (thumb_width + pad), pad + (i // columns) * (cell_h + pad)
-        sheet.paste(thumb, (x, y))
-        if labels:
-            draw.rectangle((x, y, x + 34, y + 14), fill=(0, 0, 0))
-            draw.text((x + 3, y + 1), labels[i], fill=(255, 255, 255))
-    out = io.BytesIO()
-    sheet.save(out, format="JPEG", quality=72)
-    return out.getvalue()

@@ -146,7 +146,7 @@ def render_previews(video_id: str, video: MediaManifest, storyboards: list[Media
 
         def make_sheet(out: Path) -> None:
             for width in SHEET_WIDTHS:
-                data = media.contact_sheet(paths, labels=labels, thumb_width=width)
+                data = contact_sheet(paths, labels=labels, thumb_width=width)
                 if len(data) <= MAX_INLINE_BYTES:
                     break
             out.write_bytes(data)
@@ -167,3 +167,34 @@ def data_uri(path: str | Path) -> str:
     if len(data) > MAX_INLINE_BYTES:
         raise ValueError(f"{path}: {len(data)} bytes is too big to inline (at most {MAX_INLINE_BYTES})")
     return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def contact_sheet(images: list[str | Path], *, columns: int = 4, thumb_width: int = 192,
+                  labels: list[str] | None = None) -> bytes:
+    """A JPEG grid of ``images`` (``thumb_width`` pixels wide each, ``columns`` per row), each
+    optionally labelled, for showing a video's storyboard at a glance. Returns the JPEG bytes."""
+    from PIL import ImageDraw
+
+    thumbs = []
+    for path in images:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            h = max(1, round(im.height * thumb_width / im.width))
+            thumbs.append(im.resize((thumb_width, h), Image.Resampling.LANCZOS))
+    if not thumbs:
+        raise ValueError("contact_sheet needs at least one image")
+    cell_h = max(t.height for t in thumbs)
+    rows = (len(thumbs) + columns - 1) // columns
+    cols = min(columns, len(thumbs))
+    pad = 4
+    sheet = Image.new("RGB", (cols * (thumb_width + pad) + pad, rows * (cell_h + pad) + pad), (24, 24, 24))
+    draw = ImageDraw.Draw(sheet)
+    for i, thumb in enumerate(thumbs):
+        x, y = pad + (i % columns) * (thumb_width + pad), pad + (i // columns) * (cell_h + pad)
+        sheet.paste(thumb, (x, y))
+        if labels:
+            draw.rectangle((x, y, x + 34, y + 14), fill=(0, 0, 0))
+            draw.text((x + 3, y + 1), labels[i], fill=(255, 255, 255))
+    out = io.BytesIO()
+    sheet.save(out, format="JPEG", quality=72)
+    return out.getvalue()
