@@ -45,7 +45,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal
+from typing import Any, Iterator, Literal
 
 from pipeline.ledger_lease import Lease
 from pipeline.ledger_schema import create_or_migrate
@@ -428,20 +428,3 @@ class Ledger:
 def default_ledger_path(data_dir: str | Path) -> Path:
     """Where a data directory keeps its ledger: ``<data_dir>/ledger.sqlite``."""
     return Path(data_dir) / "ledger.sqlite"
-
-
-def cost_table(costs: Iterable[Any]):
-    """A video's cost table as a pandas DataFrame: one row per CostLine (or dict with the same
-    fields: stage, segment, item, provider, model, units, unit, cost_usd, cache_hit), in the given
-    order, plus a final "total" row summing ``cost_usd`` (USD). Suitable for
-    ``MetadataValue.md(df.to_markdown(index=False))`` or printing."""
-    import pandas as pd
-
-    rows = [{**c.model_dump(), "cost_usd": c.cost_usd} if hasattr(c, "model_dump") else dict(c) for c in costs]
-    columns = ["stage", "segment", "item", "provider", "model", "units", "unit", "cost_usd", "cache_hit"]
-    df = pd.DataFrame(rows, columns=columns)
-    total = pd.DataFrame([{"stage": "total", "segment": None, "item": f"{len(df)} items", "provider": None,
-                           "model": None, "units": None, "unit": None,
-                           "cost_usd": round(float(df["cost_usd"].sum()) if len(df) else 0.0, 6),
-                           "cache_hit": None}], columns=columns)
-    return pd.concat([df, total], ignore_index=True) if len(df) else total

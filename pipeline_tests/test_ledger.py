@@ -6,7 +6,8 @@ import threading
 
 import pytest
 
-from pipeline.ledger import BudgetExceededError, Ledger, cost_table
+from pipeline import costs
+from pipeline.ledger import BudgetExceededError, Ledger
 from pipeline.manifests import CostLine
 from pipeline.providers.base import ProviderError
 
@@ -99,7 +100,7 @@ def test_cost_table_has_a_total_row():
                      model="black-forest-labs/flux-schnell", units=1, unit="image", cost_usd=0.003, cache_hit=False),
             CostLine(stage="chunk_videos", segment="000", item="chunk 0", provider="replicate",
                      model="wan-video/wan-2.2-i2v-fast", units=5.06, unit="video s", cost_usd=0.05, cache_hit=False)]
-    df = cost_table(rows)
-    assert list(df["stage"]) == ["storyboard_images", "chunk_videos", "total"]
-    assert df["cost_usd"].iloc[-1] == pytest.approx(0.053)
-    assert cost_table([])["cost_usd"].iloc[-1] == 0.0
+    rows_out = costs.display_rows(costs.cost_frame(rows))
+    assert [r["stage"] for r in rows_out] == ["storyboard_images", "chunk_videos", "total"]
+    assert float(rows_out[-1]["paid_usd"]) == pytest.approx(0.053)
+    assert float(costs.display_rows(costs.cost_frame([]))[-1]["paid_usd"]) == 0.0
