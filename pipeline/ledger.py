@@ -43,20 +43,16 @@ import logging
 import sqlite3
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
 from pipeline.ledger_lease import Lease
-from pipeline.ledger_schema import create_or_migrate
+from pipeline.ledger_schema import OPEN_STATES, Claim, Job, JobState, PredictionRecord, job_from_row, create_or_migrate  # noqa: F401 (re-exported)
 from pipeline.procs import ProcessIdentity
 from pipeline.providers.base import ProviderError
 
 log = logging.getLogger(__name__)
 
-JobState = Literal["intent", "in_flight", "succeeded", "failed", "canceled"]
-Claim = Literal["owner", "succeeded", "busy"]
-OPEN_STATES = ("intent", "in_flight")
 DEFAULT_LEASE_S = 30.0
 """How long an owner's claim on a job lasts without renewal, seconds (renewed every third of it)."""
 
@@ -65,78 +61,6 @@ class BudgetExceededError(ProviderError):
 
     def __init__(self, message: str):
         super().__init__(message, retryable=False)
-
-
-@dataclass(frozen=True)
-class Job:
-    """A ``jobs`` row, plus what ``Ledger.begin`` decided. Times are Unix seconds; money is USD.
-
-    - ``owner``: ``str(ProcessIdentity)`` of the process working on an open job; ``lease_until``
-      when its claim lapses unless renewed.
-    - ``claim`` (set by ``begin``): "owner" (the caller works on it), "succeeded" (adopt its output),
-      "busy" (another live owner has it: wait). ``resumed``: the caller owns a job that was already
-      open (its own from an earlier attempt, or taken over); ``took_over_from``: the previous owner
-      when it was taken over (lease expired or owner dead).
-    - ``unusable``: {cause: {"count": n, "message": ..., plus details}} of paid outputs that could not
-      be used, over all attempts of this key. ``retryable``: whether the last failure may pass.
-    """
-
-    key: str
-    provider: str
-    model: str
-    video_id: str | None
-    labels: dict[str, str]
-    state: JobState
-    prediction_id: str | None
-    input_sha256: str | None
-    estimate_usd: float
-    cost_usd: float
-    attempts: int
-    error: str | None
-    output: Any
-    intent_at: float
-    updated_at: float
-    owner: str | None = None
-    lease_until: float | None = None
-    retryable: bool | None = None
-    unusable: dict[str, dict[str, Any]] = field(default_factory=dict)
-    claim: Claim | None = None
-    resumed: bool = False
-    took_over_from: str | None = None
-
-    @property
-    def is_open(self) -> bool:
-        return self.state in OPEN_STATES
-
-
-@dataclass(frozen=True)
-class PredictionRecord:
-    """A ``predictions`` row: one provider prediction, its status and what it cost (USD).
-    ``created_at`` (Unix seconds) is when the prediction became known to the ledger (create returned
-    or it was adopted), the time a paid prediction counts at in ``Ledger.spent_between``."""
-
-    prediction_id: str
-    key: str
-    provider: str
-    model: str
-    video_id: str | None
-    status: str
-    cost_usd: float
-    adopted: bool
-    error: str | None
-    created_at: float
-    updated_at: float
-
-
-def _job(row: sqlite3.Row, **decided: Any) -> Job:
-    return Job(key=row["key"], provider=row["provider"], model=row["model"], video_id=row["video_id"],
-               labels=json.loads(row["labels"] or "{}"), state=row["state"], prediction_id=row["prediction_id"],
-               input_sha256=row["input_sha256"], estimate_usd=row["estimate_usd"], cost_usd=row["cost_usd"],
-               attempts=row["attempts"], error=row["error"],
-               output=json.loads(row["output"]) if row["output"] else None,
-               intent_at=row["intent_at"], updated_at=row["updated_at"], owner=row["owner"],
-               lease_until=row["lease_until"], retryable=None if row["retryable"] is None else bool(row["retryable"]),
-               unusable=json.loads(row["unusable"] or "{}"), **decided)
 
 
 def owner_is_gone(owner: str | None) -> bool:
@@ -191,7 +115,7 @@ class Ledger:
         """The job of cache key ``key``, or None."""
         with self.connect() as db:
             row = db.execute("SELECT * FROM jobs WHERE key = ?", (key,)).fetchone()
-        return _job(row) if row else None
+        return job_from_row(row) if row else None
 
     def jobs(self, video_id: str | None = None) -> list[Job]:
         """All jobs (of one video), oldest intent first."""
@@ -200,7 +124,7 @@ class Ledger:
                 rows = db.execute("SELECT * FROM jobs ORDER BY intent_at").fetchall()
             else:
                 rows = db.execute("SELECT * FROM jobs WHERE video_id = ? ORDER BY intent_at", (video_id,)).fetchall()
-        return [_job(r) for r in rows]
+        return [job_from_row(r) for r in rows]
 
     def predictions(self, video_id: str | None = None, key: str | None = None, *, since: float | None = None,
                     until: float | None = None) -> list[PredictionRecord]:
@@ -283,16 +207,16 @@ class Ledger:
             now = time.time()
             row = db.execute("SELECT * FROM jobs WHERE key = ?", (key,)).fetchone()
             if row is not None and row["state"] == "succeeded":
-                return _job(row, claim="succeeded")
+                return job_from_row(row, claim="succeeded")
             if row is not None and row["state"] in OPEN_STATES:
                 previous = row["owner"]
                 if previous == owner:
                     db.execute("UPDATE jobs SET lease_until=? WHERE key=?", (now + lease_s, key))
-                    return _job(db.execute("SELECT * FROM jobs WHERE key = ?", (key,)).fetchone(), claim="owner",
+                    return job_from_row(db.execute("SELECT * FROM jobs WHERE key = ?", (key,)).fetchone(), claim="owner",
                                 resumed=True)
                 lapsed = previous is None or (row["lease_until"] or 0) <= now or owner_is_gone(previous)
                 if not lapsed:
-                    return _job(row, claim="busy")
+                    return job_from_row(row, claim="busy")
                 moves = row["state"] == "intent" and row["video_id"] != video_id
                 if moves:
                     self._check_budget(db, key, model, video_id, estimate_usd, max_cost_usd)
@@ -303,7 +227,7 @@ class Ledger:
                 log.warning("ledger: %s job %s taken over from %s (%s)", row["model"], key[:12], previous or "no owner",
                             "lease expired" if previous and (row["lease_until"] or 0) <= now else
                             "owner is gone" if previous else "written before owners were recorded")
-                return _job(db.execute("SELECT * FROM jobs WHERE key = ?", (key,)).fetchone(), claim="owner",
+                return job_from_row(db.execute("SELECT * FROM jobs WHERE key = ?", (key,)).fetchone(), claim="owner",
                             resumed=True, took_over_from=previous or "")
             self._check_budget(db, key, model, video_id, estimate_usd, max_cost_usd)
             attempts = (row["attempts"] if row is not None else 0) + 1
@@ -321,7 +245,7 @@ class Ledger:
                 (key, provider, model, video_id, json.dumps(labels or {}, sort_keys=True), input_sha256,
                  float(estimate_usd), attempts, now, now, owner, now + lease_s))
             row = db.execute("SELECT * FROM jobs WHERE key = ?", (key,)).fetchone()
-        return _job(row, claim="owner")
+        return job_from_row(row, claim="owner")
 
     def renew(self, key: str, owner: str, lease_s: float = DEFAULT_LEASE_S) -> Literal["renewed", "done", "lost"]:
         """Extend ``owner``'s lease on ``key`` to now + ``lease_s`` seconds. Returns "renewed";
@@ -422,7 +346,7 @@ class Ledger:
                        (state, float(cost_usd), error, json.dumps(output) if output is not None else None, now,
                         None if retryable is None else int(retryable), json.dumps(counts, sort_keys=True), key))
             row = db.execute("SELECT * FROM jobs WHERE key = ?", (key,)).fetchone()
-        return _job(row)
+        return job_from_row(row)
 
 
 def default_ledger_path(data_dir: str | Path) -> Path:
