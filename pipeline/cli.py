@@ -83,10 +83,13 @@ def _dagster(args):
 
 def cmd_render(args) -> int:
     from pipeline import stages
-    from pipeline.orchestration.render import render_video
+    from pipeline.orchestration import forkserver
     from pipeline.spec import load_spec
 
     load_spec(args.spec)  # a bad spec fails here (exit 2), before the instance is opened and progress drawn
+    forkserver.warm_up_in_background()  # the run workers' fork server, started while Dagster imports here
+    from pipeline.orchestration.render import render_video
+
     defs, instance = _dagster(args)
     started = time.monotonic()
     with Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
@@ -229,6 +232,9 @@ def cmd_cost(args) -> int:
 
 
 def cmd_retry(args) -> int:
+    from pipeline.orchestration import forkserver
+
+    forkserver.warm_up_in_background()
     from pipeline.orchestration.render import retry_video
 
     defs, instance = _dagster(args)

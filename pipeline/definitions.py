@@ -26,6 +26,7 @@ variable's name). Paths and S3 settings are plain values: the CLI uses them outs
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -150,7 +151,7 @@ def build_definitions(data_dir: str | None = None, **options: Any) -> dg.Definit
     profiles, roles); the IO manager gets the same S3 settings. Raises ValueError / TypeError for
     a bad option (see ``pipeline_resources``).
     """
-    return dg.Definitions(
+    defs = dg.Definitions(
         assets=all_assets,
         jobs=all_jobs,
         sensors=all_sensors,
@@ -160,6 +161,35 @@ def build_definitions(data_dir: str | None = None, **options: Any) -> dg.Definit
         schedules=all_schedules,
         resources=pipeline_resources(data_dir, **options),
     )
+    setattr(defs, _RECIPE_ATTR, DefinitionsRecipe(data_dir, dict(options)))
+    return defs
+
+
+_RECIPE_ATTR = "_pipeline_recipe"
+
+
+@dataclass(frozen=True)
+class DefinitionsRecipe:
+    """The arguments of one ``build_definitions`` call (picklable), so another process builds the
+    same definitions: a CLI render's worker processes do (``pipeline.orchestration.render``).
+    Environment variables are read again where ``build`` runs, so give that process the same
+    environment and working directory."""
+
+    data_dir: str | None
+    options: dict[str, Any]
+
+    def build(self) -> dg.Definitions:
+        """``build_definitions(data_dir, **options)``."""
+        return build_definitions(self.data_dir, **self.options)
+
+
+def definitions_recipe(defs: dg.Definitions) -> DefinitionsRecipe:
+    """How ``defs`` was built. Raises ValueError for definitions not made by ``build_definitions``."""
+    recipe = getattr(defs, _RECIPE_ATTR, None)
+    if not isinstance(recipe, DefinitionsRecipe):
+        raise ValueError("these definitions were not made by pipeline.definitions.build_definitions, so worker "
+                         "processes cannot rebuild them; build them with build_definitions(data_dir, **options)")
+    return recipe
 
 
 defs = build_definitions()

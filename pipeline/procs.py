@@ -109,6 +109,46 @@ def die_with_parent(parent_pid: int | None = None, sig: int = signal.SIGKILL) ->
         os._exit(1)
 
 
+def exit_with(owner: ProcessIdentity, poll_s: float = 0.5) -> None:
+    """Exit this process (``os._exit(1)``; children tied to it by ``die_with_parent`` follow) as
+    soon as process ``owner``, not its parent, ends; at once if it already has. For workers whose
+    parent is a fork server rather than the process they work for.
+
+    A daemon thread waits on a pidfd of ``owner`` (Linux 5.3+, pidfd_open(2)): woken the instant it
+    exits, no polling. Elsewhere, or for another host's process, it checks ``owner.is_alive()``
+    every ``poll_s`` seconds. The start time is checked after the pidfd opens, so a reused pid is
+    not mistaken for the owner."""
+    import threading
+
+    if owner.is_alive() is False:
+        os._exit(1)
+    fd = None
+    if owner.is_local and hasattr(os, "pidfd_open"):
+        try:
+            fd = os.pidfd_open(owner.pid)
+        except OSError:
+            os._exit(1)  # ESRCH: gone between the check and the open
+        if owner.is_alive() is False:
+            os._exit(1)
+
+    def watch() -> None:
+        if fd is not None:
+            import select
+
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            while not poller.poll():
+                pass
+            os._exit(1)
+        import time
+
+        while owner.is_alive() is not False:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name=f"exit-with-{owner.pid}", daemon=True).start()
+
+
 @contextmanager
 def file_lock(path: str | Path) -> Iterator[None]:
     """Hold an exclusive advisory lock (flock(2)) on ``path`` (created if missing) for the block.

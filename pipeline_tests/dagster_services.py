@@ -197,17 +197,24 @@ class DagsterStack:
 
     def wait_daemon_ready(self, service: Service, timeout: float = 180.0) -> None:
         """Wait until ``service`` (a daemon started after any earlier one stopped) has sent fresh
-        heartbeats for SENSOR, QUEUED_RUN_COORDINATOR and MONITORING."""
+        heartbeats for SENSOR, QUEUED_RUN_COORDINATOR and MONITORING and, with run retries on, its
+        event log consumer has a cursor: on its first pass it starts at the newest event and never
+        sees older failures, so a run that fails before that pass is never retried (seen under a
+        CPU hog, where that pass came after the test's run had already failed)."""
         import dagster as dg
 
         since = time.time() - 1
         wanted = {"SENSOR", "QUEUED_RUN_COORDINATOR", "MONITORING"}
+        cursor_key = f"EVENT_LOG_CONSUMER_CURSOR-{dg.DagsterEventType.RUN_FAILURE.value}"
         with dg.DagsterInstance.from_config(str(self.home)) as instance:
             def ready() -> bool:
                 if service.proc.poll() is not None:
                     raise AssertionError(f"dagster-daemon exited with {service.proc.returncode}\n{service.tail()}")
                 beats = instance.get_daemon_heartbeats()
-                return all(k in beats and beats[k].timestamp >= since for k in wanted)
+                if not all(k in beats and beats[k].timestamp >= since for k in wanted):
+                    return False
+                return not instance.run_retries_enabled or bool(
+                    instance.daemon_cursor_storage.get_cursor_values({cursor_key}).get(cursor_key))
 
             wait_until(ready, timeout=timeout, interval=0.25, what="the daemon's heartbeats", on_timeout=service.tail)
 

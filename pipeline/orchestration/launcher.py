@@ -52,6 +52,8 @@ from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 from dagster._core.storage.tags import GRPC_INFO_TAG
 from dagster._serdes import ConfigurableClass, ConfigurableClassData, serialize_value
 
+from pipeline.orchestration import forkserver
+from pipeline.orchestration.forkserver import DEFAULT_PRELOAD_MODULES
 from pipeline.procs import ProcessIdentity, _start_ticks
 
 if TYPE_CHECKING:
@@ -60,63 +62,12 @@ if TYPE_CHECKING:
 OWNER_TAG = "pipeline/owner"
 """Run tag: ``str(ProcessIdentity)`` (host:pid:start) of the process executing the run."""
 
-DEFAULT_PRELOAD_MODULES: tuple[str, ...] = (
-    # Dagster and what its run execution path imports (dagster api execute_run -> core_execute_run
-    # -> execute_run_iterator, SQLite storages, compute-log capture).
-    "dagster",
-    "dagster._cli.api",
-    "dagster._grpc.impl",
-    "dagster._core.execution.api",
-    "dagster._core.execution.plan.execute_plan",
-    "dagster._core.executor.in_process",
-    "dagster._core.storage.sqlite_storage",
-    "dagster._core.storage.event_log.sqlite.sqlite_event_log",
-    "dagster._core.storage.runs.sqlite.sqlite_run_storage",
-    "dagster._core.storage.schedules.sqlite.sqlite_schedule_storage",
-    "dagster._core.storage.local_compute_log_manager",
-    "dagster._core.execution.compute_logs",
-    # A forked child re-runs the launching process's main script as __mp_main__ (multiprocessing's
-    # spawn preparation); for the `dagster-daemon` script that imports the daemon's CLI (~0.5 s).
-    # `dagster dev` runs `python -m dagster._daemon`, which is skipped.
-    "dagster._daemon.cli",
-    "sqlalchemy",
-    "alembic",
-    # The third-party libraries the pipeline's assets, resources and providers import.
-    "pydantic",
-    "numpy",
-    "pandas",
-    "av",
-    "PIL.Image",
-    "PIL.ImageDraw",
-    "PIL.ImageFont",
-    "PIL.PngImagePlugin",
-    "PIL.JpegImagePlugin",
-    "httpx",
-    "boto3",
-    "botocore",
-    "dagster_aws.s3",
-    "replicate",
-    "yaml",
-    "ffmpeg",
-    "imageio_ffmpeg",
-    "tabulate",
-    "tenacity",
-    "rich",
-)
-"""Imported once by the fork server. Never the project's ``pipeline`` modules (edits must be
-picked up by the next run). A module that fails to import is skipped (multiprocessing ignores
-ImportError in the preload list)."""
-
 START_METHODS = ("forkserver", "spawn")
 
 
 def _identity_of(pid: int) -> ProcessIdentity:
     """The identity of local process ``pid`` (start time 0 if it is already gone)."""
     return ProcessIdentity(socket.gethostname(), pid, _start_ticks(pid) or 0)
-
-
-def _noop() -> None:
-    """The fork server's warm-up child."""
 
 
 def _run_worker(serialized_instance_ref: str, run_id: str) -> None:
@@ -171,14 +122,13 @@ class ForkServerRunLauncher(RunLauncher, ConfigurableClass):
         self._inst_data = inst_data
         check.invariant(start_method in START_METHODS,
                         f"start_method must be one of {', '.join(START_METHODS)}, not {start_method!r}")
-        if start_method == "forkserver" and "forkserver" not in multiprocessing.get_all_start_methods():
+        if start_method == "forkserver" and not forkserver.available():
             start_method = "spawn"
         self.start_method = start_method
         base = DEFAULT_PRELOAD_MODULES if preload_modules is None else tuple(preload_modules)
         self.preload_modules = tuple(dict.fromkeys([*base, *extra_preload_modules]))
         self.terminate_timeout_seconds = float(terminate_timeout_seconds)
         self._lock = threading.Lock()
-        self._ready = False
         self._workers: dict[str, tuple[multiprocessing.process.BaseProcess, ProcessIdentity]] = {}
         self._exit_codes: dict[str, int] = {}
         self._grpc_launcher: DefaultRunLauncher | None = None
@@ -214,34 +164,19 @@ class ForkServerRunLauncher(RunLauncher, ConfigurableClass):
         return multiprocessing.get_context(self.start_method)
 
     def warm_up(self) -> float:
-        """Start the fork server (importing the preload modules) and fork one no-op child through
-        it, if not done yet. Returns the seconds it took (0.0 when already warm or with spawn).
-
-        The no-op fork also makes the server single-threaded: numpy's OpenBLAS starts a worker
-        thread on import and shuts it down in its pre-fork handler, and nothing restarts it."""
+        """Start this process's fork server (``forkserver.warm_up`` with ``preload_modules``) if
+        not done yet. Returns the seconds it took (0.0 when already warm or with spawn). Raises
+        DagsterLaunchFailedError if it cannot start."""
         if self.start_method != "forkserver":
             return 0.0
-        with self._lock:
-            if self._ready:
-                return 0.0
-            started = time.monotonic()
-            ctx = self._context()
-            ctx.set_forkserver_preload(list(self.preload_modules))
-            proc = ctx.Process(target=_noop, name="forkserver-warm-up", daemon=True)
-            proc.start()
-            proc.join(120)
-            if proc.exitcode != 0:
-                raise DagsterLaunchFailedError(f"the fork server's warm-up child ended with {proc.exitcode}")
-            proc.close()
-            self._ready = True
-            return time.monotonic() - started
+        try:
+            return forkserver.warm_up(self.preload_modules)
+        except RuntimeError as exc:
+            raise DagsterLaunchFailedError(str(exc)) from exc
 
     def fork_server_pid(self) -> int | None:
         """The pid of this process's fork server, if it runs (for diagnostics and tests)."""
-        from multiprocessing import forkserver
-
-        server = getattr(forkserver, "_forkserver", None)
-        return getattr(server, "_forkserver_pid", None)
+        return forkserver.server_pid()
 
     def _same_interpreter(self, executable_path: str | None) -> bool:
         if not executable_path:

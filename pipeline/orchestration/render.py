@@ -3,9 +3,12 @@
 pool of worker processes and recorded in the Dagster instance, so the UI shows them afterwards.
 
 Worker processes, not threads: Dagster reconfigures Python logging at the start of every run, and
-two runs starting at once in one process deadlock on the logging locks. Workers are forked from the
-parent once it is single-threaded (after the planning run), so they start in milliseconds; each
-builds its definitions once and opens the parent's instance (``instance_home``).
+two runs starting at once in one process deadlock on the logging locks. Workers are forks of the
+process's warm fork server (``forkserver``), never of the render itself, which has threads (rich's
+refresh, lease renewals, a test runner's) whose locks a fork would copy held. Each worker takes the
+render's environment and working directory, builds the render's definitions once from their
+``DefinitionsRecipe`` and opens the render's instance (``instance_home``). The fork server starts
+in the background while the video is planned (``render_video``).
 
 Order: ``plan_video`` (and its phantoms recorded: ``phantoms``), then every real segment's
 ``render_segment`` run and ``render_music`` in parallel (``planner.fanout_runs``: longest beat chains
@@ -22,7 +25,6 @@ processes, die with the parent (``PR_SET_PDEATHSIG``): killing ``pipeline render
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import re
 import time
@@ -38,6 +40,8 @@ from pipeline.defs.io_manager import read_manifest
 from pipeline.defs.partitions import add_partitions, partition_key, segment_partition_key, videos
 from pipeline.defs.resources import PipelineResource
 from pipeline.manifests import ChunkVideosManifest, FinalManifest, VideoPlan
+from pipeline.definitions import DefinitionsRecipe, definitions_recipe
+from pipeline.orchestration import forkserver
 from pipeline.orchestration.coordinator import assembly_lock
 from pipeline.orchestration.instance import fail_dead_runs, instance_home, open_instance, owner_tags
 from pipeline.orchestration.phantoms import ensure_plan_partitions
@@ -55,7 +59,7 @@ from pipeline.orchestration.planner import (
     video_tags,
 )
 from pipeline.orchestration.status import IN_PROGRESS, WAITING, assembly_runs, run_queue_alive, video_status
-from pipeline.procs import die_with_parent
+from pipeline.procs import ProcessIdentity, die_with_parent, exit_with
 from pipeline.spec import VIDEO_ID_PATTERN, load_spec
 from pipeline.submissions import Submission
 
@@ -148,18 +152,27 @@ def execute_planned(defs: dg.Definitions, instance: dg.DagsterInstance, run: Pla
                    tags={**run.tags, LAUNCHED_BY_TAG: "cli"}, want=WANT.get(run.job, ()))
 
 
-_FORKED_DEFS: list[dg.Definitions] = []
-"""The parent's definitions, set just before the pool forks, so workers run the very same ones."""
-_WORKER_INSTANCE: dict[int, dg.DagsterInstance] = {}
+_WORKER: dict[str, object] = {}
+"""A pool worker's definitions and instance, set once by ``_worker_init``."""
 
 
-def _worker_execute(home: str, run: PlannedRun) -> RunOutcome:
-    """``execute_planned`` in a forked pool worker, with its own instance of the parent's
-    ``$DAGSTER_HOME`` ``home`` (opened once per process)."""
-    instance = _WORKER_INSTANCE.get(os.getpid())
-    if instance is None:
-        instance = _WORKER_INSTANCE[os.getpid()] = open_instance(home)
-    return execute_planned(_FORKED_DEFS[-1], instance, run)
+def _worker_init(parent: str, env: dict[str, str], cwd: str, recipe: DefinitionsRecipe, home: str) -> None:
+    """Initializer of a render's pool worker (a fork of the fork server, not of the render): exit
+    the instant the render (``parent``, a ``ProcessIdentity``) ends, however it ends, and with the
+    fork server; take the render's environment and working directory; build the render's
+    definitions from ``recipe`` and open its instance at ``home``."""
+    die_with_parent()
+    exit_with(ProcessIdentity.parse(parent))
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(cwd)
+    _WORKER["defs"] = recipe.build()
+    _WORKER["instance"] = open_instance(home)
+
+
+def _worker_execute(run: PlannedRun) -> RunOutcome:
+    """``execute_planned`` in a pool worker, with the definitions and instance of ``_worker_init``."""
+    return execute_planned(_WORKER["defs"], _WORKER["instance"], run)
 
 
 class _Launcher:
@@ -171,6 +184,7 @@ class _Launcher:
         self.defs, self.instance = defs, instance
         self.notify = on_run or (lambda name, outcome: None)
         self.on_wait = on_wait or log.warning
+        forkserver.warm_up_in_background()  # 1.7 s of imports, overlapped with the planning run
 
     def run(self, planned: PlannedRun) -> RunOutcome:
         self.notify(planned.name, None)
@@ -182,17 +196,17 @@ class _Launcher:
         """``runs`` in their planned order, ``max_parallel`` at a time in forked worker processes."""
         if not runs:
             return []
-        home = str(instance_home(self.instance))
-        _FORKED_DEFS[:] = [self.defs]
-        context = multiprocessing.get_context("fork")
-        # Workers are forked by this (the calling) thread, which outlives them, so PR_SET_PDEATHSIG
-        # kills them exactly when this process dies, however it dies (SIGKILL included).
-        with ProcessPoolExecutor(max_workers=max(1, min(max_parallel, len(runs))), mp_context=context,
-                                 initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
+        init = (str(ProcessIdentity.current()), dict(os.environ), os.getcwd(), definitions_recipe(self.defs),
+                str(instance_home(self.instance)))
+        forkserver.warm_up()
+        # Workers are forks of the single-threaded fork server, never of this (multi-threaded)
+        # process: see pipeline.orchestration.forkserver.
+        with ProcessPoolExecutor(max_workers=max(1, min(max_parallel, len(runs))), mp_context=forkserver.context(),
+                                 initializer=_worker_init, initargs=init) as pool:
             futures = {}
             for run in runs:
                 self.notify(run.name, None)
-                future = pool.submit(_worker_execute, home, run)
+                future = pool.submit(_worker_execute, run)
                 future.add_done_callback(lambda f, n=run.name: self.notify(n, f.result()) if not f.exception() else None)
                 futures[future] = run
             outcomes = []
