@@ -1,19 +1,33 @@
 """A fake Replicate HTTP API on 127.0.0.1, for tests and benchmarks.
 
-It implements what the ``replicate`` provider (and the replicate 1.0.x client) uses:
+It implements what the ``replicate`` provider (and the replicate 1.0.x client) uses, conforming to
+Replicate's OpenAPI document (``pipeline_tests/openapi/``; checked by test_replicate_conformance.py):
 
 - ``POST /v1/models/{owner}/{name}/predictions`` (official models) and ``POST /v1/predictions``
-  (``{"version": ...}``) create a prediction, honouring a ``Cancel-After`` header (a duration such as
-  ``30m``, ``1h30m``, ``45s``: a prediction still starting then is ``aborted``, a running one
-  ``canceled``);
-- ``GET /v1/predictions/{id}``, ``GET /v1/predictions`` (newest first, paginated with ``next``,
-  ``created_after`` filter), ``POST /v1/predictions/{id}/cancel``;
-- ``POST /v1/files`` (multipart form field ``content``), ``GET /v1/files/{id}``, ``DELETE /v1/files/{id}``:
-  the Files API. A prediction input naming one of these files by URL (``urls.get``) is read from it;
-  an unknown, deleted or expired file URL is refused with 422 at create;
-- ``GET /v1/models/{owner}/{name}``, ``.../versions``, ``.../versions/{id}``;
+  (``{"version": id | "owner/name:id" | "owner/name"}``) create a prediction (201), honouring
+  ``Cancel-After`` (``30s``, ``5m``, ``1h30m45s``, bare seconds; sets ``deadline``; at the deadline
+  a prediction still starting is ``aborted``, not charged, a running one ``canceled``) and
+  ``Prefer: wait=n`` (held up to n s: 201 finished, else 202 as it is);
+- ``GET /v1/predictions/{id}``, ``POST /v1/predictions/{id}/cancel``, and ``GET /v1/predictions``:
+  newest first, 100 a page, cursor ``next``/``previous`` URLs, ``created_after`` (at or after),
+  ``created_before`` and ``source`` filters, web predictions included;
+- ``POST /v1/files`` (multipart ``content``, optional ``filename``, ``type``, ``metadata``),
+  ``GET /v1/files/{id}``, ``DELETE /v1/files/{id}`` (204): the Files API. A prediction input naming
+  one of these files by URL (``urls.get``) is read from it; an unknown, deleted or expired file URL is
+  refused with 422 at create;
+- ``GET /v1/models/{owner}/{name}`` (``is_official``, ``latest_version`` with its Cog input schema),
+  ``.../versions``, ``.../versions/{id}``;
 - ``GET /files/...``: the outputs, served from the same server (no auth, like replicate.delivery);
-- ``GET /_fake/stats`` (counters as JSON) and ``POST /_fake/inject|release|clear`` (control), no auth.
+- ``GET /_fake/stats`` (counters as JSON), ``GET|POST /_fake/config`` (knobs), ``POST
+  /_fake/clock`` (``{"advance_s": s}``), ``POST /_fake/seed`` (``{"n": .., "source": "web", ...}``)
+  and ``POST /_fake/inject|release|clear`` (faults), no auth.
+
+Like Replicate: errors are problem details (``application/problem+json``); an API prediction's
+input, output and logs are removed ``retention_s`` (1 h) after it finishes (``data_removed: true``);
+requests are rate limited (600 creates and 3000 others per minute, sliding window; a 429 says
+``Request was throttled. Your rate limit resets in ~Ns.`` with ``Retry-After``, ``ratelimit-remaining``
+and ``ratelimit-reset`` headers); optionally (``official_echo``) official models' predictions show
+another model name and a ``dp-`` version. Knobs, defaults and the server clock: ``FakeReplicate``.
 
 Predictions have realistic JSON (id, model, version, input, status, output, error, logs, metrics,
 created_at/started_at/completed_at, urls) and go ``starting`` -> ``processing`` -> terminal in a
@@ -22,12 +36,14 @@ checked for the model's required fields.
 
 Fault injection (``FakeReplicate.inject(kind, times=1, model=None, **options)``):
 
-- create: ``rate_limit`` (429 + Retry-After ``retry_after`` s), ``server_error`` (``status`` 500/503;
+- create: ``rate_limit`` (a 429 like the rate limit's, ``Retry-After``/``ratelimit-reset`` =
+  ``retry_after`` s, fractions kept), ``server_error`` (``status`` 500/503;
   ``after_create=True`` creates the prediction first), ``drop_connection`` (creates, then closes the
   connection without a response), ``hang_after_create`` (creates, then holds the response
   ``seconds`` before dropping it), ``invalid_input`` (422 with ``detail``);
 - outcome: ``fail`` (status failed, ``error``), ``abort`` (status aborted), ``never_finish``,
-  ``hold`` (runs until ``release()``), ``slow`` (runs ``seconds``), ``corrupt_output``,
+  ``hold`` (runs until ``release()``), ``queued`` (stays ``starting`` until ``release()``),
+  ``slow`` (runs ``seconds``), ``corrupt_output``,
   ``expired_output`` (the output URL answers ``status`` 404), ``oversize_output`` (the output is
   padded to ``bytes``, default 80 MB), ``bad_json`` (planner text);
 - reads: ``get_error`` / ``list_error`` (``status`` 500), ``download_error`` (``status`` 503).
@@ -46,7 +62,8 @@ prediction records its drawn run time in ``FakePrediction.run_s``.
 Counters: ``creates`` counts predictions actually created per (model, canonical input JSON) --
 the paid attempts; ``create_requests`` counts every create POST received; ``uploads`` (and
 ``uploads_by_sha256``) every file uploaded; ``cancels`` lists canceled ids, ``deadline_cancels``
-the ids ended by ``Cancel-After``; ``requests`` logs (method, path, status). ``stats()`` returns
+the ids ended by ``Cancel-After``; ``throttled`` the 429s of the rate limits; ``requests`` logs
+(method, path, status). ``stats()`` returns
 them as JSON, keyed ``"model:sha256(canonical input)"``.
 
 Start it with ``with FakeReplicate(...) as server:`` (``server.base_url``, ``server.origin``,
@@ -68,13 +85,15 @@ from pipeline_tests.fake_replicate.state import (
     FAKE_MODELS,
     FAULT_KINDS,
     MUSICGEN_VERSION,
+    OFFICIAL_ECHO_DEFAULT,
     FakePrediction,
     Fault,
     canonical,
     input_key,
 )
 
-__all__ = ["DEFAULT_TOKEN", "FAKE_MODELS", "FAULT_KINDS", "MUSICGEN_VERSION", "READY", "FakePrediction",
+__all__ = ["DEFAULT_TOKEN", "FAKE_MODELS", "FAULT_KINDS", "MUSICGEN_VERSION", "OFFICIAL_ECHO_DEFAULT", "READY",
+           "FakePrediction",
            "FakeReplicate", "FakeServerProcess", "Fault", "canonical", "fake_replicate", "input_key", "main",
            "provider_options"]
 

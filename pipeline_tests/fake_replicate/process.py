@@ -32,6 +32,7 @@ def _seconds_arg(text: str) -> float | tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m pipeline_tests.fake_replicate``: serve on 127.0.0.1 until SIGTERM or Ctrl-C."""
+    from pipeline_tests.fake_replicate.limits import CREATE_LIMIT_PER_MIN, READ_LIMIT_PER_MIN
     from pipeline_tests.fake_replicate.server import FakeReplicate
     from pipeline_tests.fake_replicate.state import DEFAULT_TOKEN
 
@@ -45,12 +46,28 @@ def main(argv: list[str] | None = None) -> None:
                     help="prediction run time, seconds: one number, or LOW HIGH")
     ap.add_argument("--render-scale", type=float, default=0.5)
     ap.add_argument("--file-ttl", type=float, default=86400.0, help="uploaded files expire after this many seconds")
+    ap.add_argument("--retention", type=float, default=3600.0,
+                    help="API predictions lose input/output/logs this many seconds after finishing (negative: never)")
+    ap.add_argument("--official-echo", choices=("on", "off"), default=None,
+                    help="official models show another model name and a dp- version (default: "
+                         "$FAKE_REPLICATE_OFFICIAL_ECHO, else off)")
+    ap.add_argument("--create-limit", type=int, default=CREATE_LIMIT_PER_MIN,
+                    help="creates allowed per rate window (0: unlimited)")
+    ap.add_argument("--read-limit", type=int, default=READ_LIMIT_PER_MIN,
+                    help="other API requests allowed per rate window (0: unlimited)")
+    ap.add_argument("--rate-window", type=float, default=60.0, help="rate limit window, seconds")
+    ap.add_argument("--min-cancel-after", type=float, default=0.0,
+                    help="shortest Cancel-After accepted, seconds (the API documents 5)")
     args = ap.parse_args(argv)
     if len(args.run_seconds) > 2:
         ap.error("--run-seconds takes one number or two (LOW HIGH)")
     run = args.run_seconds[0] if len(args.run_seconds) == 1 else tuple(args.run_seconds)
     server = FakeReplicate(token=args.token, port=args.port, latency=args.latency, create_latency=args.create_latency,
-                           run_seconds=run, render_scale=args.render_scale, file_ttl_s=args.file_ttl).start()
+                           run_seconds=run, render_scale=args.render_scale, file_ttl_s=args.file_ttl,
+                           retention_s=None if args.retention < 0 else args.retention,
+                           official_echo=None if args.official_echo is None else args.official_echo == "on",
+                           create_limit_per_min=args.create_limit or None, read_limit_per_min=args.read_limit or None,
+                           rate_window_s=args.rate_window, min_cancel_after_s=args.min_cancel_after).start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     print(f"{READY}{server.base_url}\n  export REPLICATE_BASE_URL={server.base_url}\n"
@@ -66,7 +83,8 @@ def main(argv: list[str] | None = None) -> None:
 class FakeServerProcess:
     """``with FakeServerProcess("--create-latency", "0.5") as s:`` runs the fake server in a
     subprocess on a free port: ``s.base_url``, ``s.origin``, ``s.token``, ``s.stats()``,
-    ``s.inject(kind, **options)``, ``s.release()``.
+    ``s.inject(kind, **options)``, ``s.release()``, ``s.configure(**knobs)``, ``s.advance_clock(s)``,
+    ``s.seed_predictions(n, **options)`` (each like ``FakeReplicate``'s, over ``/_fake/...``).
 
     Start-up waits for the ready line for up to ``start_timeout_s`` seconds (generous: a loaded
     machine may take long to import), then for ``GET /_fake/stats`` to answer. The process gets
@@ -153,6 +171,18 @@ class FakeServerProcess:
     def release(self, prediction_id: str | None = None) -> None:
         """Let ``hold`` predictions finish."""
         self._http("POST", "/_fake/release", {"prediction_id": prediction_id})
+
+    def configure(self, **knobs: Any) -> dict[str, Any]:
+        """Change knobs of the server (``FakeReplicate.configure``); returns them all."""
+        return self._http("POST", "/_fake/config", knobs)
+
+    def advance_clock(self, seconds: float) -> dict[str, Any]:
+        """Move the server clock forward (``FakeReplicate.advance_clock``); returns its config."""
+        return self._http("POST", "/_fake/clock", {"advance_s": seconds})
+
+    def seed_predictions(self, n: int, **options: Any) -> list[str]:
+        """Add finished web (or other clients') predictions (``FakeReplicate.seed_predictions``)."""
+        return self._http("POST", "/_fake/seed", {"n": n, **options})["ids"]
 
     def stop(self) -> None:
         """Terminate the server (SIGTERM, then SIGKILL after 60 s)."""

@@ -149,19 +149,3 @@ def _audio(server: "FakeReplicate", pred: FakePrediction, spec: dict[str, Any], 
         media.run_ffmpeg(["-i", str(wav), "-c:a", "libmp3lame", "-b:a", "128k", str(mp3)], what="encode mp3")
         return server._add_file(pred, "output.mp3", mp3.read_bytes(), "audio/mpeg"), {}
     return server._add_file(pred, "output.wav", wav.read_bytes(), "audio/wav"), {}
-
-
-def model_json(ref: str) -> dict[str, Any]:
-    """``GET /v1/models/{owner}/{name}`` of a fake model."""
-    owner, name = ref.split("/", 1)
-    versions = FAKE_MODELS[ref].get("versions") or []
-    return {"url": f"https://replicate.com/{ref}", "owner": owner, "name": name, "description": f"Fake {ref}",
-            "visibility": "public", "github_url": None, "paper_url": None, "license_url": None, "run_count": 1000,
-            "cover_image_url": None, "default_example": None,
-            "latest_version": version_json(versions[0]) if versions else None}
-
-
-def version_json(version: str) -> dict[str, Any]:
-    """A model version's JSON."""
-    return {"id": version, "created_at": "2024-01-01T00:00:00.000000Z", "cog_version": "0.9.4",
-            "openapi_schema": {"openapi": "3.0.2", "info": {"title": "Cog", "version": "0.1.0"}}}

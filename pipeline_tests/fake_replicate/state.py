@@ -1,9 +1,11 @@
-"""The fake server's vocabulary: the models it knows, fault kinds, and one prediction's state."""
+"""The fake server's vocabulary: the models it knows (and how official ones are echoed), fault kinds,
+and one prediction's state and JSON."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -32,12 +34,45 @@ FAKE_MODELS: dict[str, dict[str, Any]] = {
     "meta/meta-llama-3-70b-instruct": {"kind": "text", "required": ["prompt"]},
 }
 
+OFFICIAL_ECHO_DEFAULT = False
+"""Whether official models echo another model name and a ``dp-`` version by default. False keeps the
+exact echo the provider's lookup (which compares the model string) still needs; flip it to True once
+the provider matches on input and creation time. The environment variable ``FAKE_REPLICATE_OFFICIAL_ECHO``
+(``1``/``0``) overrides it for servers built without an explicit ``official_echo``."""
+
+OFFICIAL_ECHO_MODELS = {"meta/meta-llama-3-70b-instruct": "replicate/lifeboat-70b"}
+"""The model name an official model's predictions show instead of its own, when echoing. Real
+responses show e.g. ``replicate/lifeboat-70b`` for ``meta/llama-2-70b-chat``; the others become
+``replicate-internal/<name>`` (``official_echo``)."""
+
+
+def official_echo_default() -> bool:
+    """``FAKE_REPLICATE_OFFICIAL_ECHO`` if set (1/true/yes), else ``OFFICIAL_ECHO_DEFAULT``."""
+    value = os.environ.get("FAKE_REPLICATE_OFFICIAL_ECHO")
+    return OFFICIAL_ECHO_DEFAULT if value is None else value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def official_echo(ref: str) -> tuple[str, str]:
+    """(model, version) an official model's predictions show when echoing: another model name
+    (``OFFICIAL_ECHO_MODELS``, else ``replicate-internal/<name>``) and a ``dp-`` + 32 hex version
+    derived from ``ref`` (stable across runs)."""
+    model = OFFICIAL_ECHO_MODELS.get(ref) or f"replicate-internal/{ref.split('/', 1)[1]}"
+    return model, "dp-" + hashlib.sha256(ref.encode()).hexdigest()[:32]
+
+
+def is_official(ref: str) -> bool:
+    """True for a fake model run by name (``/v1/models/{owner}/{name}/predictions``), i.e. one
+    without pinned versions."""
+    return ref in FAKE_MODELS and not FAKE_MODELS[ref].get("versions")
+
+
 FLUX_SIZES = {"1:1": (1024, 1024), "16:9": (1344, 768), "9:16": (768, 1344), "4:3": (1152, 896),
                "3:4": (896, 1152), "3:2": (1216, 832), "2:3": (832, 1216)}
 
 FAULT_KINDS = {
     "create": {"rate_limit", "server_error", "drop_connection", "hang_after_create", "invalid_input"},
-    "outcome": {"fail", "abort", "never_finish", "hold", "slow", "corrupt_output", "expired_output", "oversize_output",
+    "outcome": {"fail", "abort", "never_finish", "hold", "queued", "slow", "corrupt_output", "expired_output",
+                "oversize_output",
                 "bad_json"},
     "get": {"get_error"},
     "list": {"list_error"},
@@ -75,7 +110,8 @@ class Fault:
 
 @dataclass
 class FakePrediction:
-    """One prediction: what was asked, its status and output, and its injected outcome faults."""
+    """One prediction: what was asked, its status and output, and its injected outcome faults.
+    Times are Unix seconds on the server's clock (``FakeReplicate.now``)."""
 
     id: str
     model: str
@@ -92,21 +128,49 @@ class FakePrediction:
     outcome: dict[str, Fault] = field(default_factory=dict)
     release: threading.Event = field(default_factory=threading.Event)
     cancel: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)
+    """Set once the prediction reaches a terminal status."""
     run_s: float | None = None
     """The run time drawn for this prediction (seconds, create -> terminal), once its worker starts."""
     deadline_at: float | None = None
     """When its ``Cancel-After`` deadline ends it (Unix seconds), if the create sent one."""
+    source: str = "api"
+    """``api`` (created through the API) or ``web`` (seeded: made on replicate.com)."""
+    seeded: bool = False
+    """Made by ``FakeReplicate.seed_predictions``, not by a create request (not counted as paid)."""
+    shown_model: str | None = None
+    shown_version: str | None = None
+    """What the JSON shows as ``model``/``version`` if not the ones asked (official-model echo)."""
 
-    def to_json(self, base: str) -> dict[str, Any]:
-        return {
-            "id": self.id, "model": self.model, "version": self.version, "input": self.input,
-            "logs": self.logs, "output": self.output, "data_removed": False, "error": self.error,
-            "status": self.status, "source": "api", "created_at": iso(self.created_at),
-            "started_at": iso(self.started_at), "completed_at": iso(self.completed_at),
+    def iso_created(self) -> str:
+        """``created_at`` as the API writes it."""
+        return iso(self.created_at) or ""
+
+    def data_removed(self, now: float, retention_s: float | None) -> bool:
+        """True once an API prediction's input, output and logs are gone: ``retention_s`` seconds
+        after it finished (Replicate: 1 hour). Web predictions keep theirs."""
+        return (self.source == "api" and retention_s is not None and self.completed_at is not None
+                and now >= self.completed_at + retention_s)
+
+    def to_json(self, base: str, *, now: float | None = None, retention_s: float | None = None) -> dict[str, Any]:
+        """The API's prediction JSON. ``started_at``, ``completed_at`` and ``deadline`` are absent
+        until they exist (the schema has them as non-null strings); after data removal
+        (``data_removed``) ``input`` is ``{}``, ``output`` null and ``logs`` empty."""
+        removed = now is not None and self.data_removed(now, retention_s)
+        out = {
+            "id": self.id, "model": self.shown_model or self.model, "version": self.shown_version or self.version,
+            "input": {} if removed else self.input, "logs": "" if removed else self.logs,
+            "output": None if removed else self.output, "data_removed": removed, "error": self.error,
+            "status": self.status, "source": self.source, "created_at": iso(self.created_at),
             "urls": {"cancel": f"{base}/v1/predictions/{self.id}/cancel", "get": f"{base}/v1/predictions/{self.id}",
                      "web": f"https://replicate.com/p/{self.id}"},
             "metrics": dict(self.metrics),
         }
+        for key, ts in (("started_at", self.started_at), ("completed_at", self.completed_at),
+                        ("deadline", self.deadline_at)):
+            if ts is not None:
+                out[key] = iso(ts)
+        return out
 
 
 def input_key(model: str, inp: Any) -> str:
