@@ -5,6 +5,7 @@
     pipeline submit SPEC [--provider ...] [--video-model REF ...]   (into the inbox; the daemon's sensors take it)
     pipeline status VIDEO_ID
     pipeline retry VIDEO_ID
+    pipeline models [--markdown]   (the Replicate model registry and its self-check)
 
 Runs are recorded in the Dagster instance at $DAGSTER_HOME (default: the current directory when it
 holds a dagster.yaml, else ``<data dir>/dagster_home``), so ``dagster dev`` shows them afterwards.
@@ -33,6 +34,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 from rich.text import Text
 
+from pipeline.cli_models import add_models_parser
 from pipeline.cli_output import cell, console, err_console, error, safe_streams, say, shout
 from pipeline.cli_specs import chosen_models, cmd_submit, cmd_validate, provider_options
 from pipeline.printable import printable
@@ -324,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec")
     provider_options(p)
     p.set_defaults(func=cmd_validate)
+
+    add_models_parser(sub)
     return parser
 
 

@@ -258,6 +258,30 @@ def render_camera_move(image: str | Path, out: str | Path, *, width: int, height
     run_ffmpeg(stream, what=f"render a {seconds:g} s {move} clip from {Path(image).name}")
 
 
+def centre_crop(src: str | Path, dst: str | Path, aspect_ratio: str) -> MediaInfo:
+    """Crop video ``src`` to the largest centred ``aspect_ratio`` ("W:H") frame it holds, both sides
+    even (yuv420p), into ``dst``: every frame kept at the same rate (duration unchanged), encoded like
+    the chunks the pipeline writes (VIDEO_CODEC_ARGS: H.264 CRF 18, no B-frames), audio copied if any.
+    For a model that cannot make the requested ratio (832x480 16:9 -> 480x480 1:1). Returns ``dst``
+    decoded (MediaInfo). Raises ValueError for a bad ratio, MediaError if ffmpeg fails."""
+    w_r, sep, h_r = aspect_ratio.partition(":")
+    if not (sep and w_r.isdigit() and h_r.isdigit() and int(w_r) > 0 and int(h_r) > 0):
+        raise ValueError(f"not an aspect ratio 'W:H': {aspect_ratio!r}")
+    info = probe(src, decode=False)
+    if not info.width or not info.height or not info.fps:
+        raise MediaError(f"{src}: no video stream to crop")
+    scale = min(info.width / int(w_r), info.height / int(h_r))
+    width, height = int(scale * int(w_r)) // 2 * 2, int(scale * int(h_r)) // 2 * 2
+    source = ffmpeg.input(str(src))
+    video = source.video.filter("crop", width, height, (info.width - width) // 2, (info.height - height) // 2)
+    streams = [video.filter("setsar", 1)] + ([source.audio] if info.has_audio else [])
+    fps = info.fps
+    run_ffmpeg(ffmpeg.output(*streams, str(dst), r=fps, g=max(1, round(fps)), **VIDEO_CODEC_ARGS,
+                             **({"c:a": "copy"} if info.has_audio else {})),
+               what=f"centre-crop {Path(src).name} to {aspect_ratio} ({width}x{height})")
+    return verify_video(dst)
+
+
 def extract_last_frame(video: str | Path, out_png: str | Path) -> None:
     """Write the exact last decoded frame of ``video`` to ``out_png`` (lossless PNG)."""
     info = probe(video, decode=False)

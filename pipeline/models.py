@@ -1,20 +1,19 @@
 """The Replicate model registry: which models the ``replicate`` provider can call, how their inputs
 are named, what they return, how long a video chunk they make, and what they cost.
 
-Each entry is a :class:`ReplicateModel`. ``build_input`` turns a pipeline ``GenerationRequest``
+Each entry is a :class:`ReplicateModel`. ``model_input`` turns a pipeline ``GenerationRequest``
 into that model's Replicate input (field names differ: ``image`` / ``start_image``, ``num_frames``
-/ ``duration`` ...); ``estimate_usd`` prices a request before it is made (for ``max_cost_usd``);
-``cost`` prices what actually came back (images, seconds of video or audio, GPU seconds, tokens).
+/ ``duration`` ...) plus the aspect ratio it generates at and the crop the output then needs;
+``estimate_usd`` prices a request before it is made (for ``max_cost_usd``); ``cost`` prices what
+actually came back (images, seconds of video or audio, GPU seconds, tokens); :func:`charge_for`
+prices a prediction by how it ended (canceled, failed, aborted).
 
-Prices are USD, per the unit named in ``Price.unit``, with ``Price.source`` saying where the
-number comes from. This registry was written offline: every price is the one published on the
-model's replicate.com page as the authors last knew it, and the ones marked "estimate" in their
-source string are not certain (re-check the linked page before relying on them; Replicate changes
-prices). Defaults (:data:`DEFAULTS`): ``black-forest-labs/flux-schnell`` for storyboard images,
+Prices, their sources and check dates live in :mod:`pipeline.model_prices`; every entry here names
+``schema_source``, where its input schema was checked (checked on ``model_prices.CHECKED``).
+Defaults (:data:`DEFAULTS`): ``black-forest-labs/flux-schnell`` for storyboard images,
 ``wan-video/wan-2.2-i2v-fast`` for chunks (5 s chunks at 16 fps), ``stability-ai/stable-audio-2.5``
-for music and ``meta/meta-llama-3-70b-instruct`` as the planner.
-
-Nothing here makes a network call.
+for music and ``meta/meta-llama-3-70b-instruct`` as the planner. ``pipeline models`` prints the
+table and :func:`pipeline.model_checks.check_registry` checks it. Nothing here makes a network call.
 """
 
 from __future__ import annotations
@@ -24,23 +23,28 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
 from pipeline.generation import GenerationRequest
+from pipeline.model_inputs import (
+    choose_ratio,
+    flux_pro,
+    flux_schnell,
+    kling,
+    llama,
+    musicgen,
+    request_ratio,
+    resolution_tier,
+    seedance,
+    snap_duration,
+    stable_audio,
+    wan,
+    wan_frames,
+)
+from pipeline.model_prices import BILLING, NODETOOL, PRICES, Billing, Price, PriceUnit
+
+__all__ = ["DEFAULTS", "MODELS", "Billing", "Cost", "ModelInput", "Price", "PriceUnit", "ReplicateModel",
+           "charge_for", "choose_ratio", "estimate_video_usd", "get_model", "request_ratio"]
 
 Kind = Literal["image", "video", "audio", "text"]
-PriceUnit = Literal["image", "video", "video_second", "audio", "audio_second", "gpu_second", "token"]
 OutputShape = Literal["url", "url_list", "text_tokens"]
-
-
-@dataclass(frozen=True)
-class Price:
-    """``usd`` per ``unit``: "image" (per output image), "video"/"audio" (per output file),
-    "video_second"/"audio_second" (per second of output), "gpu_second" (per second of the
-    prediction's ``metrics.predict_time``), "token" (``usd`` per input token, ``usd_out`` per
-    output token). ``source`` is the page the price was taken from (and "estimate" when unsure)."""
-
-    usd: float
-    unit: PriceUnit
-    source: str
-    usd_out: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,29 @@ class Cost:
 
 
 @dataclass(frozen=True)
+class ModelInput:
+    """A model's Replicate ``input`` for one request, and the frame it makes.
+
+    ``aspect_ratio``: the ratio the model generates at (None for audio and text); ``target_ratio``:
+    the request's. When they differ (1:1 on Wan, which makes 16:9 or 9:16 only) ``crop_to`` is the
+    target: the provider centre-crops the downloaded output to it (``media.centre_crop``) and records
+    ``metadata()`` ({"cropped_from": "16:9"}) beside the output."""
+
+    input: dict[str, Any]
+    aspect_ratio: str | None = None
+    target_ratio: str | None = None
+
+    @property
+    def crop_to(self) -> str | None:
+        """The ratio to centre-crop the output to, or None when the model makes the request's ratio."""
+        return self.target_ratio if self.aspect_ratio and self.target_ratio != self.aspect_ratio else None
+
+    def metadata(self) -> dict[str, str]:
+        """{"cropped_from": <generated ratio>} when the output needs a crop, else {}."""
+        return {"cropped_from": self.aspect_ratio} if self.crop_to else {}
+
+
+@dataclass(frozen=True)
 class ReplicateModel:
     """One callable Replicate model.
 
@@ -61,12 +88,16 @@ class ReplicateModel:
       (created with ``POST /v1/models/{owner}/{name}/predictions``; a pinned version is created
       with ``POST /v1/predictions``). ``id`` is what manifests record: ``ref`` or ``ref:version``.
     - ``kind``: image, video, audio or text (the planner).
-    - ``fields``: the model's input field for each role (prompt, seed, image, duration, ...).
+    - ``fields``: the model's input field for each role (prompt, seed, image, duration, ...);
+      ``schema_source``: where that input schema was checked (URL).
     - ``output``: "url" (one URL), "url_list" (a list, the first is used) or "text_tokens" (a list
       of strings to join). ``output_ext``: file extension when the URL has none.
-    - ``prices``: per resolution tier ("480p", "720p", "1080p") or "default".
+    - ``prices``: per tier ("default", "480p"/"720p"/"1080p", Wan's "+interpolate"), from
+      ``model_prices.PRICES``; ``billing``: how a canceled or failed prediction is billed.
+    - ``ratios``: the aspect ratios it can generate at (image and video; the first wins ties).
     - video: ``chunk_seconds`` the chunk lengths (s) the model can generate, the first the default;
-      ``fps`` its frame rate. audio: ``max_duration_s`` the longest track one call makes.
+      ``fps`` its frame rate; ``interpolate_output`` Wan's setting (sent explicitly, it sets the price
+      tier). audio: ``max_duration_s`` the longest track one call makes (s).
     """
 
     ref: str
@@ -74,11 +105,13 @@ class ReplicateModel:
     fields: dict[str, str]
     output: OutputShape
     output_ext: str
-    prices: dict[str, Price]
-    builder: Callable[["ReplicateModel", GenerationRequest, dict[str, Any]], dict[str, Any]] = field(repr=False)
+    builder: Callable[..., dict[str, Any]] = field(repr=False)
+    schema_source: str = ""
     version: str | None = None
+    ratios: tuple[str, ...] = ()
     chunk_seconds: tuple[float, ...] = ()
     fps: int | None = None
+    interpolate_output: bool | None = None
     max_duration_s: float | None = None
     gpu_seconds_per_output_second: float = 0.0
     """For "gpu_second" prices: the estimate of predict_time per second of output (estimates only)."""
@@ -89,20 +122,43 @@ class ReplicateModel:
         """What manifests and requests record as the model: "owner/name", or "owner/name:version"."""
         return f"{self.ref}:{self.version}" if self.version else self.ref
 
+    @property
+    def prices(self) -> dict[str, Price]:
+        """Price per tier (``model_prices.PRICES[ref]``)."""
+        return PRICES[self.ref]
+
+    @property
+    def billing(self) -> Billing:
+        """How a canceled or failed prediction of this model is billed (``model_prices.BILLING[ref]``)."""
+        return BILLING[self.ref]
+
     # --- inputs --------------------------------------------------------------------------------
 
+    def model_input(self, request: GenerationRequest, **extra: Any) -> ModelInput:
+        """The Replicate input for ``request`` and the ratio it is generated at: the request's ratio
+        (from ``params`` width/height) when the model makes it, else :func:`choose_ratio`'s pick, with
+        ``crop_to`` set. ``extra``: ``image`` (a data URI or URL of the start frame for video models),
+        ``system_prompt``/``max_tokens`` for the planner."""
+        target = request_ratio(request.params) if self.ratios else None
+        ratio = choose_ratio(target, self.ratios) if target else None
+        return ModelInput(self.builder(self, request, extra, ratio), ratio, target)
+
     def build_input(self, request: GenerationRequest, **extra: Any) -> dict[str, Any]:
-        """The Replicate ``input`` for ``request``. ``extra``: ``image`` (a data URI of the start
-        frame for video models), ``system_prompt``/``max_tokens`` for the planner."""
-        return self.builder(self, request, extra)
+        """Just the ``input`` of :meth:`model_input`."""
+        return self.model_input(request, **extra).input
 
     # --- prices --------------------------------------------------------------------------------
 
+    def resolution(self, params: dict[str, Any]) -> str | None:
+        """The resolution tier ("480p", "720p", "1080p") a request runs at on a tiered model, else None."""
+        tiers = tuple(t for t in self.prices if t.endswith("p"))
+        return resolution_tier(params, allowed=tiers) if tiers else None
+
     def tier(self, params: dict[str, Any]) -> str:
-        """Price tier of a request: its resolution class for tiered models, else "default"."""
+        """Price tier of a request: "default", or its resolution (+ "+interpolate" on Wan with it on)."""
         if "default" in self.prices:
             return "default"
-        return resolution_tier(params, allowed=tuple(self.prices))
+        return f"{self.resolution(params)}{'+interpolate' if self.interpolate_output else ''}"
 
     def price(self, params: dict[str, Any]) -> Price:
         """The Price of a request with these params (its tier's)."""
@@ -157,163 +213,121 @@ class ReplicateModel:
         return Cost(units=units, unit=price.unit, usd=round(units * price.usd, 6), price=price)
 
 
-# --- helpers -----------------------------------------------------------------------------------
+def charge_for(model: ReplicateModel, status: str, *, metrics: dict[str, Any] | None = None,
+               predict_time_s: float | None = None, seconds_requested: float | None = None,
+               params: dict[str, Any] | None = None) -> float:
+    """USD Replicate bills for one prediction of ``model`` that ended with ``status``.
 
-def resolution_tier(params: dict[str, Any], allowed: tuple[str, ...] = ("480p", "720p", "1080p")) -> str:
-    """The smallest of ``allowed`` tiers ("480p", "720p", "1080p") that holds the request's short
-    side (pixels); the largest allowed when it is bigger than all of them."""
-    short = min(int(params.get("width", 854)), int(params.get("height", 480)))
-    tiers = sorted((t for t in allowed if t.endswith("p")), key=lambda t: int(t[:-1]))
-    for t in tiers:
-        if short <= int(t[:-1]):
-            return t
-    return tiers[-1]
+    - "aborted" (its ``Cancel-After`` deadline passed before it started): 0.
+    - "succeeded": the whole price (``rule = "full"``).
+    - "canceled" / "failed": ``model.billing.canceled``: "nothing" -> 0; "full" -> the whole price;
+      "time_run" -> run seconds x ``price.usd``; "tokens_so_far" -> input tokens x ``usd`` + output
+      tokens x ``usd_out``, from ``metrics`` (0 when it reports none).
 
+    The whole price is 1 unit x ``usd`` for per-image/-file prices, ``seconds_requested`` (s) x
+    ``usd`` for per-second prices, run seconds x ``usd`` for GPU-time prices, tokens for token prices.
+    Run seconds: ``metrics["predict_time"]``, else ``predict_time_s`` (e.g. completed_at - started_at),
+    else 0. ``params`` (width/height) pick the price tier. Rounded to 1e-6 USD.
 
-def aspect_ratio(params: dict[str, Any]) -> str:
-    """The nearest of "16:9", "9:16", "1:1", "4:3", "3:4" to the request's width/height."""
-    ratio = int(params.get("width", 16)) / max(1, int(params.get("height", 9)))
-    choices = {"16:9": 16 / 9, "9:16": 9 / 16, "1:1": 1.0, "4:3": 4 / 3, "3:4": 3 / 4}
-    return min(choices, key=lambda k: abs(math.log(choices[k] / ratio)))
-
-
-def wan_frames(seconds: float, fps: int) -> int:
-    """Wan 2.2's frame count for ``seconds`` at ``fps``: 4k+1 frames, at least 81, at most 121."""
-    frames = 4 * math.ceil(round(seconds * fps, 6) / 4) + 1
-    return max(81, min(121, frames))
-
-
-def snap_duration(seconds: float, allowed: tuple[float, ...]) -> int:
-    """The shortest allowed duration (whole seconds) that covers ``seconds``, else the longest."""
-    for d in sorted(allowed):
-        if d + 1e-9 >= seconds:
-            return int(d)
-    return int(max(allowed))
-
-
-def _seed(request: GenerationRequest) -> dict[str, Any]:
-    return {} if request.seed is None else {"seed": int(request.seed)}
-
-
-# --- input builders ----------------------------------------------------------------------------
-
-def _flux_schnell(m: ReplicateModel, r: GenerationRequest, extra: dict[str, Any]) -> dict[str, Any]:
-    return {"prompt": r.prompt, "aspect_ratio": aspect_ratio(r.params), "num_outputs": 1,
-            "num_inference_steps": 4, "output_format": "png", "go_fast": True, "megapixels": "1", **_seed(r)}
-
-
-def _flux_pro(m: ReplicateModel, r: GenerationRequest, extra: dict[str, Any]) -> dict[str, Any]:
-    return {"prompt": r.prompt, "aspect_ratio": aspect_ratio(r.params), "output_format": "png",
-            "safety_tolerance": 2, "prompt_upsampling": False, **_seed(r)}
-
-
-def _wan(m: ReplicateModel, r: GenerationRequest, extra: dict[str, Any]) -> dict[str, Any]:
-    fps = m.fps or 16
-    return {"image": extra["image"], "prompt": r.prompt,
-            "num_frames": wan_frames(float(r.params["duration_s"]), fps), "frames_per_second": fps,
-            "resolution": m.tier(r.params), "go_fast": True, **_seed(r)}
-
-
-def _kling(m: ReplicateModel, r: GenerationRequest, extra: dict[str, Any]) -> dict[str, Any]:
-    return {"start_image": extra["image"], "prompt": r.prompt,
-            "duration": snap_duration(float(r.params["duration_s"]), m.chunk_seconds),
-            "mode": "standard" if m.tier(r.params) == "720p" else "pro", "negative_prompt": ""}
-
-
-def _seedance(m: ReplicateModel, r: GenerationRequest, extra: dict[str, Any]) -> dict[str, Any]:
-    return {"image": extra["image"], "prompt": r.prompt,
-            "duration": snap_duration(float(r.params["duration_s"]), m.chunk_seconds),
-            "resolution": m.tier(r.params), "fps": m.fps or 24, "camera_fixed": False, **_seed(r)}
-
-
-def _music_prompt(r: GenerationRequest) -> str:
-    bpm = r.params.get("bpm")
-    return f"{r.prompt}, {bpm} BPM" if bpm else r.prompt
-
-
-def _stable_audio(m: ReplicateModel, r: GenerationRequest, extra: dict[str, Any]) -> dict[str, Any]:
-    return {"prompt": _music_prompt(r), "duration": int(math.ceil(float(r.params["duration_s"]))), **_seed(r)}
-
-
-def _musicgen(m: ReplicateModel, r: GenerationRequest, extra: dict[str, Any]) -> dict[str, Any]:
-    return {"prompt": _music_prompt(r), "duration": int(math.ceil(float(r.params["duration_s"]))),
-            "model_version": "stereo-large", "output_format": "mp3", "normalization_strategy": "peak", **_seed(r)}
-
-
-def _llama(m: ReplicateModel, r: GenerationRequest, extra: dict[str, Any]) -> dict[str, Any]:
-    return {"prompt": r.prompt, "system_prompt": extra.get("system_prompt", ""),
-            "max_tokens": int(extra.get("max_tokens", 2048)), "temperature": 0.2, "top_p": 0.9}
+    Sources: https://replicate.com/docs/topics/predictions/lifecycle ("Aborted (never started): No
+    charge"; "Canceled (started running): You pay for the time the prediction ran before it was
+    canceled"); per-model rules and their sources in ``pipeline.model_prices.BILLING``. Raises
+    ValueError for a status that is not terminal, or a per-second price without ``seconds_requested``.
+    """
+    if status == "aborted":
+        return 0.0
+    if status not in ("succeeded", "canceled", "failed"):
+        raise ValueError(f"{model.id}: {status!r} is not a terminal prediction status "
+                         "(succeeded, failed, canceled, aborted)")
+    metrics = metrics or {}
+    price = model.price(params or {})
+    rule = "full" if status == "succeeded" else model.billing.canceled
+    run_s = float(metrics.get("predict_time") or predict_time_s or 0.0)
+    tokens = (float(metrics.get("input_token_count") or 0), float(metrics.get("output_token_count") or 0))
+    if rule == "nothing":
+        return 0.0
+    if rule == "tokens_so_far" or price.unit == "token":
+        return round(tokens[0] * price.usd + tokens[1] * price.usd_out, 6)
+    if rule == "time_run" or price.unit == "gpu_second":
+        return round(run_s * price.usd, 6)
+    if price.unit in ("video_second", "audio_second"):
+        if seconds_requested is None:
+            raise ValueError(f"{model.id}: a per-second price needs seconds_requested to price a {status} prediction")
+        return round(float(seconds_requested) * price.usd, 6)
+    return round(price.usd, 6)
 
 
 # --- the registry ------------------------------------------------------------------------------
 
-_P = "https://replicate.com/"
+_FLUX_RATIOS = ("16:9", "9:16", "1:1", "4:3", "3:4", "3:2", "2:3", "4:5", "5:4")
 
 MODELS: dict[str, ReplicateModel] = {m.ref: m for m in [
     ReplicateModel(
-        ref="black-forest-labs/flux-schnell", kind="image", builder=_flux_schnell,
+        ref="black-forest-labs/flux-schnell", kind="image", builder=flux_schnell,
+        schema_source=NODETOOL + "image/generate.py (Flux_Schnell, version c846a699)",
         fields={"prompt": "prompt", "seed": "seed", "aspect_ratio": "aspect_ratio"},
-        output="url_list", output_ext=".png",
-        prices={"default": Price(0.003, "image", _P + "black-forest-labs/flux-schnell "
-                                 "(model page: $3.00 per thousand output images)")},
+        output="url_list", output_ext=".png", ratios=_FLUX_RATIOS + ("21:9", "9:21"),
         notes="1 MP output (1344x768 at 16:9); the provider resizes it to the draft resolution."),
     ReplicateModel(
-        ref="black-forest-labs/flux-1.1-pro", kind="image", builder=_flux_pro,
+        ref="black-forest-labs/flux-1.1-pro", kind="image", builder=flux_pro,
+        schema_source="https://replicate.com/black-forest-labs/flux-1.1-pro/versions/"
+                      "96ccd0e758a1796926584ded2246369cdf8eb3d7c34475cf9c442be5e097d926/api",
         fields={"prompt": "prompt", "seed": "seed", "aspect_ratio": "aspect_ratio"},
-        output="url", output_ext=".png",
-        prices={"default": Price(0.04, "image", _P + "black-forest-labs/flux-1.1-pro "
-                                 "(model page: $0.04 per output image)")}),
+        output="url", output_ext=".png", ratios=_FLUX_RATIOS),
     ReplicateModel(
-        ref="wan-video/wan-2.2-i2v-fast", kind="video", builder=_wan,
+        ref="wan-video/wan-2.2-i2v-fast", kind="video", builder=wan,
+        schema_source=NODETOOL + "video/generate.py (Wan_2_2_I2V_Fast, version 4eaf2b01; aspect_ratio from "
+                                 "version b609b267, nodetool commit 31930bb)",
         fields={"prompt": "prompt", "seed": "seed", "image": "image", "duration": "num_frames",
-                "fps": "frames_per_second", "resolution": "resolution"},
-        output="url", output_ext=".mp4", chunk_seconds=(5.0, 7.0), fps=16,
-        prices={"480p": Price(0.05, "video", _P + "wan-video/wan-2.2-i2v-fast "
-                              "(estimate: $0.05 per output video at 480p as last seen on the model page)"),
-                "720p": Price(0.11, "video", _P + "wan-video/wan-2.2-i2v-fast "
-                              "(estimate: $0.11 per output video at 720p as last seen on the model page)")},
-        notes="81-121 frames (4k+1) at 16 fps: 5 s chunks are 81 frames (5.06 s), 7 s chunks 113 frames."),
+                "fps": "frames_per_second", "resolution": "resolution", "aspect_ratio": "aspect_ratio",
+                "interpolate": "interpolate_output"},
+        output="url", output_ext=".mp4", chunk_seconds=(5.0, 7.0), fps=16, ratios=("16:9", "9:16"),
+        interpolate_output=False,
+        notes="81-121 frames (4k+1) at 16 fps: 5 s chunks are 81 frames (5.06 s), 7 s chunks 113 frames. "
+              "Priced per output video by resolution (480p 832x480, 720p 1280x720) and interpolate_output "
+              "(True: ffmpeg to 30 fps, a dearer tier), sent explicitly as False: the 16 fps frames are the "
+              "chunk plan's. num_frames and frames_per_second are not in any published tier (the schema: 'the "
+              "pricing of this model is based on the video duration at 16 fps'); whether 82-121 frames cost "
+              "more than 81 no offline source says. aspect_ratio is 16:9 or 9:16 only (version b609b267; "
+              "version 4eaf2b01 dropped the field and follows the start image: the value is then ignored)."),
     ReplicateModel(
-        ref="kwaivgi/kling-v2.1", kind="video", builder=_kling,
+        ref="kwaivgi/kling-v2.1", kind="video", builder=kling,
+        schema_source=NODETOOL + "video/generate.py (Kling_V2_1, version daad218f)",
         fields={"prompt": "prompt", "image": "start_image", "duration": "duration", "mode": "mode"},
-        output="url", output_ext=".mp4", chunk_seconds=(5.0, 10.0), fps=24,
-        prices={"720p": Price(0.05, "video_second", _P + "kwaivgi/kling-v2.1 "
-                              "(estimate: $0.05 per second of output video, standard mode 720p)"),
-                "1080p": Price(0.09, "video_second", _P + "kwaivgi/kling-v2.1 "
-                               "(estimate: $0.09 per second of output video, pro mode 1080p)")},
-        notes="No seed input; draft (480p-class) requests run in standard mode (720p)."),
+        output="url", output_ext=".mp4", chunk_seconds=(5.0, 10.0), fps=24, ratios=("16:9", "9:16", "1:1"),
+        notes="No seed and no aspect_ratio input: the output follows the start image. Draft (480p-class) "
+              "requests run in standard mode (720p)."),
     ReplicateModel(
-        ref="bytedance/seedance-1-lite", kind="video", builder=_seedance,
+        ref="bytedance/seedance-1-lite", kind="video", builder=seedance,
+        schema_source="https://replicate.com/bytedance/seedance-1-lite/versions/"
+                      "f22bbc7d965c70af30ba3b157e3bb05d232136555885e934b92878ad773f48c1/api",
         fields={"prompt": "prompt", "seed": "seed", "image": "image", "duration": "duration",
-                "resolution": "resolution", "fps": "fps"},
+                "resolution": "resolution", "fps": "fps", "aspect_ratio": "aspect_ratio"},
         output="url", output_ext=".mp4", chunk_seconds=(5.0, 10.0), fps=24,
-        prices={"480p": Price(0.018, "video_second", _P + "bytedance/seedance-1-lite "
-                              "(estimate: $0.018 per second of output video at 480p)"),
-                "720p": Price(0.036, "video_second", _P + "bytedance/seedance-1-lite "
-                              "(estimate: $0.036 per second of output video at 720p)"),
-                "1080p": Price(0.072, "video_second", _P + "bytedance/seedance-1-lite "
-                               "(estimate: $0.072 per second of output video at 1080p)")}),
+        ratios=("16:9", "4:3", "1:1", "3:4", "9:16", "21:9", "9:21"),
+        notes="duration 2-12 s, fps 24 only; aspect_ratio is 'ignored if an image is used' (the start image's)."),
     ReplicateModel(
-        ref="stability-ai/stable-audio-2.5", kind="audio", builder=_stable_audio,
+        ref="stability-ai/stable-audio-2.5", kind="audio", builder=stable_audio,
+        schema_source="https://replicate.com/stability-ai/stable-audio-2.5/versions/"
+                      "a61ac8edbb27cd2eda1b2eff2bbc03dcff1131f5560836ff77a052df05b77491/api",
         fields={"prompt": "prompt", "seed": "seed", "duration": "duration"},
-        output="url", output_ext=".mp3", max_duration_s=190.0,
-        prices={"default": Price(0.20, "audio", _P + "stability-ai/stable-audio-2.5 "
-                                 "(estimate: $0.20 per output file as last seen on the model page)")}),
+        output="url", output_ext=".mp3", max_duration_s=190.0, notes="duration 1-190 s (schema maximum)."),
     ReplicateModel(
-        ref="meta/musicgen", kind="audio", builder=_musicgen,
+        ref="meta/musicgen", kind="audio", builder=musicgen,
         version="671ac645ce5e552cc63a54a2bbff63fcf798043055d2dac5fc9e36a837eedcfb",
+        schema_source=NODETOOL + "audio/generate.py (MusicGen, version 671ac645); "
+                                 "https://github.com/replicate/cog-musicgen/blob/647e795/predict.py",
         fields={"prompt": "prompt", "seed": "seed", "duration": "duration"},
         output="url", output_ext=".mp3", max_duration_s=300.0, gpu_seconds_per_output_second=2.0,
-        prices={"default": Price(0.0014, "gpu_second", _P + "meta/musicgen (estimate: billed by "
-                                 "predict_time on Nvidia A100 (80GB) at $0.0014/s, "
-                                 "https://replicate.com/pricing; ~2 GPU s per second of audio)")}),
+        notes="The pinned version's duration has no maximum, and its predict.py passes it to AudioCraft, which "
+              "generates past its 30 s window by extended generation (18 s strides): so not 30 s. 300 s is this "
+              "registry's cap (at ~2-3.3 GPU s per second of audio it fits the 1200 s audio deadline)."),
     ReplicateModel(
-        ref="meta/meta-llama-3-70b-instruct", kind="text", builder=_llama,
-        fields={"prompt": "prompt", "system_prompt": "system_prompt", "max_tokens": "max_tokens"},
+        ref="meta/meta-llama-3-70b-instruct", kind="text", builder=llama,
+        schema_source=NODETOOL + "text/generate.py (Llama3_70B_Instruct, version fbfb20b4)",
+        fields={"prompt": "prompt", "prompt_template": "prompt_template", "max_tokens": "max_tokens"},
         output="text_tokens", output_ext=".txt",
-        prices={"default": Price(0.65e-6, "token", _P + "meta/meta-llama-3-70b-instruct "
-                                 "(model page: $0.65 per million input tokens, $2.75 per million output tokens)",
-                                 usd_out=2.75e-6)}),
+        notes="No system_prompt input: the system prompt is part of a Llama 3 chat-formatted prompt."),
 ]}
 """Every model the provider can call, by ``ref``."""
 
