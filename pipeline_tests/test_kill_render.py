@@ -31,6 +31,13 @@ def _temp_leftovers(data: Path) -> list[Path]:
     return found
 
 
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
 def test_sigkill_of_the_render_parent_stops_everything_and_is_cleaned_up(tmp_path):
     home = make_dagster_home(tmp_path / "dagster_home")
     data = tmp_path / "data"
@@ -48,11 +55,22 @@ def test_sigkill_of_the_render_parent_stops_everything_and_is_cleaned_up(tmp_pat
             return [(pid, name) for pid, name in procs if name.startswith("ffmpeg")
                     and parent_pid(pid) in pids - {render.proc.pid}]
 
+        def writing_temp() -> list[tuple[int, str]]:
+            """Worker ffmpeg processes writing a temp file (an argument naming ``*.tmp`` / ``*.part``
+            or a scratch directory): killed now, the render leaves that temp behind."""
+            scratch = str(data / "tmp")
+            return [(pid, name) for pid, name in worker_ffmpeg()
+                    if any(a.endswith(TEMP_SUFFIXES) or a.startswith(scratch) for a in _cmdline(pid))]
+
         wait_until(worker_ffmpeg, timeout=900, interval=0.1, what="ffmpeg running in a forked worker",
                    on_timeout=render.output)
         with dg.DagsterInstance.from_config(str(home)) as instance:
             live = [r for r in instance.get_runs() if r.status in IN_FLIGHT]
             assert live and fail_dead_runs(instance) == []  # live owners' runs are left alone
+        # Kill while a worker's ffmpeg writes a temp file (under load, the ffmpeg first seen may have
+        # finished, and its worker cleaned up, by the time the instance check above is done).
+        wait_until(writing_temp, timeout=900, interval=0.02, what="a worker's ffmpeg writing a temp file",
+                   on_timeout=render.output)
         before = marked_processes(render.marker)
         assert len(before) >= 4, before  # the CLI, its two workers, ffmpeg (and Dagster's log tailers)
 
