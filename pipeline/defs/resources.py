@@ -17,12 +17,11 @@ plain resource with the same typing and EnvVar support.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
-from pydantic import PrivateAttr
+from pydantic import PrivateAttr, field_validator
 
 from pipeline.generation import Generator
 from pipeline.ledger import DEFAULT_LEASE_S
@@ -88,6 +87,16 @@ class ReplicateSettings(dg.Config):
     seconds; ``max_poll_interval_s``: the interval's cap, seconds (2 s: a 45 s chunk is seen done about
     1 s late on average instead of 5 s at a 10 s cap; reads are not billed; BENCHMARKS.md section 1).
     ``lease_s``: ledger ownership lease, seconds (renewed every third of it).
+    ``deadline_s``: polling deadline per model kind, seconds (``{"video": 900}``; kinds image,
+    video, audio, text; the others keep the provider's defaults: image 600, video 1800, audio 1200,
+    text 600). A prediction still running then is canceled, and every create sends it as
+    ``Cancel-After`` (at least 5 s, the API's minimum) so Replicate cancels it by itself if the
+    process dies. ``max_reads_per_minute``: the reads (polls, lookups, file checks) one process may
+    send a minute, default 1500: Replicate allows 3000 a minute per account for everything but
+    creates, and several processes (concurrent renders, the daemon's run workers) share the
+    account, each with its own budget; lower it when more than two poll at once. One process
+    batches its polls (``pipeline.providers.replicate.poller``), so this bounds its reads whatever
+    the number of predictions in flight.
     """
 
     api_token: str | None = None
@@ -99,6 +108,26 @@ class ReplicateSettings(dg.Config):
     poll_interval_s: float = 1.0
     max_poll_interval_s: float = 2.0
     lease_s: float = DEFAULT_LEASE_S
+    deadline_s: dict[str, float] | None = None
+    max_reads_per_minute: float = 1500.0
+
+    @field_validator("deadline_s")
+    @classmethod
+    def _known_kinds(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        kinds = ("image", "video", "audio", "text")
+        for kind, seconds in (value or {}).items():
+            if kind not in kinds:
+                raise ValueError(f"deadline_s: unknown kind {kind!r}; kinds are {', '.join(kinds)}")
+            if not seconds > 0:
+                raise ValueError(f"deadline_s.{kind}: a deadline is positive seconds, not {seconds}")
+        return value
+
+    @field_validator("max_reads_per_minute")
+    @classmethod
+    def _positive_budget(cls, value: float) -> float:
+        if not value > 0:
+            raise ValueError(f"max_reads_per_minute must be positive, not {value}")
+        return value
 
     def __repr_args__(self):
         for name, value in super().__repr_args__():
@@ -227,6 +256,8 @@ class PipelineResource(dg.ConfigurableResource):
                     workspace=self.workspace, allowed_hosts=list(hosts) if hosts else None,
                     poll_interval_s=settings.poll_interval_s,
                     max_poll_interval_s=settings.max_poll_interval_s, lease_s=settings.lease_s,
+                    deadline_s=dict(settings.deadline_s) if settings.deadline_s else None,
+                    max_reads_per_minute=settings.max_reads_per_minute,
                     **{f"{kind}_model": ref for kind, ref in chosen.items()})
             elif name == "local":
                 self._providers[key] = get_provider("local", faults_file=configured(self.local.faults_file))

@@ -1,66 +1,54 @@
-"""HTTP access to the Replicate API: one client per process, the errors a request can end in, JSON
-reads with retries, creating a prediction (with a server-side deadline), canceling, and the Files API.
+"""HTTP access to the Replicate API: one httpx client per provider and process, the errors a request
+can end in, JSON reads (single, or retried with tenacity), creating a prediction with a
+server-side deadline (``Cancel-After``), canceling, and the Files API.
 
-The replicate 1.0.x client supplies the HTTP client (auth header, base URL, its GET retries on
-429/503/504) and the Files API multipart upload; reads go through its transport as raw JSON because
-its ``Prediction`` model rejects statuses it does not know (``aborted``). The API token is kept in
-a private attribute and scrubbed (``redact``) from every message this module produces.
+The client is a plain ``httpx.Client`` (no replicate-library internals): bearer token, API root,
+timeouts (``DefaultTimeout`` also gives one to any request sent without), no redirects, and no
+request to another origin than the API root's (the token would go there). Every read waits for the
+process's read budget (``ratelimit.ReadBudget``); a 429 pauses it for as long as the answer says.
+The API token is kept in a private attribute and scrubbed (``redact``) from every message.
 """
 
 from __future__ import annotations
 
-import email.utils
-import io
+import hashlib
 import logging
 import math
 import os
-import re
 import threading
 import time
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_exponential_jitter
 
 from pipeline.models import ReplicateModel
 from pipeline.providers.base import ProviderError
+from pipeline.providers.replicate.errors import Ambiguous, NotFound, NotSent, RateLimited, Transient
+from pipeline.providers.replicate.ratelimit import (
+    DEFAULT_MAX_READS_PER_MINUTE,
+    ReadBudget,
+    error_detail,
+    retry_after_s,
+    shared_budget,
+    wait_for_server,
+)
+
+__all__ = ["DEFAULT_BASE_URL", "MIN_CANCEL_AFTER_S", "Ambiguous", "DefaultTimeout", "NotFound", "NotSent",
+           "RateLimited", "ReplicateApi", "Transient", "cancel_after", "iso", "parse_time", "wait_for_server"]
 
 log = logging.getLogger("pipeline.providers.replicate")
 
 DEFAULT_BASE_URL = "https://api.replicate.com"
-
-
-class RateLimited(Exception):
-    """HTTP 429; ``retry_after`` is the server's wait in seconds, if it said."""
-
-    def __init__(self, message: str, retry_after: float | None):
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class Ambiguous(Exception):
-    """A create request may or may not have reached Replicate (timeout, dropped connection, 5xx)."""
-
-
-class NotSent(Exception):
-    """A request certainly did not reach Replicate (connection refused)."""
-
-
-class Transient(Exception):
-    """A read (GET, download, upload) failed in a way that may pass."""
-
-
-class NotFound(Exception):
-    """HTTP 404."""
+MIN_CANCEL_AFTER_S = 5.0
+"""The shortest ``Cancel-After`` the API accepts, seconds (OpenAPI spec of predictions.create)."""
 
 
 class DefaultTimeout(httpx.BaseTransport):
-    """Gives requests sent without any timeout a default one.
-
-    replicate 1.0.x sends create and file uploads with ``timeout=None`` (no timeout at all); a hung
-    request would block forever. This transport puts ``timeout`` on such requests.
-    """
+    """Gives requests sent without any timeout (``timeout=None``) the default ``timeout``, so no
+    request can hang forever whatever its caller passed."""
 
     def __init__(self, inner: httpx.BaseTransport, timeout: httpx.Timeout):
         self._inner = inner
@@ -95,10 +83,11 @@ def iso(ts: float) -> str:
 
 
 def cancel_after(seconds: float) -> str:
-    """A ``Cancel-After`` header value for a deadline of ``seconds``: whole hours ("1h"), whole
-    minutes ("30m"), else seconds rounded up ("45s"; at least "1s"). Replicate cancels (or, if it
-    had not started, aborts) the prediction when it has not finished that long after its creation
-    (https://replicate.com/docs/topics/predictions/lifecycle)."""
+    """A ``Cancel-After`` duration for ``seconds``: whole hours ("1h"), whole minutes ("30m"), else
+    seconds rounded up ("90s", "46s"; at least "1s"), all forms of the OpenAPI spec (``30s``, ``5m``,
+    ``1h30m45s``). Replicate cancels (or, if it had not started, aborts) the prediction when it
+    has not finished that long after its creation. The API refuses less than MIN_CANCEL_AFTER_S:
+    ``ReplicateApi.create`` sends at least that."""
     s = max(1, math.ceil(seconds - 1e-9))
     if s % 3600 == 0:
         return f"{s // 3600}h"
@@ -112,25 +101,35 @@ class ReplicateApi:
 
     ``token``: the API token (needed only when a request is made; ProviderError otherwise).
     ``request_timeout_s``: HTTP timeout per request, seconds. ``poll_interval_s`` ..
-    ``max_poll_interval_s``: backoff of retried reads, seconds. ``transport``: an httpx transport
-    (tests). The client is created lazily, and again after a fork.
+    ``max_poll_interval_s``: backoff of retried reads, seconds. ``max_reads_per_minute``: this
+    process's read budget (shared by every provider of the same API root and token).
+    ``transport``: an httpx transport (tests). The client is created lazily, and again after a fork.
     """
 
     def __init__(self, *, token: str | None, base_url: str, request_timeout_s: float, poll_interval_s: float,
-                 max_poll_interval_s: float, transport: httpx.BaseTransport | None = None):
+                 max_poll_interval_s: float, max_reads_per_minute: float = DEFAULT_MAX_READS_PER_MINUTE,
+                 transport: httpx.BaseTransport | None = None):
         self.__token = token or None
         self.base_url = base_url.rstrip("/")
         self.request_timeout_s = request_timeout_s
         self.poll_interval_s = poll_interval_s
         self.max_poll_interval_s = max_poll_interval_s
+        self.max_reads_per_minute = float(max_reads_per_minute)
         self._transport = transport
-        self._client = None
+        self._client: httpx.Client | None = None
         self._client_pid: int | None = None
         self._lock = threading.Lock()
-        self._tls = threading.local()
+        digest = hashlib.sha256((token or "").encode()).hexdigest()[:16]
+        self.account_key = (self.base_url, digest, id(transport) if transport is not None else None)
+        """Who shares a read budget and a poller: API root, token digest (never the token), transport."""
 
     def __repr__(self) -> str:  # never the token
         return f"ReplicateApi(base_url={self.base_url!r})"
+
+    @property
+    def reads(self) -> ReadBudget:
+        """This process's read budget for this API root and token."""
+        return shared_budget(self.account_key, self.max_reads_per_minute)
 
     def redact(self, text: str) -> str:
         """``text`` with the API token replaced by ``[REDACTED]``."""
@@ -141,19 +140,18 @@ class ReplicateApi:
         """A ProviderError with ``message`` redacted."""
         return ProviderError(self.redact(message), retryable=retryable)
 
-    def client(self):
-        """The replicate.Client of this process. Raises ProviderError (permanent) without a token."""
+    def client(self) -> httpx.Client:
+        """The httpx client of this process. Raises ProviderError (permanent) without a token."""
         if not self.__token:
             raise ProviderError("REPLICATE_API_TOKEN is not set: the replicate provider needs an API token "
                                 "(set the environment variable or pass api_token)", retryable=False)
         with self._lock:
             if self._client is None or self._client_pid != os.getpid():
-                import replicate
-
                 timeout = httpx.Timeout(self.request_timeout_s, connect=min(10.0, self.request_timeout_s))
                 transport = DefaultTimeout(self._transport or httpx.HTTPTransport(), timeout)
-                self._client = replicate.Client(api_token=self.__token, base_url=self.base_url, timeout=timeout,
-                                                transport=transport, event_hooks={"response": [self._on_response]})
+                self._client = httpx.Client(
+                    base_url=self.base_url, timeout=timeout, transport=transport, follow_redirects=False,
+                    headers={"Authorization": f"Bearer {self.__token}", "User-Agent": "video-pipeline (httpx)"})
                 self._client_pid = os.getpid()
             return self._client
 
@@ -163,134 +161,143 @@ class ReplicateApi:
             client, self._client = self._client, None
         if client is not None:
             try:
-                client._client.close()  # replicate.Client has no close(); its httpx client does
+                client.close()
             except Exception:  # noqa: BLE001 - closing is best effort
                 pass
 
-    def _on_response(self, response: httpx.Response) -> None:
-        # ReplicateError keeps only the JSON body; remember the Retry-After header of a 429 here.
-        self._tls.retry_after = response.headers.get("retry-after") if response.status_code == 429 else None
+    def send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One request to ``path`` (an API path, or an absolute URL on the API root's origin).
+        Raises ProviderError for a URL on another origin (it would carry the token), and httpx
+        errors as they come."""
+        if "://" in path and urlsplit(path)[:2] != urlsplit(self.base_url)[:2]:
+            raise self.error(f"refusing to send the API token to {urlsplit(path).scheme}://{urlsplit(path).netloc} "
+                             f"(not the API root {self.base_url})", retryable=False)
+        return self.client().request(method, path, **kwargs)
 
-    def _retry_after(self, detail: str | None) -> float | None:
-        value = getattr(self._tls, "retry_after", None)
-        if value:
-            try:
-                return max(0.0, float(value))
-            except ValueError:
-                try:  # an HTTP-date (RFC 9110), else ISO 8601
-                    when = email.utils.parsedate_to_datetime(value).timestamp()
-                except (TypeError, ValueError):
-                    when = parse_time(value)
-                if when is not None:
-                    return max(0.0, when - time.time())
-        m = re.search(r"available in ~?(\d+(?:\.\d+)?) second", detail or "")
-        return float(m.group(1)) if m else None
+    def _refusal(self, response: httpx.Response, what: str) -> Exception:
+        """The error of a non-2xx read/upload answer: NotFound, RateLimited, Transient or ProviderError."""
+        status, detail = response.status_code, error_detail(response)
+        if status == 404:
+            return NotFound(f"{what}: not found (HTTP 404: {detail})")
+        if status == 429:
+            wait = retry_after_s(response)
+            return RateLimited(f"{what}: HTTP 429: {detail}", wait)
+        if status >= 500:
+            return Transient(f"{what}: HTTP {status} {detail}".strip())
+        if status == 401:
+            return self.error("Replicate rejected the API token (HTTP 401); check REPLICATE_API_TOKEN", retryable=False)
+        return self.error(f"{what}: HTTP {status}: {detail}", retryable=False)
 
-    def _classify(self, exc: Exception, what: str) -> Exception:
-        """The error a failed read/upload becomes: NotFound, Transient, or a ProviderError."""
-        from replicate.exceptions import ReplicateError
-
-        if isinstance(exc, ReplicateError):
-            status = exc.status or 0
-            if status == 404:
-                return NotFound(f"{what}: not found (HTTP 404)")
-            if status == 429 or status >= 500:
-                return Transient(f"{what}: HTTP {status} {exc.detail or exc.title or ''}".strip())
-            if status == 401:
-                return self.error("Replicate rejected the API token (HTTP 401); check REPLICATE_API_TOKEN",
-                                  retryable=False)
-            return self.error(f"{what}: HTTP {status}: {exc.detail or exc.title}", retryable=False)
-        if isinstance(exc, (httpx.TransportError, ValueError)):
-            return Transient(f"{what}: {type(exc).__name__}: {exc}")
-        return exc
-
-    def _retrying(self, until: float, what: str) -> Retrying:
-        return Retrying(
-            stop=stop_after_delay(max(0.0, until - time.monotonic())) | stop_after_attempt(1000),
-            wait=wait_exponential_jitter(initial=self.poll_interval_s, max=self.max_poll_interval_s),
-            retry=retry_if_exception_type(Transient), reraise=True,
-            before_sleep=lambda rs: log.warning("retrying %s after %s", what, self.redact(str(rs.outcome.exception()))),
-        )
+    def read_json(self, path: str, *, what: str) -> dict[str, Any]:
+        """One GET of ``path`` as JSON, after waiting for the read budget (a 429 pauses the budget
+        for as long as it says). Raises NotFound, RateLimited / Transient (5xx, connection errors,
+        unreadable JSON) or ProviderError (401, other 4xx, a foreign URL)."""
+        budget = self.reads
+        budget.acquire()
+        try:
+            response = self.send("GET", path)
+        except httpx.TransportError as exc:
+            raise Transient(f"{what}: {type(exc).__name__}: {exc}") from None
+        if response.status_code >= 300:
+            exc = self._refusal(response, what)
+            if isinstance(exc, RateLimited):
+                budget.pause(exc.retry_after if exc.retry_after is not None else 1.0)
+            raise exc
+        try:
+            data = response.json()
+        except ValueError:
+            raise Transient(f"{what}: unreadable JSON") from None
+        if not isinstance(data, dict):
+            raise Transient(f"{what}: expected a JSON object")
+        return data
 
     def get_json(self, path: str, *, what: str, until: float) -> dict[str, Any]:
-        """GET ``path`` (API path or absolute URL) as JSON, retrying transient failures until the
-        monotonic time ``until``. Raises NotFound (404), Transient (exhausted) or ProviderError."""
-        for attempt in self._retrying(until, what):
-            with attempt:
-                try:
-                    return self.client()._request("GET", path).json()
-                except Exception as exc:  # noqa: BLE001 - classified below
-                    raise self._classify(exc, what) from None
-        raise AssertionError("unreachable")
+        """``read_json`` retried (tenacity) on transient failures until the monotonic time ``until``,
+        with backoff ``poll_interval_s`` .. ``max_poll_interval_s`` (a 429's wait wins). Raises
+        NotFound (404), Transient (exhausted) or ProviderError."""
+        retrying = Retrying(
+            stop=stop_after_delay(max(0.0, until - time.monotonic())) | stop_after_attempt(1000),
+            wait=wait_for_server(wait_exponential_jitter(initial=self.poll_interval_s, max=self.max_poll_interval_s)),
+            retry=retry_if_exception_type(Transient), reraise=True,
+            before_sleep=lambda rs: log.warning("retrying %s after %s", what, self.redact(str(rs.outcome.exception()))))
+        return retrying(self.read_json, path, what=what)
 
     def create(self, model: ReplicateModel, inp: dict[str, Any], *, deadline_s: float) -> dict[str, Any]:
-        """POST one create (never retried here) with ``Cancel-After`` = ``deadline_s`` seconds.
-        Official models go to ``/v1/models/{owner}/{name}/predictions``, pinned versions to
-        ``/v1/predictions``. Returns the prediction JSON. Raises RateLimited (429), Ambiguous (5xx,
-        timeout, dropped connection, unreadable answer), NotSent (no connection), or ProviderError
-        (permanent: 4xx, e.g. invalid input or content policy)."""
-        from replicate.exceptions import ReplicateError
-
-        client = self.client()
-        self._tls.retry_after = None
+        """POST one create (never retried here) with ``Cancel-After`` = ``deadline_s`` seconds (at
+        least MIN_CANCEL_AFTER_S). Official models go to ``/v1/models/{owner}/{name}/predictions``,
+        pinned versions to ``/v1/predictions``. Returns the prediction JSON. Raises RateLimited
+        (429, with the server's wait), Ambiguous (5xx, timeout, dropped connection, unreadable
+        answer), NotSent (no connection), or ProviderError (permanent: 4xx, e.g. invalid input or
+        content policy)."""
+        self.client()  # no token: ProviderError before anything else
         path, body = ((f"/v1/models/{model.ref}/predictions", {"input": inp}) if not model.version
                       else ("/v1/predictions", {"version": model.version, "input": inp}))
+        headers = {"Cancel-After": cancel_after(max(MIN_CANCEL_AFTER_S, deadline_s))}
         try:
-            pred = client._request("POST", path, json=body, headers={"Cancel-After": cancel_after(deadline_s)}).json()
-            if not isinstance(pred, dict) or not isinstance(pred.get("id"), str):
-                raise ValueError("no prediction id")
-            return pred
-        except ReplicateError as exc:
-            status, detail = exc.status or 0, exc.detail or exc.title or ""
-            if status == 429:
-                raise RateLimited(f"HTTP 429: {detail}", self._retry_after(detail)) from None
-            if status >= 500:
-                raise Ambiguous(f"HTTP {status}: {detail}") from None
-            if status == 401:
-                raise self.error("Replicate rejected the API token (HTTP 401); check REPLICATE_API_TOKEN",
-                                 retryable=False) from None
-            raise self.error(f"Replicate refused the {model.id} prediction (HTTP {status}): {detail}",
-                             retryable=False) from None
+            response = self.send("POST", path, json=body, headers=headers)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise NotSent(f"{type(exc).__name__}: {exc}") from None
-        except (httpx.TimeoutException, httpx.TransportError) as exc:
+        except httpx.TransportError as exc:
             raise Ambiguous(f"{type(exc).__name__}: {exc}") from None
-        except ValueError as exc:  # the response did not parse
-            raise Ambiguous(f"unreadable create response: {type(exc).__name__}") from None
+        status = response.status_code
+        if status >= 300:
+            detail = error_detail(response)
+            if status == 429:
+                raise RateLimited(f"HTTP 429: {detail}", retry_after_s(response))
+            if status >= 500:
+                raise Ambiguous(f"HTTP {status}: {detail}")
+            if status == 401:
+                raise self.error("Replicate rejected the API token (HTTP 401); check REPLICATE_API_TOKEN",
+                                 retryable=False)
+            raise self.error(f"Replicate refused the {model.id} prediction (HTTP {status}): {detail}", retryable=False)
+        try:
+            pred = response.json()
+        except ValueError:
+            raise Ambiguous("unreadable create response: not JSON") from None
+        if not isinstance(pred, dict) or not isinstance(pred.get("id"), str):
+            raise Ambiguous("unreadable create response: no prediction id")
+        return pred
 
     def cancel(self, prediction_id: str) -> dict[str, Any]:
-        """POST ``/v1/predictions/{id}/cancel``; the prediction JSON. Raises like any request."""
-        return self.client()._request("POST", f"/v1/predictions/{prediction_id}/cancel").json()
+        """POST ``/v1/predictions/{id}/cancel``; the prediction JSON. Raises httpx errors, or
+        ProviderError / Transient / NotFound for a refusal."""
+        response = self.send("POST", f"/v1/predictions/{prediction_id}/cancel")
+        if response.status_code >= 300:
+            raise self._refusal(response, f"cancel of prediction {prediction_id}")
+        return response.json()
 
     def upload(self, data: bytes, *, filename: str, content_type: str, attempts: int = 4) -> dict[str, Any]:
         """Upload ``data`` with ``POST /v1/files`` (multipart field ``content``), retrying transient
-        failures ``attempts`` times. Returns the file JSON (``id``, ``urls.get``, ``expires_at``...).
-        Raises ProviderError (retryable when transient failures persist)."""
+        failures ``attempts`` times (tenacity). Returns the file JSON (``id``, ``urls.get``,
+        ``expires_at``, ``size``...). Raises ProviderError (retryable when transient failures persist)."""
         what = f"upload of {filename} ({len(data)} bytes)"
+
+        def once() -> dict[str, Any]:
+            try:
+                response = self.send("POST", "/v1/files", files={"content": (filename, data, content_type)})
+            except httpx.TransportError as exc:
+                raise Transient(f"{what}: {type(exc).__name__}: {exc}") from None
+            if response.status_code >= 300:
+                raise self._refusal(response, what)
+            try:
+                return response.json()
+            except ValueError:
+                raise Transient(f"{what}: unreadable JSON") from None
+
+        retrying = Retrying(stop=stop_after_attempt(max(1, attempts)), retry=retry_if_exception_type(Transient),
+                            wait=wait_for_server(wait_exponential_jitter(initial=self.poll_interval_s,
+                                                                         max=self.max_poll_interval_s)),
+                            reraise=True)
         try:
-            for attempt in Retrying(stop=stop_after_attempt(max(1, attempts)),
-                                    wait=wait_exponential_jitter(initial=self.poll_interval_s,
-                                                                 max=self.max_poll_interval_s),
-                                    retry=retry_if_exception_type(Transient), reraise=True):
-                with attempt:
-                    try:
-                        f = self.client().files.create(io.BytesIO(data), filename=filename, content_type=content_type)
-                    except Exception as exc:  # noqa: BLE001 - classified below
-                        raise self._classify(exc, what) from None
-                    return {"id": f.id, "urls": dict(f.urls or {}), "expires_at": f.expires_at, "size": f.size}
+            return retrying(once)
         except (Transient, NotFound) as exc:
             raise self.error(f"could not upload an input file to Replicate: {exc}", retryable=True) from None
-        raise AssertionError("unreachable")
 
     def get_file(self, file_id: str) -> dict[str, Any] | None:
         """``GET /v1/files/{id}``: the file JSON, or None if it does not exist (404). Raises
         Transient if it cannot be told, ProviderError for other refusals."""
-        return self._maybe(lambda: self.get_json(f"/v1/files/{file_id}", what=f"file {file_id}",
-                                                 until=time.monotonic() + 2 * self.request_timeout_s))
-
-    @staticmethod
-    def _maybe(read):
         try:
-            return read()
+            return self.get_json(f"/v1/files/{file_id}", what=f"file {file_id}",
+                                 until=time.monotonic() + 2 * self.request_timeout_s)
         except NotFound:
             return None

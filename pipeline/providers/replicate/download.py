@@ -26,7 +26,8 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 from pipeline import media
 from pipeline.generation import GenerationRequest
 from pipeline.models import ReplicateModel
-from pipeline.providers.replicate.client import Transient
+from pipeline.providers.replicate.client import RateLimited, Transient
+from pipeline.providers.replicate.ratelimit import retry_after_s, wait_for_server
 
 DEFAULT_OUTPUT_HOSTS: tuple[str, ...] = ("replicate.delivery",)
 """Hosts outputs may be downloaded from by default (https only; subdomains included)."""
@@ -77,7 +78,8 @@ class Downloader:
     """Downloads outputs. ``allowed_hosts``: host names (https only, subdomains included) and/or
     explicit origins such as ``"http://127.0.0.1:8765"`` (that scheme, host and port exactly).
     ``request_timeout_s``: per request, seconds. Transient failures (429, 5xx, connection errors)
-    retry ``max_attempts`` times with backoff ``backoff_initial_s`` .. ``max_backoff_s`` seconds."""
+    retry ``max_attempts`` times (tenacity) with backoff ``backoff_initial_s`` .. ``max_backoff_s``
+    seconds, or as long as a 429 says."""
 
     def __init__(self, allowed_hosts: Iterable[str], *, request_timeout_s: float, max_attempts: int,
                  backoff_initial_s: float, max_backoff_s: float):
@@ -134,7 +136,8 @@ class Downloader:
                     raise Transient(f"download: {type(exc).__name__}: {exc}") from None
 
         retrying = Retrying(stop=stop_after_attempt(self.max_attempts),
-                            wait=wait_exponential_jitter(initial=self.backoff_initial_s, max=self.max_backoff_s),
+                            wait=wait_for_server(wait_exponential_jitter(initial=self.backoff_initial_s,
+                                                                         max=self.max_backoff_s)),
                             retry=retry_if_exception_type(Transient), reraise=True)
         for attempt in retrying:
             with attempt:
@@ -144,7 +147,10 @@ class Downloader:
     def _save(resp: httpx.Response, dest: Path, max_bytes: int) -> None:
         if resp.status_code in (403, 404, 410):
             raise OutputUnusable("expired", f"output URL expired or gone (HTTP {resp.status_code})")
-        if resp.status_code == 429 or resp.status_code >= 500:
+        if resp.status_code == 429:
+            resp.read()  # small; its headers or detail say how long to wait
+            raise RateLimited("download: HTTP 429", retry_after_s(resp))
+        if resp.status_code >= 500:
             raise Transient(f"download: HTTP {resp.status_code}")
         if resp.status_code != 200:
             raise OutputUnusable("undecodable", f"download refused (HTTP {resp.status_code})")

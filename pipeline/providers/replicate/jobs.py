@@ -14,10 +14,10 @@ for, or own it (resume, look up, create, poll, use the output) under a renewed l
    and verification): resume an ``in_flight`` prediction, look up an ``intent`` left by a crash,
    or create; poll; use the output; record the terminal state and cost.
 
-Unusable paid outputs: the cause is counted on the job. A deterministic cause (``too_large``,
-``refused_host``) is a permanent error at once; any other may be bought once more, and a second
-unusable output of the request (same cause or not) is permanent. Before any new purchase the
-counts are checked again, so no retry policy can buy a third time.
+Unusable paid outputs: the cause is counted on the job (``unusable``). A deterministic cause
+(``too_large``, ``refused_host``) is a permanent error at once; any other may be bought once more,
+and a second unusable output of the request (same cause or not) is permanent. Before any new
+purchase the counts are checked again, so no retry policy can buy a third time.
 """
 
 from __future__ import annotations
@@ -34,23 +34,13 @@ from pipeline.ledger import Job, Lease, Ledger, owner_is_gone
 from pipeline.models import ReplicateModel
 from pipeline.providers.base import ProviderError
 from pipeline.providers.replicate.client import NotFound, ReplicateApi, Transient
-from pipeline.providers.replicate.download import DETERMINISTIC_CAUSES, OutputUnusable
+from pipeline.providers.replicate.download import OutputUnusable
 from pipeline.providers.replicate.predictions import Predictions
+from pipeline.providers.replicate.unusable import ADVICE, Unusable, blocking_cause
+
+__all__ = ["ADVICE", "Call", "Jobs", "Obtained", "Used", "blocking_cause"]
 
 log = logging.getLogger("pipeline.providers.replicate")
-
-ADVICE = {
-    "too_large": "raise max_download_bytes for this kind of output, or ask the model for a smaller output "
-                 "(shorter, lower resolution, compressed format)",
-    "refused_host": "add the output host to REPLICATE_OUTPUT_HOSTS (allowed_hosts) if you trust it",
-    "expired": "outputs vanish an hour after a prediction ends; check that downloads can finish in time "
-               "(network, request_timeout_s) and that nothing delays them",
-    "undecodable": "the model's output does not decode as the promised medium; choose another model or other "
-                   "parameters, or report it to the model's maintainers",
-    "no_output": "the model succeeded without output; check its inputs (e.g. a safety filter that drops outputs) "
-                 "or choose another model",
-}
-
 
 @dataclass
 class Used:
@@ -127,23 +117,6 @@ class _KeyLock:
                 del _KEY_LOCKS[self.id]
 
 
-def blocking_cause(unusable: dict[str, dict[str, Any]], may_rebuy: Callable[[str, dict[str, Any]], bool]
-                   ) -> tuple[str, dict[str, Any]] | None:
-    """The recorded unusable cause that forbids buying the request again, or None: a deterministic
-    cause that still applies, or a second unusable output of any other cause."""
-    transient = 0
-    for cause, entry in unusable.items():
-        if cause in DETERMINISTIC_CAUSES:
-            if not may_rebuy(cause, entry):
-                return cause, entry
-        else:
-            transient += int(entry.get("count", 0))
-    if transient >= 2:
-        cause = max((c for c in unusable if c not in DETERMINISTIC_CAUSES), key=lambda c: unusable[c].get("count", 0))
-        return cause, unusable[cause]
-    return None
-
-
 class Jobs:
     """Runs calls through the ledger (see the module doc). ``lease_s``: ownership lease, seconds;
     ``poll_interval_s`` .. ``max_poll_interval_s``: backoff while waiting for another owner;
@@ -155,6 +128,7 @@ class Jobs:
         self.lease_s = float(lease_s)
         self.poll_interval_s, self.max_poll_interval_s = poll_interval_s, max_poll_interval_s
         self.wait_limit_s = wait_limit_s
+        self.unusable = Unusable(api, ledger)
 
     def obtain(self, call: Call) -> Obtained:
         """Run ``call`` once through the ledger. Raises ProviderError / BudgetExceededError."""
@@ -216,15 +190,14 @@ class Jobs:
                 pred = self.predictions.get(pid, until=time.monotonic() + 3 * self.api.request_timeout_s)
                 used = call.use(pred)
             except NotFound:
-                self._unusable(call, job, OutputUnusable("expired", f"prediction {pid} no longer exists (HTTP 404)"),
-                               owner=None)
-                raise AssertionError("unreachable")
+                gone = OutputUnusable("expired", f"prediction {pid} no longer exists (HTTP 404)")
+                self.unusable.record(call, job, gone, owner=None)
             except Transient as exc:
                 raise self.api.error(f"could not fetch the output of {call.model.id} prediction {pid} ({exc}); "
                                      "a rerun fetches it again", retryable=True) from None
             except OutputUnusable as exc:
                 if exc.cause in ("expired", "no_output"):  # gone for everyone: count it, allow one re-buy
-                    self._unusable(call, job, exc, owner=None)
+                    self.unusable.record(call, job, exc, owner=None)
                 raise self.api.error(f"{call.model.id} prediction {pid} (paid by {job.video_id}) has an output this "
                                      f"call cannot use ({exc.cause}): {exc}", retryable=not exc.deterministic) from None
             value, info = used.value, used.info
@@ -237,7 +210,7 @@ class Jobs:
         model, key = call.model, call.key
         with self.ledger.hold(job, self.lease_s) as lease:
             if job.prediction_id is None:
-                self._refuse_rebuy(call, job, lease)
+                self.unusable.refuse_rebuy(call, job, lease)
             pred, how, creates = self._settle(call, job, lease)
             pid = pred["id"]
             if pred.get("status") != "succeeded":
@@ -245,8 +218,7 @@ class Jobs:
             try:
                 used = call.use(pred)
             except OutputUnusable as exc:
-                self._unusable(call, self.ledger.get(key) or job, exc, owner=lease.owner, pid=pid)
-                raise AssertionError("unreachable")
+                self.unusable.record(call, self.ledger.get(key) or job, exc, owner=lease.owner, pid=pid)
             done = self.ledger.finish(key, "succeeded", cost_usd=used.cost_usd, output=used.output,
                                       status="succeeded", owner=lease.owner)
         paid = done is not None and done.video_id == call.video_id
@@ -294,50 +266,3 @@ class Jobs:
         self.ledger.finish(call.key, "canceled", cost_usd=failed_cost, error=msg, status=str(status),
                            owner=lease.owner, retryable=True)
         raise ProviderError(msg, retryable=True)
-
-    # --- unusable outputs ----------------------------------------------------------------------
-
-    def _refuse_rebuy(self, call: Call, job: Job, lease: Lease) -> None:
-        blocked = blocking_cause(job.unusable, call.may_rebuy)
-        if blocked is None:
-            return
-        cause, entry = blocked
-        msg = self.api.redact(
-            f"not buying {call.model.id} again for this request (cache key {call.key[:12]}): "
-            f"{_bought(entry)} had unusable output ({cause}: {entry.get('message')}). To get it: {ADVICE[cause]}")
-        self.ledger.finish(call.key, "failed", error=msg, status="refused_rebuy", owner=lease.owner, retryable=False)
-        raise ProviderError(msg, retryable=False)
-
-    def _unusable(self, call: Call, job: Job, exc: OutputUnusable, *, owner: str | None, pid: str | None = None) -> None:
-        """Record a paid prediction's unusable output on the job and raise the ProviderError: permanent
-        for a deterministic cause or a second unusable output, else retryable (one re-buy)."""
-        pid = pid or job.prediction_id
-        counts = {c: dict(e) for c, e in job.unusable.items()}
-        entry = counts.setdefault(exc.cause, {"count": 0, "predictions": []})
-        entry.update({**exc.details, "count": int(entry.get("count", 0)) + 1,
-                      "predictions": [*entry.get("predictions", []), pid]})
-        permanent = blocking_cause(counts, lambda cause, details: False) is not None
-        if permanent and exc.deterministic:
-            msg = (f"{call.model.id} prediction {pid} succeeded (paid, ${job.cost_usd or call.estimate_usd:.4f}) but its "
-                   f"output is unusable ({exc.cause}): {exc}. Not buying it again: {ADVICE[exc.cause]}")
-        elif permanent:
-            msg = (f"bought {call.model.id} twice for the same request (cache key {call.key[:12]}), and neither "
-                   f"output was usable: {_bought(entry)}; last cause {exc.cause}: {exc}. Not buying a third time: "
-                   f"{ADVICE[exc.cause]}")
-        else:
-            msg = (f"{call.model.id} prediction {pid} succeeded but its output is unusable ({exc.cause}): {exc}; "
-                   "a retry buys it once more")
-        msg = self.api.redact(msg)
-        cost = job.cost_usd if job.state == "succeeded" else call.estimate_usd
-        self.ledger.finish(call.key, "failed", cost_usd=cost, error=msg, status="succeeded", owner=owner,
-                           retryable=not permanent, unusable=(exc.cause, exc.details),
-                           expect_state="succeeded" if owner is None else None)
-        log.error(msg)
-        raise ProviderError(msg, retryable=not permanent) from None
-
-
-def _bought(entry: dict[str, Any]) -> str:
-    pids = [p for p in entry.get("predictions", []) if p]
-    sizes = ", ".join(f"{k} {entry[k]} bytes" for k in ("size", "limit") if entry.get(k) is not None)
-    return (f"{len(pids)} paid prediction{'s' if len(pids) != 1 else ''} ({', '.join(pids)})"
-            + (f" [{sizes}]" if sizes else ""))

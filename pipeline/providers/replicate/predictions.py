@@ -1,13 +1,15 @@
 """One prediction's life on the API: create (retried, with a lookup after every ambiguous failure),
 look up an earlier create, poll to a terminal status, cancel at the deadline.
 
-- **Create** is never blindly repeated: 429 waits for Retry-After; after an *ambiguous* failure
+- **Create** is never blindly repeated: 429 waits as long as the answer says (``ratelimit-reset``,
+  Retry-After or its detail: ``ratelimit.retry_after_s``); after an *ambiguous* failure
   (timeout, dropped connection, 5xx) the next attempt first looks the prediction up
   (``GET /v1/predictions``), so a create that reached Replicate is adopted rather than paid twice.
   4xx answers (invalid input, content policy, 401/402) are permanent. Every create carries
   ``Cancel-After`` = the polling deadline, so a killed process leaves nothing running for long.
   A create is only sent while the caller's ledger lease is held.
-- **Poll** (tenacity: backoff ``poll_interval_s`` x1.5 up to ``max_poll_interval_s``) until
+- **Poll** through the process's one ``poller.Poller`` (reads ``poll_interval_s`` x1.5 up to
+  ``max_poll_interval_s`` apart, within the read budget, batched when many are in flight) until
   ``succeeded``, ``failed``, ``canceled`` or ``aborted``, or the per-kind deadline, when the
   prediction is canceled and the ledger job closed as ``canceled``.
 """
@@ -15,21 +17,11 @@ look up an earlier create, poll to a terminal status, cancel at the deadline.
 from __future__ import annotations
 
 import logging
-import random
 import time
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception_type,
-    retry_if_result,
-    stop_after_attempt,
-    stop_after_delay,
-    wait_exponential,
-    wait_exponential_jitter,
-)
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from pipeline.ledger import Job, Lease, Ledger
 from pipeline.models import ReplicateModel
@@ -43,12 +35,11 @@ from pipeline.providers.replicate.client import (
     Transient,
     iso,
     parse_time,
+    wait_for_server,
 )
+from pipeline.providers.replicate.poller import TERMINAL_STATUSES, shared_poller
 
 log = logging.getLogger("pipeline.providers.replicate")
-
-TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled", "aborted"})
-"""Every terminal status the API sends. Anything else is treated as still running."""
 
 
 class Predictions:
@@ -71,23 +62,18 @@ class Predictions:
         self.backoff_initial_s, self.max_backoff_s = backoff_initial_s, max_backoff_s
         self.lookup_skew_s, self.lookup_max_pages = lookup_skew_s, lookup_max_pages
         self.normalize = normalize
+        self._created_at: dict[str, float | None] = {}  # prediction id -> creation time (Unix s), until polled
 
     # --- create --------------------------------------------------------------------------------
 
     def create(self, job: Job, model: ReplicateModel, inp: dict[str, Any], lease: Lease) -> tuple[str, bool, int]:
-        """Create ``job``'s prediction, retrying 429 (after Retry-After), 5xx, timeouts and dropped
+        """Create ``job``'s prediction, retrying 429 (after the wait it names), 5xx, timeouts and dropped
         connections; after an ambiguous failure, look it up before creating again. Returns
         (prediction id, adopted, creates sent). Raises ProviderError: permanent for a refusal
         (the job is closed ``failed``), retryable when retries are exhausted or the lease was lost."""
         state = {"ambiguous": False, "sent": 0}
-        backoff = wait_exponential_jitter(initial=self.backoff_initial_s, max=self.max_backoff_s)
+        wait = wait_for_server(wait_exponential_jitter(initial=self.backoff_initial_s, max=self.max_backoff_s))
         deadline_s = self.deadlines_s[model.kind]
-
-        def wait(rs: RetryCallState) -> float:
-            exc = rs.outcome.exception()
-            if isinstance(exc, RateLimited) and exc.retry_after is not None:
-                return min(self.max_backoff_s, exc.retry_after * (1 + random.uniform(0, 0.1)))
-            return backoff(rs)
 
         def before_sleep(rs: RetryCallState) -> None:
             log.warning("%s: create attempt %d failed (%s); retrying in %.2f s", model.id, rs.attempt_number,
@@ -113,6 +99,7 @@ class Predictions:
                     self.ledger.finish(job.key, "failed", error=str(exc), status="refused", owner=lease.owner,
                                        retryable=False)
                 raise
+            self._created_at[pred["id"]] = parse_time(pred.get("created_at"))
             log.info("%s: created prediction %s", model.id, pred["id"])
             return pred["id"], False
 
@@ -201,29 +188,21 @@ class Predictions:
         return self.api.get_json(f"/v1/predictions/{pid}", what=f"prediction {pid}", until=until)
 
     def poll(self, key: str, pid: str, model: ReplicateModel, lease: Lease) -> dict[str, Any]:
-        """Poll prediction ``pid`` until a terminal status; on the deadline, cancel it and raise
-        ProviderError(retryable). If the API stays unreachable, raise ProviderError(retryable) and
-        leave the ledger in flight so a rerun resumes this prediction."""
+        """Wait (through the process's Poller) until prediction ``pid`` has a terminal status; on the
+        deadline, cancel it and raise ProviderError(retryable). If the API stays unreachable, raise
+        ProviderError(retryable) and leave the ledger in flight so a rerun resumes this prediction."""
         deadline_s = self.deadlines_s[model.kind]
-        started = time.monotonic()
-        deadline = started + deadline_s
-        base = wait_exponential(multiplier=self.poll_interval_s, exp_base=1.5, max=self.max_poll_interval_s)
-
-        def read() -> dict[str, Any]:
-            try:
-                return self.get(pid, until=deadline)
-            except NotFound:
-                msg = f"{model.id} prediction {pid} does not exist on Replicate (HTTP 404; another account's ledger?)"
-                self.ledger.finish(key, "failed", error=msg, status="not_found", owner=lease.owner, retryable=False)
-                raise self.api.error(msg, retryable=False) from None
-            except Transient as exc:
-                raise self.api.error(f"lost contact with Replicate while polling {model.id} prediction {pid} ({exc}); "
-                                     "a rerun resumes it", retryable=True) from None
-
-        retrying = Retrying(retry=retry_if_result(lambda p: p.get("status") not in TERMINAL_STATUSES),
-                            wait=lambda rs: max(0.0, min(base(rs), deadline - time.monotonic())),
-                            stop=stop_after_delay(deadline_s), retry_error_callback=lambda rs: rs.outcome.result())
-        pred = retrying(read)
+        try:
+            pred = shared_poller(self.api).wait(pid, timeout_s=deadline_s, first_interval_s=self.poll_interval_s,
+                                                max_interval_s=self.max_poll_interval_s,
+                                                created_at=self._created_at.pop(pid, None))
+        except NotFound:
+            msg = f"{model.id} prediction {pid} does not exist on Replicate (HTTP 404; another account's ledger?)"
+            self.ledger.finish(key, "failed", error=msg, status="not_found", owner=lease.owner, retryable=False)
+            raise self.api.error(msg, retryable=False) from None
+        except Transient as exc:
+            raise self.api.error(f"lost contact with Replicate while polling {model.id} prediction {pid} ({exc}); "
+                                 "a rerun resumes it", retryable=True) from None
         if pred.get("status") in TERMINAL_STATUSES:
             return pred
         return self._cancel_on_deadline(key, pid, model, deadline_s, lease)

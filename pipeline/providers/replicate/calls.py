@@ -1,0 +1,111 @@
+"""One request of the provider as a paid call: the model input, what to do with a succeeded
+prediction (download, verify, price), and the result the Generator stores -- for media
+(``run_media``) and for the planner's text (``run_text``). The call itself is ``jobs.Jobs.obtain``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from pipeline.generation import GenerationRequest, ProviderResult
+from pipeline.ledger import Job
+from pipeline.models import ReplicateModel
+from pipeline.providers.replicate.client import Transient
+from pipeline.providers.replicate.download import fetch_output, output_urls
+from pipeline.providers.replicate.jobs import Call, Used
+from pipeline.providers.replicate.planner import PLANNER_SYSTEM
+from pipeline.spec import sha256_json
+
+if TYPE_CHECKING:
+    from pipeline.providers.replicate.provider import ReplicateProvider
+
+log = logging.getLogger("pipeline.providers.replicate")
+
+
+def min_budget(*values: float | None) -> float | None:
+    """The lowest of the budgets given (USD), None if none is."""
+    given = [v for v in values if v is not None]
+    return min(given) if given else None
+
+
+def may_rebuy(provider: "ReplicateProvider", kind: str) -> Callable[[str, dict[str, Any]], bool]:
+    """Whether a recorded deterministic unusable cause no longer applies to ``provider`` (its size cap
+    was raised, the refused host is allowed now): then the request may be bought again."""
+
+    def may(cause: str, details: dict[str, Any]) -> bool:
+        if cause == "too_large":
+            return details.get("limit") is not None and provider.max_download_bytes[kind] > int(details["limit"])
+        if cause == "refused_host":
+            return bool(details.get("origin")) and provider.downloader.allows(f"{details['origin']}/")
+        return False
+
+    return may
+
+
+def run_media(provider: "ReplicateProvider", request: GenerationRequest, model: ReplicateModel, scratch: Path, *,
+              image: Path | None = None) -> ProviderResult:
+    """One media request as a paid call through the ledger (``Jobs.obtain``): its input (``image``
+    as a data URI or an uploaded file), download and verification of the output into ``scratch``,
+    the price of what came back. Raises ProviderError / BudgetExceededError."""
+    extra = {"image": provider.uploads.image_input(image)} if image is not None else {}
+    inp = model.build_input(request, **extra)
+
+    def use(pred: dict[str, Any]) -> Used:
+        try:
+            path, facts = fetch_output(pred, model, request, scratch, provider.downloader,
+                                       max_bytes=provider.max_download_bytes[model.kind])
+        except Transient as exc:
+            raise provider.api.error(f"could not download the output of {model.id} prediction {pred.get('id')} "
+                                     f"({exc}); a rerun fetches it again", retryable=True) from None
+        cost = model.cost(request.params, output_seconds=facts.get("seconds"), metrics=pred.get("metrics") or {})
+        return Used(value=path, cost_usd=cost.usd, output={"urls": output_urls(pred.get("output"))}, info={
+            "billed_units": cost.units, "billed_unit": cost.unit, "price_usd": cost.price.usd,
+            "price_source": cost.price.source, "predict_time_s": (pred.get("metrics") or {}).get("predict_time"),
+            **facts.get("extra", {})})
+
+    call = Call(key=request.cache_key(), model=model, inp=inp, estimate_usd=model.estimate_usd(request),
+                max_cost_usd=min_budget(request.max_cost_usd, provider.max_cost_usd),
+                video_id=request.labels.get("video_id"), labels=request.labels, input_sha256=sha256_json(inp),
+                use=use, may_rebuy=may_rebuy(provider, model.kind))
+    got = provider.jobs.obtain(call)
+    info = dict(got.info)
+    if "price_source" not in info:  # adopted from the ledger without a fetch: the registry's price facts
+        price = model.price(request.params)
+        info.update(price_usd=price.usd, price_source=price.source)
+    return ProviderResult(path=got.value, model=model.id, prediction_id=got.prediction_id, cost_usd=got.cost_usd,
+                          reused_cost_usd=got.reused_cost_usd, paid_by=got.paid_by, extra={
+                              "replicate_model": model.ref, "replicate_version": model.version,
+                              "obtained_by": got.how, "create_attempts": got.creates, **info})
+
+
+def run_text(provider: "ReplicateProvider", prompt: str, *, video_id: str | None = None,
+             max_cost_usd: float | None = None) -> str:
+    """The planner model's answer to ``prompt`` (one paid call through the ledger, or free when
+    the same prompt was answered before). Adds what it paid to ``planner_cost_usd``."""
+    model = provider.planner
+    # A GenerationRequest only to carry the prompt to the registry (plans are not media; no Generator).
+    request = GenerationRequest(media_type="image", provider=provider.name, model=model.id, prompt=prompt,
+                                params={"task": "plan_beats"})
+    inp = model.build_input(request, system_prompt=PLANNER_SYSTEM, max_tokens=2048)
+    key = sha256_json({"task": "plan_beats", "provider": provider.name, "model": model.id, "input": inp})
+
+    def use(pred: dict[str, Any]) -> Used:
+        out = pred.get("output")
+        text = "".join(out) if isinstance(out, list) else str(out or "")
+        cost = model.cost({}, metrics=pred.get("metrics") or {}, prompt_chars=len(prompt), output_chars=len(text))
+        return Used(value=text, cost_usd=cost.usd, output={"text": text}, info={"billed_units": cost.units})
+
+    def reuse(job: Job) -> str | None:
+        return job.output["text"] if isinstance(job.output, dict) and "text" in job.output else None
+
+    labels = {"stage": "plan_beats", **({"video_id": video_id} if video_id else {})}
+    call = Call(key=key, model=model, inp=inp, video_id=video_id, labels=labels, input_sha256=key,
+                estimate_usd=model.estimate_usd(request, prompt_chars=len(prompt), max_tokens=2048),
+                max_cost_usd=min_budget(max_cost_usd, provider.max_cost_usd), use=use, reuse=reuse)
+    got = provider.jobs.obtain(call)
+    provider.planner_cost_usd += got.cost_usd
+    log.info("planner %s prediction %s (%s): $%.5f paid, $%.5f reused", model.id, got.prediction_id, got.how,
+             got.cost_usd, got.reused_cost_usd)
+    return got.value
