@@ -82,7 +82,9 @@ def test_retention_is_a_knob(server, client):
 
 def test_official_models_echo_the_model_asked_unless_the_knob_is_on(monkeypatch):
     monkeypatch.delenv("FAKE_REPLICATE_OFFICIAL_ECHO", raising=False)
-    with FakeReplicate(run_seconds=0.05, render_scale=0.1) as server:
+    with FakeReplicate(run_seconds=0.05) as server:
+        assert server.official_echo is True  # the default: as Replicate does (OFFICIAL_ECHO_DEFAULT)
+    with FakeReplicate(run_seconds=0.05, render_scale=0.1, official_echo=False) as server:
         c = Client(server)
         p = c.create().json()
         assert (p["model"], p["version"]) == (FLUX, "hidden") and server.config()["official_echo"] is False
@@ -99,6 +101,9 @@ def test_official_models_echo_the_model_asked_unless_the_knob_is_on(monkeypatch)
     monkeypatch.setenv("FAKE_REPLICATE_OFFICIAL_ECHO", "1")
     with FakeReplicate(run_seconds=0.05) as server:
         assert server.official_echo is True
+    monkeypatch.setenv("FAKE_REPLICATE_OFFICIAL_ECHO", "0")
+    with FakeReplicate(run_seconds=0.05) as server:
+        assert server.official_echo is False
     with FakeReplicate(run_seconds=0.05, official_echo=False) as server:
         assert server.official_echo is False
 
@@ -142,14 +147,15 @@ def test_cancel_after_syntax_and_minimum():
     for bad in ("1d", "-5m", "5m1h", "soon", "", "1h30"):
         with pytest.raises(ValueError, match="Cancel-After"):
             parse_duration(bad)
-    with FakeReplicate(run_seconds=0.05, render_scale=0.1) as server:  # default: any positive duration
+    with FakeReplicate(run_seconds=0.05, render_scale=0.1) as server:  # default: the documented minimum, 5 s
         c = Client(server)
-        assert c.create(**{"Cancel-After": "1s"}).status_code == 201
-        assert c.create(**{"Cancel-After": "0s"}).status_code == 422
-        server.configure(min_cancel_after_s=5)  # the documented minimum
+        assert server.config()["min_cancel_after_s"] == 5
         r = c.create(**{"Cancel-After": "4s"})
         assert r.status_code == 422 and "minimum is 5s" in r.json()["detail"]
         assert c.create(**{"Cancel-After": "5s"}).status_code == 201
+        server.configure(min_cancel_after_s=0)  # any positive duration
+        assert c.create(**{"Cancel-After": "1s"}).status_code == 201
+        assert c.create(**{"Cancel-After": "0s"}).status_code == 422
         c.http.close()
 
 

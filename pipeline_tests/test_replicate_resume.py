@@ -118,8 +118,11 @@ def test_killed_while_polling_the_rerun_resumes_the_same_prediction(tmp_path):
         assert "storyboard done" in logs and server.token not in logs
 
 
-def test_killed_between_create_and_the_ledger_write_the_lookup_adopts_the_prediction(tmp_path):
-    with FakeReplicate(run_seconds=0.05, render_scale=0.25) as server:
+@pytest.mark.parametrize("official_echo", [True, False], ids=["official-echo", "exact-echo"])
+def test_killed_between_create_and_the_ledger_write_the_lookup_adopts_the_prediction(tmp_path, official_echo):
+    # Official echo (Replicate's real behaviour): the prediction shows replicate-internal/... and a
+    # dp- version, not the model asked for; the lookup still adopts it instead of paying twice.
+    with FakeReplicate(run_seconds=0.05, render_scale=0.25, official_echo=official_echo) as server:
         # The server creates the chunk's prediction but holds the response: the client never
         # learns the id, so the ledger still says "intent" when it is killed.
         server.inject("hang_after_create", model=WAN, seconds=60)

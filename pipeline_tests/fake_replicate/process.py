@@ -50,13 +50,13 @@ def main(argv: list[str] | None = None) -> None:
                     help="API predictions lose input/output/logs this many seconds after finishing (negative: never)")
     ap.add_argument("--official-echo", choices=("on", "off"), default=None,
                     help="official models show another model name and a dp- version (default: "
-                         "$FAKE_REPLICATE_OFFICIAL_ECHO, else off)")
+                         "$FAKE_REPLICATE_OFFICIAL_ECHO, else on)")
     ap.add_argument("--create-limit", type=int, default=CREATE_LIMIT_PER_MIN,
                     help="creates allowed per rate window (0: unlimited)")
     ap.add_argument("--read-limit", type=int, default=READ_LIMIT_PER_MIN,
                     help="other API requests allowed per rate window (0: unlimited)")
     ap.add_argument("--rate-window", type=float, default=60.0, help="rate limit window, seconds")
-    ap.add_argument("--min-cancel-after", type=float, default=0.0,
+    ap.add_argument("--min-cancel-after", type=float, default=5.0,
                     help="shortest Cancel-After accepted, seconds (the API documents 5)")
     args = ap.parse_args(argv)
     if len(args.run_seconds) > 2:

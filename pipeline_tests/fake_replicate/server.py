@@ -54,11 +54,11 @@ class FakeReplicate(UploadsMixin, PredictionsMixin):
     - ``retention_s`` (3600, Replicate's 1 hour; None: never): an API prediction's input, output
       and logs are removed this long after it finished (``data_removed: true``).
     - ``official_echo`` (None: ``FAKE_REPLICATE_OFFICIAL_ECHO``, else ``state.OFFICIAL_ECHO_DEFAULT``,
-      False): official models' predictions show another model name and a ``dp-`` version.
+      True): official models' predictions show another model name and a ``dp-`` version.
     - ``create_limit_per_min`` (600) and ``read_limit_per_min`` (3000; None: unlimited): sliding-window
       rate limits over ``rate_window_s`` (60) seconds; past them a request gets Replicate's 429.
-    - ``min_cancel_after_s`` (0; the document says 5): a shorter ``Cancel-After`` is refused with 422.
-      0 by default because the provider still sends ``1s`` for sub-second test deadlines.
+    - ``min_cancel_after_s`` (5, the OpenAPI document's minimum): a shorter ``Cancel-After`` is
+      refused with 422 (the provider sends at least 5 s: ``client.MIN_CANCEL_AFTER_S``).
 
     The server clock (``now``) is real time plus ``advance_clock`` shifts: every timestamp, data
     removal, file expiry, deadline and rate window follows it.
@@ -73,7 +73,7 @@ class FakeReplicate(UploadsMixin, PredictionsMixin):
                  retention_s: float | None = 3600.0, official_echo: bool | None = None,
                  create_limit_per_min: int | None = CREATE_LIMIT_PER_MIN,
                  read_limit_per_min: int | None = READ_LIMIT_PER_MIN, rate_window_s: float = 60.0,
-                 min_cancel_after_s: float = 0.0):
+                 min_cancel_after_s: float = 5.0):
         from pipeline_tests.fake_replicate.routes import handler_for
 
         self.token = token

@@ -34,10 +34,10 @@ FAKE_MODELS: dict[str, dict[str, Any]] = {
     "meta/meta-llama-3-70b-instruct": {"kind": "text", "required": ["prompt"]},
 }
 
-OFFICIAL_ECHO_DEFAULT = False
-"""Whether official models echo another model name and a ``dp-`` version by default. False keeps the
-exact echo the provider's lookup (which compares the model string) still needs; flip it to True once
-the provider matches on input and creation time. The environment variable ``FAKE_REPLICATE_OFFICIAL_ECHO``
+OFFICIAL_ECHO_DEFAULT = True
+"""Whether official models echo another model name and a ``dp-`` version by default: True, as
+Replicate does (the provider's lookup matches on input and creation time, not the model string;
+test_replicate_lookup.py). The environment variable ``FAKE_REPLICATE_OFFICIAL_ECHO``
 (``1``/``0``) overrides it for servers built without an explicit ``official_echo``."""
 
 OFFICIAL_ECHO_MODELS = {"meta/meta-llama-3-70b-instruct": "replicate/lifeboat-70b"}

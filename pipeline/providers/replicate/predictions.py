@@ -17,6 +17,7 @@ look up an earlier create, poll to a terminal status, cancel at the deadline.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any, Callable
 from urllib.parse import urlsplit
@@ -24,7 +25,7 @@ from urllib.parse import urlsplit
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from pipeline.ledger import Job, Lease, Ledger
-from pipeline.models import ReplicateModel
+from pipeline.models import MODELS, ReplicateModel
 from pipeline.providers.base import ProviderError
 from pipeline.providers.replicate.client import (
     Ambiguous,
@@ -40,6 +41,14 @@ from pipeline.providers.replicate.client import (
 from pipeline.providers.replicate.poller import TERMINAL_STATUSES, shared_poller
 
 log = logging.getLogger("pipeline.providers.replicate")
+
+_VERSION_HASH = re.compile(r"[0-9a-f]{64}")
+
+
+def is_version_hash(value: Any) -> bool:
+    """True for a real Replicate version id (64 lowercase hex digits); False for what official
+    models echo instead (``hidden``, ``dp-<hex>``) or anything else."""
+    return isinstance(value, str) and _VERSION_HASH.fullmatch(value) is not None
 
 
 class Predictions:
@@ -127,12 +136,22 @@ class Predictions:
     # --- lookup --------------------------------------------------------------------------------
 
     def matches(self, p: dict[str, Any], model: ReplicateModel, inp: dict[str, Any]) -> bool:
-        """True if prediction JSON ``p`` is ``model`` (and version) run on ``inp``. An uploaded
-        file counts as its content; a data URI matches a URL (the API may show an uploaded copy)."""
-        if p.get("model") != model.ref or (model.version and p.get("version") != model.version):
+        """True if prediction JSON ``p`` can be ``model`` run on ``inp``: every field of ``inp`` is in
+        ``p["input"]`` with the same normalized value (an uploaded file counts as its content; a data
+        URI matches a URL, the API may show an uploaded copy).
+
+        The echoed ``model`` is not compared to ``model.ref``: official models show another name
+        (``replicate/lifeboat-70b`` for ``meta/llama-2-70b-chat``, ``replicate-internal/...``); only
+        another model of the registry is a mismatch. ``version`` is compared only when ``model`` is
+        pinned and the echoed one is a real version hash (64 hex digits; not ``hidden`` or ``dp-...``).
+        A prediction whose data was removed (``input`` ``{}``) never matches."""
+        shown_model, shown_version = p.get("model"), p.get("version")
+        if isinstance(shown_model, str) and shown_model != model.ref and shown_model in MODELS:
+            return False
+        if model.version and is_version_hash(shown_version) and shown_version != model.version:
             return False
         got = p.get("input")
-        if not isinstance(got, dict):
+        if not isinstance(got, dict) or not got:
             return False
         for k, v in inp.items():
             if k not in got:
@@ -146,12 +165,15 @@ class Predictions:
         return True
 
     def lookup(self, model: ReplicateModel, inp: dict[str, Any], *, since: float) -> str | None:
-        """The id of a prediction of ``model`` with input ``inp`` created since ``since`` (Unix s,
-        minus ``lookup_skew_s``), via ``GET /v1/predictions`` (newest first). A succeeded one is
+        """The id of a prediction matching ``model`` and ``inp`` (``matches``) created between ``since``
+        (Unix s, the ledger intent) minus ``lookup_skew_s`` and now plus ``lookup_skew_s`` (clock
+        skew between this machine and Replicate), via ``GET /v1/predictions?created_after=..&
+        created_before=..`` (newest first, at most ``lookup_max_pages`` pages). A succeeded one is
         preferred, then a running one. None if there is none. Raises ProviderError (retryable) if
         the list cannot be read: creating blindly could pay twice."""
         floor = since - self.lookup_skew_s
-        path: str | None = f"/v1/predictions?created_after={iso(floor)}"
+        ceiling = time.time() + self.lookup_skew_s
+        path: str | None = f"/v1/predictions?created_after={iso(floor)}&created_before={iso(ceiling)}"
         found: list[dict[str, Any]] = []
         for _ in range(self.lookup_max_pages):
             try:
