@@ -68,7 +68,7 @@ def run_media(provider: "ReplicateProvider", request: GenerationRequest, model: 
     call = Call(key=request.cache_key(), model=model, inp=inp, estimate_usd=model.estimate_usd(request),
                 max_cost_usd=min_budget(request.max_cost_usd, provider.max_cost_usd),
                 video_id=request.labels.get("video_id"), labels=request.labels, input_sha256=sha256_json(inp),
-                use=use, may_rebuy=may_rebuy(provider, model.kind))
+                use=use, may_rebuy=may_rebuy(provider, model.kind), params=dict(request.params))
     got = provider.jobs.obtain(call)
     info = dict(got.info)
     if "price_source" not in info:  # adopted from the ledger without a fetch: the registry's price facts

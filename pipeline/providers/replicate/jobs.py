@@ -31,12 +31,13 @@ from typing import Any, Callable
 from tenacity import Retrying, retry_if_result, stop_after_delay, wait_exponential
 
 from pipeline.ledger import Job, Lease, Ledger, owner_is_gone
-from pipeline.models import ReplicateModel
+from pipeline.models import ReplicateModel, charge_for
 from pipeline.providers.base import ProviderError
-from pipeline.providers.replicate.client import NotFound, ReplicateApi, Transient
+from pipeline.providers.replicate.client import NotFound, ReplicateApi, Transient, parse_time
 from pipeline.providers.replicate.download import OutputUnusable
+from pipeline.providers.replicate.poller import TERMINAL_STATUSES
 from pipeline.providers.replicate.predictions import Predictions
-from pipeline.providers.replicate.unusable import ADVICE, Unusable, blocking_cause
+from pipeline.providers.replicate.unusable import ADVICE, RETENTION_S, Unusable, blocking_cause, removed_output
 
 __all__ = ["ADVICE", "Call", "Jobs", "Obtained", "Used", "blocking_cause"]
 
@@ -71,6 +72,23 @@ class Call:
     use: Callable[[dict[str, Any]], Used]
     reuse: Callable[[Job], Any] = lambda job: None
     may_rebuy: Callable[[str, dict[str, Any]], bool] = lambda cause, details: False
+    params: dict[str, Any] = field(default_factory=dict)
+    """The request's ``params`` (width/height pick the price tier; ``duration_s`` the seconds asked)."""
+
+    def charge(self, pred: dict[str, Any]) -> float:
+        """USD Replicate bills for prediction JSON ``pred`` as it ended (``models.charge_for``):
+        aborted 0, canceled/failed by the model's billing rule (run seconds from ``metrics.predict_time``,
+        else ``completed_at - started_at``). A status that is not terminal (a cancel that was not
+        confirmed) is priced as canceled now."""
+        status = str(pred.get("status") or "canceled")
+        if status not in TERMINAL_STATUSES:
+            status = "canceled"
+        started, ended = parse_time(pred.get("started_at")), parse_time(pred.get("completed_at"))
+        run_s = (ended if ended is not None else time.time()) - started if started is not None else None
+        seconds = (self.model.generated_seconds(self.params)
+                   if self.model.kind in ("video", "audio") and "duration_s" in self.params else None)
+        return charge_for(self.model, status, metrics=pred.get("metrics") or {}, predict_time_s=run_s,
+                          seconds_requested=seconds, params=self.params)
 
 
 @dataclass
@@ -188,6 +206,9 @@ class Jobs:
                      call.model.id, pid, job.video_id or "the planner")
             try:
                 pred = self.predictions.get(pid, until=time.monotonic() + 3 * self.api.request_timeout_s)
+                gone = removed_output(call, job, pred, deadline_s=self.predictions.deadlines_s[call.model.kind])
+                if gone is not None:
+                    raise gone
                 used = call.use(pred)
             except NotFound:
                 gone = OutputUnusable("expired", f"prediction {pid} no longer exists (HTTP 404)")
@@ -215,6 +236,10 @@ class Jobs:
             pid = pred["id"]
             if pred.get("status") != "succeeded":
                 self._raise_terminal(call, pred, lease)
+            gone = removed_output(call, job, pred, deadline_s=self.predictions.deadlines_s[model.kind])
+            if gone is not None:  # resumed after Replicate's retention: paid, output gone
+                self.unusable.record(call, self.ledger.get(key) or job, gone, owner=lease.owner, pid=pid,
+                                     cost_usd=gone.details["cost_usd"])
             try:
                 used = call.use(pred)
             except OutputUnusable as exc:
@@ -239,6 +264,12 @@ class Jobs:
         else:
             how = "created"
             if job.resumed:  # intent without an id: the create may have happened before a crash
+                age_s = time.time() - job.intent_at
+                if age_s > RETENTION_S + self.predictions.deadlines_s[model.kind]:
+                    log.warning("%s: job %s's intent is %.0f s old, past Replicate's retention (%g s) and the "
+                                "deadline: a prediction created before the crash has lost its input and cannot be "
+                                "found by the lookup (if it existed it was paid, and this buys the request again)",
+                                model.id, key[:12], age_s, RETENTION_S)
                 pid = self.predictions.lookup(model, call.inp, since=job.intent_at)
                 if pid:
                     how = "adopted"
@@ -248,21 +279,24 @@ class Jobs:
                 pid, adopted, creates = self.predictions.create(job, model, call.inp, lease)
                 how = "adopted" if adopted else "created"
                 self.ledger.set_in_flight(key, pid, adopted=adopted, owner=lease.owner)
-        return self.predictions.poll(key, pid, model, lease), how, creates
+        return self.predictions.poll(key, pid, model, lease, charge=call.charge), how, creates
 
     def _raise_terminal(self, call: Call, pred: dict[str, Any], lease: Lease) -> None:
+        """Close the job of a prediction that ended without output (failed, canceled, aborted) with
+        what Replicate bills for it (``Call.charge``) and raise ProviderError: permanent for failed,
+        retryable otherwise."""
         model = call.model
         pid, status = pred.get("id"), pred.get("status")
         error = pred.get("error") or "no error message"
-        failed_cost = model.cost({}, metrics=pred.get("metrics") or {}).usd \
-            if model.price({}).unit == "gpu_second" else 0.0
+        charged = call.charge(pred)
+        billed = f" (billed ${charged:.4f})" if charged else " (not billed)"
         if status == "failed":
-            msg = self.api.redact(f"{model.id} prediction {pid} failed: {error}")
-            self.ledger.finish(call.key, "failed", cost_usd=failed_cost, error=msg, status="failed", owner=lease.owner,
+            msg = self.api.redact(f"{model.id} prediction {pid} failed{billed}: {error}")
+            self.ledger.finish(call.key, "failed", cost_usd=charged, error=msg, status="failed", owner=lease.owner,
                                retryable=False)
             raise ProviderError(msg, retryable=False)
-        msg = self.api.redact(f"{model.id} prediction {pid} ended {status} without output"
+        msg = self.api.redact(f"{model.id} prediction {pid} ended {status} without output{billed}"
                               + (f": {pred.get('error')}" if pred.get("error") else ""))
-        self.ledger.finish(call.key, "canceled", cost_usd=failed_cost, error=msg, status=str(status),
+        self.ledger.finish(call.key, "canceled", cost_usd=charged, error=msg, status=str(status),
                            owner=lease.owner, retryable=True)
         raise ProviderError(msg, retryable=True)

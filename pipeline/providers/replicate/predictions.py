@@ -209,10 +209,13 @@ class Predictions:
         Raises NotFound, Transient or ProviderError."""
         return self.api.get_json(f"/v1/predictions/{pid}", what=f"prediction {pid}", until=until)
 
-    def poll(self, key: str, pid: str, model: ReplicateModel, lease: Lease) -> dict[str, Any]:
+    def poll(self, key: str, pid: str, model: ReplicateModel, lease: Lease,
+             charge: Callable[[dict[str, Any]], float] = lambda pred: 0.0) -> dict[str, Any]:
         """Wait (through the process's Poller) until prediction ``pid`` has a terminal status; on the
-        deadline, cancel it and raise ProviderError(retryable). If the API stays unreachable, raise
-        ProviderError(retryable) and leave the ledger in flight so a rerun resumes this prediction."""
+        deadline, cancel it, close the job ``canceled`` with ``charge(prediction JSON)`` (USD, what
+        Replicate bills for it: ``jobs.Call.charge``) and raise ProviderError(retryable). If the API
+        stays unreachable, raise ProviderError(retryable) and leave the ledger in flight so a rerun
+        resumes this prediction."""
         deadline_s = self.deadlines_s[model.kind]
         try:
             pred = shared_poller(self.api).wait(pid, timeout_s=deadline_s, first_interval_s=self.poll_interval_s,
@@ -227,10 +230,10 @@ class Predictions:
                                  "a rerun resumes it", retryable=True) from None
         if pred.get("status") in TERMINAL_STATUSES:
             return pred
-        return self._cancel_on_deadline(key, pid, model, deadline_s, lease)
+        return self._cancel_on_deadline(key, pid, model, deadline_s, lease, charge, last=pred)
 
-    def _cancel_on_deadline(self, key: str, pid: str, model: ReplicateModel, deadline_s: float,
-                            lease: Lease) -> dict[str, Any]:
+    def _cancel_on_deadline(self, key: str, pid: str, model: ReplicateModel, deadline_s: float, lease: Lease,
+                            charge: Callable[[dict[str, Any]], float], *, last: dict[str, Any]) -> dict[str, Any]:
         pred: dict[str, Any] = {}
         try:
             pred = self.api.cancel(pid)
@@ -238,9 +241,10 @@ class Predictions:
             log.warning("could not cancel prediction %s: %s", pid, self.api.redact(f"{type(exc).__name__}: {exc}"))
         if pred.get("status") == "succeeded":  # it finished while we gave up: use it
             return pred
+        charged = charge({**last, **pred} if pred else last)
         msg = self.api.redact(f"{model.id} prediction {pid} did not finish within its {deadline_s:g} s deadline; "
-                              f"canceled it (status now {pred.get('status', 'unknown')})")
+                              f"canceled it (status now {pred.get('status', 'unknown')}; billed ${charged:.4f})")
         log.warning(msg)
-        self.ledger.finish(key, "canceled", error=msg, status=str(pred.get("status") or "canceled"), owner=lease.owner,
-                           retryable=True)
+        self.ledger.finish(key, "canceled", cost_usd=charged, error=msg, status=str(pred.get("status") or "canceled"),
+                           owner=lease.owner, retryable=True)
         raise ProviderError(msg, retryable=True)

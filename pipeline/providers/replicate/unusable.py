@@ -9,6 +9,7 @@ second unusable output of the request (same cause or not) is permanent.
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 from pipeline.ledger import Job, Lease, Ledger
@@ -32,6 +33,32 @@ ADVICE = {
     "no_output": "the model succeeded without output; check its inputs (e.g. a safety filter that drops outputs) "
                  "or choose another model",
 }
+
+
+RETENTION_S = 3600.0
+"""How long Replicate keeps an API prediction's input, output and logs after it finishes, seconds
+(https://replicate.com/docs/topics/predictions/data-retention: "removed after an hour"); the
+prediction then shows ``data_removed: true`` and ``output: null``."""
+
+
+def removed_output(call: "Call", job: Job, pred: dict[str, Any], *, deadline_s: float) -> OutputUnusable | None:
+    """The ``expired`` OutputUnusable of a succeeded prediction whose output Replicate removed, else
+    None: ``pred`` shows ``data_removed``, or it has no output and ``job``'s intent is older than
+    RETENTION_S + ``deadline_s`` (it must have finished and been removed since). The message says
+    when it finished (``completed_at``), what it cost (USD: the job's recorded cost, else
+    ``Call.charge``) and which video paid; details carry ``completed_at``, ``cost_usd``, ``paid_by``."""
+    if pred.get("status") != "succeeded":
+        return None
+    late = time.time() - job.intent_at > RETENTION_S + deadline_s
+    if not (pred.get("data_removed") or (late and pred.get("output") in (None, "", [], {}))):
+        return None
+    cost = job.cost_usd if job.state == "succeeded" and job.cost_usd else call.charge(pred)
+    payer = job.video_id or "the planner"
+    completed = pred.get("completed_at") or "an unknown time"
+    msg = (f"Replicate removed its output an hour after it finished (completed_at {completed}; API predictions "
+           f"keep input, output and logs for {RETENTION_S / 3600:g} h, then show data_removed); it cost "
+           f"${cost:.4f}, paid by {payer}, and that spend stays in the ledger")
+    return OutputUnusable("expired", msg, completed_at=pred.get("completed_at"), cost_usd=cost, paid_by=payer)
 
 
 def blocking_cause(unusable: dict[str, dict[str, Any]], may_rebuy: Callable[[str, dict[str, Any]], bool]
@@ -79,9 +106,10 @@ class Unusable:
         raise ProviderError(msg, retryable=False)
 
     def record(self, call: "Call", job: Job, exc: OutputUnusable, *, owner: str | None,
-               pid: str | None = None) -> NoReturn:
+               pid: str | None = None, cost_usd: float | None = None) -> NoReturn:
         """Record a paid prediction's unusable output on the job and raise the ProviderError: permanent
-        for a deterministic cause or a second unusable output, else retryable (one re-buy)."""
+        for a deterministic cause or a second unusable output, else retryable (one re-buy). The job
+        keeps ``cost_usd`` (USD; default its recorded cost if it had succeeded, else the estimate)."""
         pid = pid or job.prediction_id
         counts = {c: dict(e) for c, e in job.unusable.items()}
         entry = counts.setdefault(exc.cause, {"count": 0, "predictions": []})
@@ -97,9 +125,10 @@ class Unusable:
                    f"{ADVICE[exc.cause]}")
         else:
             msg = (f"{call.model.id} prediction {pid} succeeded but its output is unusable ({exc.cause}): {exc}; "
-                   "a retry buys it once more")
+                   "a retry buys it once more (an output unusable for this cause may be bought again once; a "
+                   "second unusable output of the request is not bought)")
         msg = self.api.redact(msg)
-        cost = job.cost_usd if job.state == "succeeded" else call.estimate_usd
+        cost = cost_usd if cost_usd is not None else job.cost_usd if job.state == "succeeded" else call.estimate_usd
         self.ledger.finish(call.key, "failed", cost_usd=cost, error=msg, status="succeeded", owner=owner,
                            retryable=not permanent, unusable=(exc.cause, exc.details),
                            expect_state="succeeded" if owner is None else None)
