@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from pipeline_tests.fake_replicate.state import FAKE_MODELS, FLUX_SIZES, FakePrediction
 
@@ -118,9 +118,19 @@ def _video(server: "FakeReplicate", pred: FakePrediction, spec: dict[str, Any], 
     else:
         res = str(inp.get(spec["resolution"][0], spec["resolution"][1]))
     short = int(res[:-1])
-    scale = short / min(iw, ih)
     grid = spec.get("grid", 2)
-    w, h = (round(iw * scale / grid) * grid, round(ih * scale / grid) * grid)
+    ratio = str(inp.get("aspect_ratio") or "") if spec.get("aspect_ratio") else ""
+    if ratio:  # Wan generates at its aspect_ratio (16:9 or 9:16), filling it with the image (centre crop)
+        rw, rh = (int(v) for v in ratio.split(":"))
+        scale = short / min(rw, rh)
+        w, h = (round(rw * scale / grid) * grid, round(rh * scale / grid) * grid)
+        fitted = work / "fitted.png"
+        with Image.open(image) as im:
+            ImageOps.fit(im.convert("RGB"), (w, h), method=Image.Resampling.LANCZOS).save(fitted)
+        image = fitted
+    else:  # at the image's own ratio
+        scale = short / min(iw, ih)
+        w, h = (round(iw * scale / grid) * grid, round(ih * scale / grid) * grid)
     w, h = even(w * server.render_scale), even(h * server.render_scale)
     out = work / "output.mp4"
     media.render_camera_move(image, out, width=w, height=h, fps=fps, seconds=seconds,

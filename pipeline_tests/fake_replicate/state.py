@@ -21,7 +21,7 @@ FAKE_MODELS: dict[str, dict[str, Any]] = {
     "black-forest-labs/flux-1.1-pro": {"kind": "image", "required": ["prompt"], "output": "single"},
     "wan-video/wan-2.2-i2v-fast": {"kind": "video", "required": ["image", "prompt"], "image": "image",
                                    "frames": ("num_frames", 81), "fps": ("frames_per_second", 16),
-                                   "resolution": ("resolution", "480p"), "grid": 16},
+                                   "resolution": ("resolution", "480p"), "grid": 16, "aspect_ratio": True},
     "kwaivgi/kling-v2.1": {"kind": "video", "required": ["start_image", "prompt"], "image": "start_image",
                            "duration": ("duration", 5), "fixed_fps": 24, "mode_resolution": True},
     "bytedance/seedance-1-lite": {"kind": "video", "required": ["prompt", "image"], "image": "image",

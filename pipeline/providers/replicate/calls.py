@@ -1,6 +1,12 @@
 """One request of the provider as a paid call: the model input, what to do with a succeeded
 prediction (download, verify, price), and the result the Generator stores -- for media
 (``run_media``) and for the planner's text (``run_text``). The call itself is ``jobs.Jobs.obtain``.
+
+A request at a ratio the model cannot generate (1:1 on Wan, which makes 16:9 or 9:16) is generated
+at ``ModelInput.aspect_ratio`` and centre-cropped to the request's (``media.centre_crop``), the result
+saying ``cropped_from``. Chaining: the start image (the storyboard, or the previous chunk's last frame,
+both at the request's ratio) is padded, centred, to the generated ratio (``pad_to_ratio``), so the
+model's frame holds all of it and the crop of its output continues from it exactly.
 """
 
 from __future__ import annotations
@@ -9,11 +15,14 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from PIL import Image, ImageFilter, ImageOps
+
+from pipeline import media
 from pipeline.generation import GenerationRequest, ProviderResult
 from pipeline.ledger import Job
-from pipeline.models import ReplicateModel
+from pipeline.models import ReplicateModel, choose_ratio, request_ratio
 from pipeline.providers.replicate.client import Transient
-from pipeline.providers.replicate.download import fetch_output, output_urls
+from pipeline.providers.replicate.download import OutputUnusable, fetch_output, output_urls
 from pipeline.providers.replicate.jobs import Call, Used
 from pipeline.providers.replicate.planner import PLANNER_SYSTEM
 from pipeline.spec import sha256_json
@@ -44,13 +53,38 @@ def may_rebuy(provider: "ReplicateProvider", kind: str) -> Callable[[str, dict[s
     return may
 
 
+def pad_to_ratio(image: Path, ratio: str, out: Path) -> Path:
+    """``image`` centred on a ``ratio`` ("W:H") canvas at its own short side, the borders filled with
+    a blurred, scaled-to-cover copy of it; written to ``out`` (PNG) and returned. For a start frame
+    at the request's ratio (e.g. 1:1) sent to a model that generates at another (Wan: 16:9): the
+    model fills its frame with the image (centre crop), so padding keeps the whole image in the
+    middle of the frame, and the centre crop of the output (``ModelInput.crop_to``) continues it."""
+    rw, rh = (int(v) for v in ratio.split(":"))
+    with Image.open(image) as im:
+        src = im.convert("RGB")
+    w, h = src.size
+    if w * rh == h * rw:
+        return image
+    cw, ch = (max(w, round(h * rw / rh)), max(h, round(w * rh / rw)))
+    canvas = ImageOps.fit(src, (cw, ch), method=Image.Resampling.LANCZOS).filter(ImageFilter.GaussianBlur(24))
+    canvas.paste(src, ((cw - w) // 2, (ch - h) // 2))
+    canvas.save(out, "PNG")
+    return out
+
+
 def run_media(provider: "ReplicateProvider", request: GenerationRequest, model: ReplicateModel, scratch: Path, *,
               image: Path | None = None) -> ProviderResult:
     """One media request as a paid call through the ledger (``Jobs.obtain``): its input (``image``
     as a data URI or an uploaded file), download and verification of the output into ``scratch``,
     the price of what came back. Raises ProviderError / BudgetExceededError."""
-    extra = {"image": provider.uploads.image_input(image)} if image is not None else {}
-    inp = model.build_input(request, **extra)
+    extra: dict[str, Any] = {}
+    if image is not None:
+        generated = choose_ratio(request_ratio(request.params), model.ratios) if model.ratios else None
+        if generated and generated != request_ratio(request.params):  # e.g. 1:1 on Wan: framed at 16:9
+            image = pad_to_ratio(image, generated, scratch / f"start-{generated.replace(':', 'x')}.png")
+        extra["image"] = provider.uploads.image_input(image)
+    plan = model.model_input(request, **extra)
+    inp = plan.input
 
     def use(pred: dict[str, Any]) -> Used:
         try:
@@ -59,6 +93,12 @@ def run_media(provider: "ReplicateProvider", request: GenerationRequest, model: 
         except Transient as exc:
             raise provider.api.error(f"could not download the output of {model.id} prediction {pred.get('id')} "
                                      f"({exc}); a rerun fetches it again", retryable=True) from None
+        if plan.crop_to and model.kind == "video":  # generated at another ratio: keep the requested frame
+            try:
+                media.centre_crop(path, scratch / f"cropped{path.suffix or '.mp4'}", plan.crop_to)
+            except media.MediaError as exc:
+                raise OutputUnusable("undecodable", f"could not centre-crop it to {plan.crop_to}: {exc}") from None
+            path = scratch / f"cropped{path.suffix or '.mp4'}"
         cost = model.cost(request.params, output_seconds=facts.get("seconds"), metrics=pred.get("metrics") or {})
         return Used(value=path, cost_usd=cost.usd, output={"urls": output_urls(pred.get("output"))}, info={
             "billed_units": cost.units, "billed_unit": cost.unit, "price_usd": cost.price.usd,
@@ -77,7 +117,8 @@ def run_media(provider: "ReplicateProvider", request: GenerationRequest, model: 
     return ProviderResult(path=got.value, model=model.id, prediction_id=got.prediction_id, cost_usd=got.cost_usd,
                           reused_cost_usd=got.reused_cost_usd, paid_by=got.paid_by, extra={
                               "replicate_model": model.ref, "replicate_version": model.version,
-                              "obtained_by": got.how, "create_attempts": got.creates, **info})
+                              "obtained_by": got.how, "create_attempts": got.creates, **info,
+                              **(plan.metadata() if model.kind == "video" else {})})
 
 
 def run_text(provider: "ReplicateProvider", prompt: str, *, video_id: str | None = None,
