@@ -202,7 +202,9 @@ class ReplicateProvider(Provider):
     def render_chunk(self, request: GenerationRequest, start_image: Path, scratch: Path) -> ProviderResult:
         """A video chunk from the image-to-video model, starting on ``start_image`` (a PNG data URI
         up to 256 KB, else an uploaded file's URL, in the model's image field). The chunk is the
-        model's own length for ``params.duration_s`` (e.g. 81 frames at 16 fps for 5 s on Wan)."""
+        model's own length for ``params.duration_s`` (e.g. 81 frames at 16 fps for 5 s on Wan). A ratio
+        the model cannot make (1:1 on Wan) is generated at its closest ratio from the start image
+        padded to it, and centre-cropped back; ``extra["cropped_from"]`` names the generated ratio."""
         return run_media(self, request, get_model(request.model, "video"), scratch, image=start_image)
 
     def render_music(self, request: GenerationRequest, scratch: Path) -> ProviderResult:
