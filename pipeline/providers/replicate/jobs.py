@@ -291,12 +291,12 @@ class Jobs:
         charged = call.charge(pred)
         billed = f" (billed ${charged:.4f})" if charged else " (not billed)"
         if status == "failed":
-            msg = self.api.redact(f"{model.id} prediction {pid} failed{billed}: {error}")
+            msg = self.api.redact(f"{model.id} prediction {pid} failed: {error}{billed}")
             self.ledger.finish(call.key, "failed", cost_usd=charged, error=msg, status="failed", owner=lease.owner,
                                retryable=False)
             raise ProviderError(msg, retryable=False)
-        msg = self.api.redact(f"{model.id} prediction {pid} ended {status} without output{billed}"
-                              + (f": {pred.get('error')}" if pred.get("error") else ""))
+        msg = self.api.redact(f"{model.id} prediction {pid} ended {status} without output"
+                              + (f": {pred.get('error')}" if pred.get("error") else "") + billed)
         self.ledger.finish(call.key, "canceled", cost_usd=charged, error=msg, status=str(status),
                            owner=lease.owner, retryable=True)
         raise ProviderError(msg, retryable=True)
