@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 from pipeline.orchestration import forkserver, render
@@ -41,10 +42,15 @@ def test_workers_are_forks_of_the_fork_server_and_run_with_the_renders_environme
 
 def test_a_lock_held_by_another_thread_of_the_render_does_not_hang_its_workers(env, tmp_path, monkeypatch):
     """With ``fork``, the worker inherits the held lock and the patched function that takes it, and
-    hangs. A fork server's worker imports its own, untouched modules."""
-    held = threading.Lock()
-    held.acquire()  # held by this thread for the whole render: another thread, as seen by a worker
+    hangs. A fork server's worker imports its own, untouched modules. The render runs in this (the
+    main) thread, as the CLI's does; a watchdog kills hung workers so a regression fails, not hangs."""
+    held, done = threading.Lock(), threading.Event()
+    holder = threading.Thread(target=lambda: (held.acquire(), done.wait(), held.release()), daemon=True)
+    holder.start()
+    while not held.locked():
+        time.sleep(0.01)
     original = render.execute_planned
+    parent = os.getpid()
 
     def execute_planned(defs, instance, run):
         if os.getpid() != parent:  # in a worker: needs the lock, as a worker's logging or I/O would
@@ -52,21 +58,24 @@ def test_a_lock_held_by_another_thread_of_the_render_does_not_hang_its_workers(e
                 pass
         return original(defs, instance, run)
 
-    parent = os.getpid()
     monkeypatch.setattr(render, "execute_planned", execute_planned)
-    result: dict[str, object] = {}
-    thread = threading.Thread(target=lambda: result.setdefault("report", env.render(
-        write_spec(tmp_path / "s.yaml", video_id="no-hang"), max_parallel=2)), daemon=True)
-    thread.start()
-    thread.join(240)
-    held.release()
-    if thread.is_alive():  # a hung worker would outlive the test: end it, then fail
+    hung: list[int] = []
+
+    def watchdog() -> None:
+        if done.wait(240):
+            return
         for child in Path("/proc").glob("[0-9]*"):
             try:
-                if _ppid(int(child.name)) == os.getpid():
+                if _ppid(int(child.name)) == forkserver.server_pid():
+                    hung.append(int(child.name))
                     os.kill(int(child.name), signal.SIGKILL)
-            except (OSError, ValueError):
+            except (OSError, TypeError, ValueError):
                 pass
-        raise AssertionError("the render hung: a worker inherited a lock held by another thread")
-    report = result["report"]
+
+    threading.Thread(target=watchdog, daemon=True).start()
+    try:
+        report = env.render(write_spec(tmp_path / "s.yaml", video_id="no-hang"), max_parallel=2)
+    finally:
+        done.set()
+    assert not hung, f"the render hung: workers {hung} inherited a lock held by another thread"
     assert report.final is not None, [r.error for r in report.failed]
