@@ -14,10 +14,13 @@ import fcntl
 import os
 import signal
 import socket
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Generic, Hashable, Iterator, TypeVar
+
+V = TypeVar("V")
 
 _PR_SET_PDEATHSIG = 1
 """prctl(2) option: the signal this process gets when the thread that forked it exits."""
@@ -163,3 +166,25 @@ def file_lock(path: str | Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+class PerProcess(Generic[V]):
+    """Objects owned by this process, one per key, created on first use under a lock. A forked
+    child starts with none: its parent's objects (their threads, locks and counters) are not its
+    own (``os.register_at_fork``)."""
+
+    def __init__(self) -> None:
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._items: dict[Hashable, V] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, create: Callable[[], V]) -> V:
+        """The object for ``key``, made by ``create()`` if this process has none yet."""
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                item = self._items[key] = create()
+            return item

@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.procs import PerProcess
 from pipeline.providers.base import ProviderError
 from pipeline.providers.replicate.client import NotFound, RateLimited, ReplicateApi, Transient, iso, parse_time
 
@@ -285,24 +285,10 @@ class Poller:
                 self._slots.release()
 
 
-_POLLERS: dict[Any, Poller] = {}
-_POLLERS_LOCK = threading.Lock()
+_POLLERS: PerProcess[Poller] = PerProcess()
 
 
 def shared_poller(api: ReplicateApi) -> Poller:
     """This process's Poller for ``api``'s API root and token (``ReplicateApi.account_key``),
     created on first use. A forked child starts with none."""
-    with _POLLERS_LOCK:
-        poller = _POLLERS.get(api.account_key)
-        if poller is None:
-            poller = _POLLERS[api.account_key] = Poller(api)
-        return poller
-
-
-def _reset_after_fork() -> None:
-    global _POLLERS_LOCK
-    _POLLERS.clear()
-    _POLLERS_LOCK = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_reset_after_fork)
+    return _POLLERS.get(api.account_key, lambda: Poller(api))

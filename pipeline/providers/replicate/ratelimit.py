@@ -19,7 +19,6 @@ process: ``shared_budget``.
 from __future__ import annotations
 
 import email.utils
-import os
 import random
 import re
 import threading
@@ -30,6 +29,7 @@ from typing import Any
 import httpx
 from tenacity import RetryCallState
 
+from pipeline.procs import PerProcess
 from pipeline.providers.replicate.errors import RateLimited
 
 DEFAULT_MAX_READS_PER_MINUTE = 1500
@@ -181,26 +181,12 @@ class ReadBudget:
             self._paused_until = max(self._paused_until, time.monotonic() + max(0.0, seconds))
 
 
-_BUDGETS: dict[Any, ReadBudget] = {}
-_BUDGETS_LOCK = threading.Lock()
+_BUDGETS: PerProcess[ReadBudget] = PerProcess()
 
 
 def shared_budget(key: Any, per_minute: float) -> ReadBudget:
     """The process's ReadBudget for ``key`` (API root and token digest), created at ``per_minute``
     or lowered to it. A forked child starts with none (its parent's state is not its own)."""
-    with _BUDGETS_LOCK:
-        budget = _BUDGETS.get(key)
-        if budget is None:
-            budget = _BUDGETS[key] = ReadBudget(per_minute)
-        else:
-            budget.limit(per_minute)
-        return budget
-
-
-def _reset_after_fork() -> None:
-    global _BUDGETS_LOCK
-    _BUDGETS.clear()
-    _BUDGETS_LOCK = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_reset_after_fork)
+    budget = _BUDGETS.get(key, lambda: ReadBudget(per_minute))
+    budget.limit(per_minute)
+    return budget
