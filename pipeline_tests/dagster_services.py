@@ -45,7 +45,9 @@ def write_instance_yaml(home: Path, overrides: dict[str, Any] | None = None, *,
         else:
             config[key] = value
     home = home.resolve()
-    config["storage"] = {"sqlite": {"base_dir": str(home / "storage")}}
+    storage = config.setdefault("storage", {"sqlite": {}})
+    [(kind, spec)] = storage.items()  # sqlite, or custom (the repository's: run events applied first)
+    (spec.setdefault("config", {}) if kind == "custom" else spec)["base_dir"] = str(home / "storage")
     config["local_artifact_storage"] = {"module": "dagster._core.storage.root", "class": "LocalArtifactStorage",
                                         "config": {"base_dir": str(home)}}
     config["compute_logs"] = {"module": "dagster._core.storage.local_compute_log_manager",
@@ -300,7 +302,8 @@ class DagsterStack:
     def dump_threads(self, name: str = "dagster-daemon", lines: int = 400) -> str:
         """Diagnostics for a test that timed out waiting on a service: SIGABRT the running service
         ``name`` (its Python dumps every thread's stack into its log: PYTHONFAULTHANDLER is set for
-        the services) and return the last ``lines`` lines of that log. The service is gone after."""
+        the services) and return the last ``lines`` lines of that log. A dumped daemon is then
+        started again, so the tests that share this stack do not fail after this one."""
         found = [s for s in self.services if s.name == name and s.proc.poll() is None]
         if not found:
             return f"({name}: not running)"
@@ -309,7 +312,15 @@ class DagsterStack:
             found[0].proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             pass
-        return found[0].tail(lines)
+        text = found[0].tail(lines)
+        found[0].stop()  # its children (code servers) too
+        self.services.remove(found[0])
+        if name == "dagster-daemon":
+            try:
+                self.start_daemon(wait=True)
+            except AssertionError as exc:
+                text += f"\n(restarting the daemon failed: {exc})"
+        return text
 
     def stop(self) -> None:
         """Stop every service, then kill the run workers of this instance that are still alive."""
