@@ -91,6 +91,8 @@ def _serve(conn, config: dict[str, Any]) -> None:
                                "requests": len(server.requests), "unknown": unknown})
             elif cmd == "stop":
                 break
+    except (KeyboardInterrupt, EOFError):  # Ctrl-C reaches the whole process group; the parent stops it
+        pass
     finally:
         server.close()
         conn.close()

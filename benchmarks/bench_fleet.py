@@ -414,6 +414,23 @@ def run_fleet(args: argparse.Namespace, base: Path) -> dict[str, Any]:
     work_iv = [(r["start"], r["end"]) for r in all_runs if r["start"] and r["end"]]
     queued = [r["starting"] - r["enqueued"] for r in all_runs
               if r["job"] in ("render_segment", "render_music") and r["starting"] and r["enqueued"]]
+    from pipeline.defs.partitions import split_key
+    from pipeline.manifests import segment_key
+
+    overhead, launch = [], []  # per successful segment/music run: execution - draws; starting -> RUN_START
+    for r in all_runs:
+        if r["status"] != "SUCCESS" or not (r["start"] and r["end"]):
+            continue
+        w = workloads[r["video"]]
+        if r["job"] == "render_segment":
+            seg = split_key(r["partition"])[1]
+            beat = next((b for b in w.beats if segment_key(b.index) == seg), None)
+            if beat is not None:
+                overhead.append(r["end"] - r["start"] - w.chain(beat))
+        elif r["job"] == "render_music":
+            overhead.append(r["end"] - r["start"] - w.draws[w.music])
+        if r["job"] in ("render_segment", "render_music") and r["starting"]:
+            launch.append(r["start"] - r["starting"])
     failed_runs = [{"video": r["video"], "job": r["job"], "partition": r["partition"], "status": r["status"]}
                    for r in all_runs if r["status"] == "FAILURE"]
     status_counts: dict[str, int] = {}
@@ -451,6 +468,10 @@ def run_fleet(args: argparse.Namespace, base: Path) -> dict[str, Any]:
         "peak_segment_runs": _peak_concurrency(seg_iv), "peak_runs": _peak_concurrency(work_iv),
         "segment_music_queued_s": {"median": statistics.median(queued) if queued else None,
                                    "max": max(queued) if queued else None},
+        "work_run_overhead_s": {"median": statistics.median(overhead) if overhead else None,
+                                "max": max(overhead) if overhead else None},
+        "work_run_launch_s": {"median": statistics.median(launch) if launch else None,
+                              "max": max(launch) if launch else None},
         "cpu_busy_share": busy / total if total else None,
         "load_start": la_start, "load_end": la_end,
         "stitch_mux_s": asm, "runs": runs,
@@ -494,6 +515,10 @@ def report(r: dict[str, Any]) -> None:
          f"{r['peak_segment_runs']} / {r['peak_runs']}", ""),
         ("segment + music runs queued (s): median / max",
          " / ".join(f"{x:.1f}" if x is not None else "-" for x in r["segment_music_queued_s"].values()), ""),
+        ("segment + music runs: execution minus their draws (s): median / max",
+         " / ".join(f"{x:.1f}" if x is not None else "-" for x in r["work_run_overhead_s"].values()), ""),
+        ("segment + music runs: launch, STARTING -> RUN_START (s): median / max",
+         " / ".join(f"{x:.1f}" if x is not None else "-" for x in r["work_run_launch_s"].values()), ""),
         ("submitting every spec took (s)", f"{r['submit_s']:.1f} ({r['submit']})", ""),
         ("machine CPU busy during the fleet; load 1 min start..end",
          f"{100 * (r['cpu_busy_share'] or 0):.0f} %; {r['load_start'][0]:.1f}..{r['load_end'][0]:.1f}", ""),
@@ -542,6 +567,9 @@ def main(argv: list[str] | None = None) -> int:
          f"{' / '.join(f'{x:.2f}' for x in load_averages())}; {os.cpu_count()} cores.")
     try:
         result = run_fleet(args, base)
+    except KeyboardInterrupt:
+        emit("\ninterrupted: the daemon, its run workers and the fake server were stopped")
+        return 130
     finally:
         if args.keep:
             emit(f"(kept {base})")
