@@ -58,7 +58,7 @@ Target (issue 11): every video finishes, paid creates = minimum, makespan <= 1.2
 
 Usage: python benchmarks/bench_fleet.py [--videos 20] [--scale 0.05] [--seed 7] [--spec-seed 11]
        [--min-beats 2] [--max-beats 12] [--polling scaled|production] [--submit inprocess|subprocess]
-       [--pool-limit N] [--cold] [--timeout 1800] [--keep]
+       [--pool-limit N] [--render-scale 0.25] [--cold] [--timeout 1800] [--keep]
 """
 
 from __future__ import annotations
@@ -346,7 +346,8 @@ def run_fleet(args: argparse.Namespace, base: Path) -> dict[str, Any]:
             "module_name": "bench_fleet_defs", "attribute": "defs", "working_directory": str(code),
             "location_name": "video_pipeline_fleet"}}]}))
     server_cfg = dict(seed=args.seed, scale=args.scale, failed=[], fault_kind=None, fault_options={},
-                      rate_window_s=60.0 * args.scale if args.polling == "scaled" else 60.0)
+                      rate_window_s=60.0 * args.scale if args.polling == "scaled" else 60.0,
+                      render_scale=args.render_scale)
     result: dict[str, Any] = {"limits": limits, "videos": video_ids, "beats": beats}
     root = base / "stack"
     root.mkdir()
@@ -451,7 +452,7 @@ def run_fleet(args: argparse.Namespace, base: Path) -> dict[str, Any]:
     busy = cpu_end[0] - cpu_start[0]
     total = cpu_end[1] - cpu_start[1]
     result.update({
-        "scale": args.scale, "seed": args.seed, "spec_seed": args.spec_seed, "polling": args.polling,
+        "scale": args.scale, "render_scale": args.render_scale, "seed": args.seed, "spec_seed": args.spec_seed, "polling": args.polling,
         "submit": args.submit, "timed_out": state["timed_out"],
         "finished": len(final_at), "failed_videos": sorted(state["failed"]), "failure_reasons": why,
         "submit_s": submitted[-1] - t_submit, "waited_s": t_waited - t_submit,
@@ -548,6 +549,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-beats", type=int, default=12)
     ap.add_argument("--polling", choices=["scaled", "production"], default="scaled")
     ap.add_argument("--submit", choices=["inprocess", "subprocess"], default="inprocess")
+    ap.add_argument("--render-scale", type=float, default=0.25,
+                    help="size of the media the fake renders, x the model's output size (its CPU cost, not the "
+                         "pipeline's: it shares the machine)")
     ap.add_argument("--pool-limit", type=int, default=None, help="pools' default_limit instead of dagster.yaml's")
     ap.add_argument("--cold", action="store_true", help="no warm-up video")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for the fleet")
