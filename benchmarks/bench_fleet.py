@@ -452,7 +452,8 @@ def run_fleet(args: argparse.Namespace, base: Path) -> dict[str, Any]:
     busy = cpu_end[0] - cpu_start[0]
     total = cpu_end[1] - cpu_start[1]
     result.update({
-        "scale": args.scale, "render_scale": args.render_scale, "seed": args.seed, "spec_seed": args.spec_seed, "polling": args.polling,
+        "scale": args.scale, "render_scale": args.render_scale, "seed": args.seed, "spec_seed": args.spec_seed,
+        "polling": args.polling,
         "submit": args.submit, "timed_out": state["timed_out"],
         "finished": len(final_at), "failed_videos": sorted(state["failed"]), "failure_reasons": why,
         "submit_s": submitted[-1] - t_submit, "waited_s": t_waited - t_submit,
