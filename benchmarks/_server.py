@@ -74,7 +74,8 @@ def _serve(conn, config: dict[str, Any]) -> None:
 
     server = FakeReplicate(run_seconds=0.0, run_seconds_for=run_seconds_for, fault_for=fault_for,
                            render_during_run=True, render_scale=config.get("render_scale", 0.25),
-                           latency=config.get("latency", 0.0), seed=seed).start()
+                           latency=config.get("latency", 0.0), seed=seed,
+                           rate_window_s=config.get("rate_window_s", 60.0)).start()
     conn.send({"base_url": server.base_url, "origin": server.origin, "token": server.token})
     try:
         while True:
@@ -90,6 +91,8 @@ def _serve(conn, config: dict[str, Any]) -> None:
                                "requests": len(server.requests), "unknown": unknown})
             elif cmd == "stop":
                 break
+    except (KeyboardInterrupt, EOFError):  # Ctrl-C reaches the whole process group; the parent stops it
+        pass
     finally:
         server.close()
         conn.close()
@@ -97,7 +100,8 @@ def _serve(conn, config: dict[str, Any]) -> None:
 
 class ServerProcess:
     """``with ServerProcess(seed=..., scale=..., failed=..., fault_kind=...) as s:`` -> s.base_url,
-    s.origin, s.token, s.stats()."""
+    s.origin, s.token, s.stats(), s.pid. Optional: ``rate_window_s`` (the fake's rate-limit window,
+    seconds, default 60: 600 creates and 3000 reads per window), ``render_scale``, ``latency``."""
 
     def __init__(self, **config: Any):
         import sys
@@ -112,6 +116,11 @@ class ServerProcess:
         info = self._conn.recv()
         self.base_url, self.origin, self.token = info["base_url"], info["origin"], info["token"]
         return self
+
+    @property
+    def pid(self) -> int | None:
+        """The server process's pid (None before it started)."""
+        return self._proc.pid
 
     def stats(self) -> dict[str, Any]:
         self._conn.send("stats")

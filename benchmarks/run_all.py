@@ -10,12 +10,15 @@ Each benchmark is a script in this directory that also runs alone and prints its
                                     per run launcher and dagster.yaml, against pipeline render
     bench_concurrency.py       7.   concurrent pipeline render processes: crashes, duplicate paid creates,
                                     ledger vs cost tables (fake Replicate at create latency 0/0.5/2 s)
+    bench_fleet.py             (only with --fleet: several minutes) 20 videos of mixed length submitted at
+                                    once through the daemon: makespan vs the pool-limited bound, peak memory,
+                                    paid creates vs the minimum
 
 The combined output (Markdown) is also written to benchmarks/results/latest.md, each script's raw
 numbers to benchmarks/results/<name>.json. Every benchmark uses temporary Dagster homes and data
 directories; nothing touches the repository's data/.
 
-Usage: python benchmarks/run_all.py [--only makespan stitch ...] [--quick]
+Usage: python benchmarks/run_all.py [--only makespan stitch ...] [--quick] [--fleet]
 """
 
 from __future__ import annotations
@@ -39,6 +42,10 @@ BENCHMARKS = [
     ("daemon_path", "bench_daemon_path.py", ["--repeat", "2", "--configs", "before,forkserver"], ["--quick"]),
     ("concurrency", "bench_concurrency.py", [], ["--latencies", "0.5", "--scenarios", "twins"]),
 ]
+OPTIONAL = [
+    ("fleet", "bench_fleet.py", [], ["--videos", "4", "--max-beats", "4"]),
+]
+"""Benchmarks run only when asked for (``--fleet`` or ``--only fleet``): they take minutes."""
 
 
 loadavg = load_averages
@@ -50,7 +57,8 @@ def load1() -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--only", nargs="+", choices=[b[0] for b in BENCHMARKS], help="run only these")
+    ap.add_argument("--only", nargs="+", choices=[b[0] for b in BENCHMARKS + OPTIONAL], help="run only these")
+    ap.add_argument("--fleet", action="store_true", help="also the fleet benchmark (bench_fleet.py, minutes)")
     ap.add_argument("--quick", action="store_true", help="smaller variants of each benchmark (a smoke run)")
     ap.add_argument("--wait-quiet", type=float, default=60.0,
                     help="wait up to this many seconds for the 1-minute load average to drop below 1.0")
@@ -76,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     failures = []
     started = time.perf_counter()
     timings = []
-    for name, script, full_args, quick_args in BENCHMARKS:
+    chosen = BENCHMARKS + [b for b in OPTIONAL if args.fleet or (args.only and b[0] in args.only)]
+    for name, script, full_args, quick_args in chosen:
         if args.only and name not in args.only:
             continue
         cmd = [sys.executable, str(BENCH / script), *(quick_args if args.quick else full_args)]

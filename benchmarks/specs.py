@@ -7,10 +7,14 @@
 - ``mixed-60``: 60 s, 6 beats of 5, 10 and 15 s (two of each).
 - ``local-15`` / ``local-120`` / ``local-300``: the local-render scaling specs, built from the
   tortoise-and-hare beat pattern (5, 5, 10, 5, 10, 5 s); the 40 s one is examples/tortoise-and-hare.yaml.
+- ``fleet_specs``: the fleet benchmark's videos (bench_fleet.py): N specs of 2-12 beats of 5, 10
+  or 15 s each (seeded), each with its own seed and shot labels so no two videos share a provider
+  call.
 """
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import yaml
@@ -39,18 +43,23 @@ MIXED_60 = [10, 5, 15, 5, 15, 10]
 TORTOISE_PATTERN = [5, 5, 10, 5, 10, 5]
 
 
-def _beats(durations: list[float]) -> list[dict]:
+def _beats(durations: list[float], label: str | None = None) -> list[dict]:
     beats = []
     for i, d in enumerate(durations):
         prompt, motion = SCENES[i % len(SCENES)]
-        beat = {"prompt": f"{prompt} (shot {i + 1})", "duration_s": d}
+        shot = f"{label}, shot {i + 1}" if label else f"shot {i + 1}"
+        beat = {"prompt": f"{prompt} ({shot})", "duration_s": d}
         if motion:
             beat["motion"] = motion
         beats.append(beat)
     return beats
 
 
-def write_spec(path: Path, video_id: str, durations: list[float], *, aspect: str = "16:9") -> Path:
+def write_spec(path: Path, video_id: str, durations: list[float], *, aspect: str = "16:9", seed: int = 1234,
+               label: str | None = None) -> Path:
+    """Write a spec with one beat per entry of ``durations`` (seconds) to ``path``. ``seed``: the
+    video's seed; ``label``: added to every beat prompt ("(<label>, shot N)"), so specs with
+    different labels make different provider calls."""
     spec = {
         "video_id": video_id,
         "title": f"Benchmark {video_id}",
@@ -58,8 +67,8 @@ def write_spec(path: Path, video_id: str, durations: list[float], *, aspect: str
         "aspect_ratio": aspect,
         "style": "moody oil painting, storm light, deep blues and amber",
         "music": {"prompt": "slow building orchestral swell with low strings", "bpm": 84},
-        "seed": 1234,
-        "beats": _beats(durations),
+        "seed": seed,
+        "beats": _beats(durations, label),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
@@ -92,3 +101,27 @@ def local_specs(directory: Path, examples: Path) -> dict[int, Path]:
         120: write_spec(directory / "local-120.yaml", "bench-local-120", tortoise_pattern(120)),
         300: write_spec(directory / "local-300.yaml", "bench-local-300", tortoise_pattern(300)),
     }
+
+
+FLEET_BEAT_LENGTHS = (5, 10, 15)
+
+
+def fleet_durations(videos: int, *, seed: int, min_beats: int = 2, max_beats: int = 12,
+                    lengths: tuple[float, ...] = FLEET_BEAT_LENGTHS) -> list[list[float]]:
+    """Beat durations (seconds) of ``videos`` videos: beat counts spread evenly over
+    ``min_beats``..``max_beats`` (shuffled with ``seed``), each beat's length drawn from ``lengths``."""
+    rng = random.Random(seed)
+    span = max_beats - min_beats
+    counts = [min_beats + (round(i * span / (videos - 1)) if videos > 1 else span) for i in range(videos)]
+    rng.shuffle(counts)
+    return [[rng.choice(lengths) for _ in range(n)] for n in counts]
+
+
+def fleet_specs(directory: Path, videos: int = 20, *, seed: int = 11, min_beats: int = 2,
+                max_beats: int = 12) -> list[Path]:
+    """The fleet benchmark's specs ``bench-fleet-NN`` (``fleet_durations``), each with its own video
+    seed and shot labels (no provider call is shared between two videos)."""
+    return [write_spec(directory / f"fleet-{i:02d}.yaml", f"bench-fleet-{i:02d}", durations,
+                       seed=100_003 * (i + 1) % 2**31, label=f"film {i + 1}")
+            for i, durations in enumerate(fleet_durations(videos, seed=seed, min_beats=min_beats,
+                                                          max_beats=max_beats))]
