@@ -15,6 +15,7 @@ A paid output that cannot be used raises OutputUnusable with a short *cause* the
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any, Iterable
 from urllib.parse import urlsplit
@@ -171,11 +172,14 @@ class Downloader:
 
 
 def fetch_output(pred: dict[str, Any], model: ReplicateModel, request: GenerationRequest, scratch: Path,
-                 downloader: Downloader, *, max_bytes: int) -> tuple[Path, dict[str, Any]]:
+                 downloader: Downloader, *, max_bytes: int,
+                 timings: dict[str, float] | None = None) -> tuple[Path, dict[str, Any]]:
     """Download and verify a succeeded prediction's media output into ``scratch``. Images are
     resized and center-cropped to the request's ``width`` x ``height`` (pixels) as PNG. Returns
-    (file, {"seconds": video/audio seconds, "extra": {source size, fps}}). Raises OutputUnusable,
-    or Transient when the download keeps failing transiently."""
+    (file, {"seconds": video/audio seconds, "extra": {source size, fps}}). ``timings``, if given,
+    receives ``download_s`` and ``verify_s`` (decoding, and an image's resize), seconds. Raises
+    OutputUnusable, or Transient when the download keeps failing transiently."""
+    timings = {} if timings is None else timings
     if pred.get("data_removed"):
         raise OutputUnusable("expired", "the prediction's output was removed from Replicate (data_removed)")
     urls = output_urls(pred.get("output"))
@@ -185,7 +189,20 @@ def fetch_output(pred: dict[str, Any], model: ReplicateModel, request: Generatio
     ext = Path(urlsplit(url).path).suffix.lower()
     ext = ext if ext in _KNOWN_EXTS else model.output_ext
     raw = scratch / f"output{ext}"
-    downloader.download(url, raw, max_bytes=max_bytes)
+    started = time.monotonic()
+    try:
+        downloader.download(url, raw, max_bytes=max_bytes)
+    finally:
+        timings["download_s"] = time.monotonic() - started
+    started = time.monotonic()
+    try:
+        return _verify(raw, model, request, scratch)
+    finally:
+        timings["verify_s"] = time.monotonic() - started
+
+
+def _verify(raw: Path, model: ReplicateModel, request: GenerationRequest, scratch: Path) -> tuple[Path, dict[str, Any]]:
+    """``fetch_output``'s decoding of the downloaded ``raw`` file (see there)."""
     size = raw.stat().st_size
     try:
         if model.kind == "image":
