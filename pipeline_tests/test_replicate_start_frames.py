@@ -125,3 +125,29 @@ def test_an_upload_whose_answer_was_lost_is_not_uploaded_twice(tmp_path, fake_re
     posts = [s for m, p, s in server.requests if m == "POST" and p == "/v1/files"]
     assert len(posts) == (1 if stored else 2)
     assert_no_jpeg(server)
+
+
+def test_the_lookup_of_a_lost_upload_sends_the_token_only_to_the_api_root(tmp_path):
+    import httpx
+
+    from pipeline.providers.replicate import files
+
+    base, token, seen = "https://api.example.test", "r8_StartFramesToken0000000000000", []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.method == "POST" and len([r for r in seen if r.method == "POST"]) == 1:
+            return httpx.Response(502, json={"detail": "bad gateway", "status": 502})
+        if request.method == "GET":  # a page with nothing of ours, and a next page on another origin
+            return httpx.Response(200, json={"results": [], "previous": None,
+                                             "next": "https://elsewhere.example.test/v1/files?cursor=abc"})
+        return httpx.Response(201, json={"id": "f2", "urls": {"get": f"{base}/v1/files/f2"}, "size": 3,
+                                          "expires_at": None, "checksums": {"sha256": "x"}})
+
+    provider = get_provider("replicate", api_token=token, base_url=base, workspace_root=tmp_path,
+                            poll_interval_s=0.01, max_poll_interval_s=0.02, transport=httpx.MockTransport(handler))
+    info = files.upload(provider.api, PNG_MAGIC + b"data", filename="a.png", content_type="image/png")
+    assert info["id"] == "f2"
+    assert [(r.method, r.url.path) for r in seen] == [("POST", "/v1/files"), ("GET", "/v1/files"),
+                                                      ("POST", "/v1/files")]
+    assert all(r.url.host == "api.example.test" and r.headers["Authorization"] == f"Bearer {token}" for r in seen)

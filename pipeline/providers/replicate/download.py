@@ -15,6 +15,7 @@ A paid output that cannot be used raises OutputUnusable with a short *cause* the
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -89,6 +90,32 @@ class Downloader:
         self.max_attempts = max(1, max_attempts)
         self.backoff_initial_s = backoff_initial_s
         self.max_backoff_s = max_backoff_s
+        self._client: httpx.Client | None = None
+        self._client_pid: int | None = None
+        self._lock = threading.Lock()
+
+    def _http(self) -> httpx.Client:
+        """This process's download client (no token; every request and redirect checked against the
+        allow-list by a hook), made once: making one costs 60-100 ms (its TLS context), and kept
+        connections spare the next download from the same host its handshake. Made again after a fork."""
+        with self._lock:
+            if self._client is None or self._client_pid != os.getpid():
+                self._client = httpx.Client(timeout=httpx.Timeout(self.request_timeout_s, connect=10.0),
+                                            follow_redirects=True, max_redirects=_MAX_REDIRECTS,
+                                            headers={"User-Agent": "video-pipeline"},
+                                            event_hooks={"request": [lambda request: self.check_url(str(request.url))]})
+                self._client_pid = os.getpid()
+            return self._client
+
+    def close(self) -> None:
+        """Close the download client's connections (a later download opens new ones)."""
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None and self._client_pid == os.getpid():
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
 
     def allows(self, url: str) -> bool:
         """True if ``url`` may be downloaded from."""
@@ -121,20 +148,14 @@ class Downloader:
         request hook), no API token sent, at most ``max_bytes``. Transient failures retry; raises
         OutputUnusable (403/404/410 are ``expired``) or Transient when retries are exhausted."""
 
-        def check(request: httpx.Request) -> None:
-            self.check_url(str(request.url))
-
         def once() -> None:
-            with httpx.Client(timeout=httpx.Timeout(self.request_timeout_s, connect=10.0), follow_redirects=True,
-                              max_redirects=_MAX_REDIRECTS, headers={"User-Agent": "video-pipeline"},
-                              event_hooks={"request": [check]}) as http:
-                try:
-                    with http.stream("GET", url) as resp:
-                        self._save(resp, dest, max_bytes)
-                except httpx.TooManyRedirects:
-                    raise OutputUnusable("refused_host", f"more than {_MAX_REDIRECTS} redirects", origin=_origin(url))
-                except httpx.TransportError as exc:
-                    raise Transient(f"download: {type(exc).__name__}: {exc}") from None
+            try:
+                with self._http().stream("GET", url) as resp:
+                    self._save(resp, dest, max_bytes)
+            except httpx.TooManyRedirects:
+                raise OutputUnusable("refused_host", f"more than {_MAX_REDIRECTS} redirects", origin=_origin(url))
+            except httpx.TransportError as exc:
+                raise Transient(f"download: {type(exc).__name__}: {exc}") from None
 
         retrying = Retrying(stop=stop_after_attempt(self.max_attempts),
                             wait=wait_for_server(wait_exponential_jitter(initial=self.backoff_initial_s,

@@ -12,7 +12,7 @@ record is reused while it has at least ``min_ttl_s`` left; one written by anothe
 earlier run is checked once with ``GET /v1/files/{id}`` before use. Within a process a record
 already used is remembered by sha256, so using it again reads neither the lock nor the ledger. An
 upload whose answer was lost (timeout, dropped connection, 5xx) is looked up by its checksum
-(``ReplicateApi.find_file``) before it is sent again.
+(``find_file``) before it is sent again.
 
 The token goes only to the API root: uploads, file checks and lists are requests to it; the file
 URL (``urls.get``) is only passed to the model as input, never fetched here.
@@ -30,11 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 from PIL import Image
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from pipeline.ledger import Ledger
 from pipeline.procs import file_lock
-from pipeline.providers.replicate.client import ReplicateApi, Transient, parse_time
+from pipeline.providers.base import ProviderError
+from pipeline.providers.replicate.client import NotFound, ReplicateApi, Transient, parse_time, wait_for_server
 
 log = logging.getLogger("pipeline.providers.replicate")
 
@@ -75,6 +78,87 @@ def png_bytes(path: str | Path) -> bytes:
         buf = io.BytesIO()
         im.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def upload(api: ReplicateApi, data: bytes, *, filename: str, content_type: str, attempts: int = 4) -> dict[str, Any]:
+    """Upload ``data`` with ``POST /v1/files`` (multipart field ``content``) through ``api``, retrying
+    transient failures ``attempts`` times (tenacity). Idempotent: after a failure that may have
+    stored the file anyway (timeout, dropped connection, 5xx, unreadable answer) the next attempt
+    first looks for a file with the same sha256 (``find_file``) and returns it instead of uploading
+    again. Returns the file JSON (``id``, ``urls.get``, ``expires_at``, ``size``, ``checksums``...).
+    Raises ProviderError (retryable when transient failures persist)."""
+    what = f"upload of {filename} ({len(data)} bytes)"
+    sha = hashlib.sha256(data).hexdigest()
+    state = {"ambiguous": False, "since": time.time()}
+
+    def once() -> dict[str, Any]:
+        if state["ambiguous"]:
+            found = find_file(api, sha, since=state["since"])
+            if found is not None:
+                log.info("the earlier %s did reach Replicate as file %s; not uploading again", what, found["id"])
+                return found
+        try:
+            response = api.send("POST", "/v1/files", files={"content": (filename, data, content_type)})
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:  # nothing sent
+            raise Transient(f"{what}: {type(exc).__name__}: {exc}") from None
+        except httpx.TransportError as exc:
+            state["ambiguous"] = True
+            raise Transient(f"{what}: {type(exc).__name__}: {exc}") from None
+        if response.status_code >= 300:
+            state["ambiguous"] = response.status_code >= 500 or state["ambiguous"]
+            raise api.refusal(response, what)
+        try:
+            return response.json()
+        except ValueError:
+            state["ambiguous"] = True
+            raise Transient(f"{what}: unreadable JSON") from None
+
+    retrying = Retrying(stop=stop_after_attempt(max(1, attempts)), retry=retry_if_exception_type(Transient),
+                        wait=wait_for_server(wait_exponential_jitter(initial=api.poll_interval_s,
+                                                                     max=api.max_poll_interval_s)), reraise=True)
+    try:
+        return retrying(once)
+    except (Transient, NotFound) as exc:
+        raise api.error(f"could not upload an input file to Replicate: {exc}", retryable=True) from None
+
+
+def find_file(api: ReplicateApi, sha256: str, *, since: float, skew_s: float = 120.0,
+              max_pages: int = 5) -> dict[str, Any] | None:
+    """The newest live uploaded file whose ``checksums.sha256`` is ``sha256``, created at or after
+    ``since`` (Unix seconds) minus ``skew_s`` (clock skew), from ``GET /v1/files`` (newest first, at
+    most ``max_pages`` pages, ``next`` followed on the API root only). None if there is none or the
+    list cannot be read (the caller uploads again: a duplicate file, no harm)."""
+    floor, path = since - skew_s, "/v1/files"
+    for _ in range(max(1, max_pages)):
+        try:
+            page = api.read_json(path, what="list files")
+        except (Transient, NotFound, ProviderError) as exc:
+            log.warning("could not list uploaded files (%s)", api.redact(str(exc)))
+            return None
+        older = False
+        for f in page.get("results") or []:
+            created = parse_time(f.get("created_at")) if isinstance(f, dict) else None
+            if created is not None and created < floor:
+                older = True
+                continue
+            expires = parse_time(f.get("expires_at")) if isinstance(f, dict) else None
+            if (isinstance(f, dict) and (f.get("checksums") or {}).get("sha256") == sha256 and f.get("id")
+                    and (f.get("urls") or {}).get("get") and (expires is None or expires > time.time())):
+                return f
+        path = page.get("next")
+        if older or not path:
+            return None
+    return None
+
+
+def get_file(api: ReplicateApi, file_id: str) -> dict[str, Any] | None:
+    """``GET /v1/files/{id}``: the file JSON, or None if it does not exist (404). Raises Transient if
+    it cannot be told, ProviderError for other refusals."""
+    try:
+        return api.get_json(f"/v1/files/{file_id}", what=f"file {file_id}",
+                            until=time.monotonic() + 2 * api.request_timeout_s)
+    except NotFound:
+        return None
 
 
 @dataclass(frozen=True)
@@ -124,7 +208,7 @@ class Uploads:
             if record is not None and self._still_there(record):
                 self._remember(record)
                 return record.url
-            info = self.api.upload(data, filename=f"{sha[:16]}{suffix}", content_type=content_type)
+            info = upload(self.api, data, filename=f"{sha[:16]}{suffix}", content_type=content_type)
             url = (info.get("urls") or {}).get("get")
             if not info.get("id") or not url:
                 raise self.api.error(f"the Files API answered an upload of {len(data)} bytes without an id or URL",
@@ -181,7 +265,7 @@ class Uploads:
             if record.file_id in self._checked:
                 return True
         try:
-            found = self.api.get_file(record.file_id)
+            found = get_file(self.api, record.file_id)
         except Transient as exc:  # cannot tell: use it; a create with a missing file fails with 4xx
             log.warning("could not check uploaded file %s (%s); using it", record.file_id, self.api.redact(str(exc)))
             return True

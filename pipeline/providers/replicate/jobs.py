@@ -75,14 +75,7 @@ class Call:
     params: dict[str, Any] = field(default_factory=dict)
     """The request's ``params`` (width/height pick the price tier; ``duration_s`` the seconds asked)."""
     timings: dict[str, float] = field(default_factory=dict)
-    """Seconds spent per step, filled while the call runs: ``create_s`` (create requests, retries and
-    their waits included), ``lookup_s`` (looking up a crashed create), ``poll_s`` (create answered ->
-    terminal status seen), ``seen_late_s`` (the prediction's ``completed_at`` -> seen, on this
-    machine's clock against Replicate's), and what ``use`` adds (download, verification)."""
-
-    def timed(self, name: str, started: float) -> None:
-        """Add the monotonic seconds since ``started`` to ``timings[name]``."""
-        self.timings[name] = self.timings.get(name, 0.0) + (time.monotonic() - started)
+    """Seconds per step, filled as the call runs (``Predictions.create``/``poll``, and ``use``)."""
 
     def charge(self, pred: dict[str, Any]) -> float:
         """USD Replicate bills for prediction JSON ``pred`` as it ended (``models.charge_for``):
@@ -279,28 +272,16 @@ class Jobs:
                                 "deadline: a prediction created before the crash has lost its input and cannot be "
                                 "found by the lookup (if it existed it was paid, and this buys the request again)",
                                 model.id, key[:12], age_s, RETENTION_S)
-                started = time.monotonic()
                 pid = self.predictions.lookup(model, call.inp, since=job.intent_at)
-                call.timed("lookup_s", started)
                 if pid:
                     how = "adopted"
                     log.info("%s: adopting prediction %s found by lookup (no new create)", model.id, pid)
                     self.ledger.set_in_flight(key, pid, adopted=True, owner=lease.owner)
             if not pid:
-                started = time.monotonic()
-                try:
-                    pid, adopted, creates = self.predictions.create(job, model, call.inp, lease)
-                finally:
-                    call.timed("create_s", started)
+                pid, adopted, creates = self.predictions.create(job, model, call.inp, lease, timings=call.timings)
                 how = "adopted" if adopted else "created"
                 self.ledger.set_in_flight(key, pid, adopted=adopted, owner=lease.owner)
-        started = time.monotonic()
-        pred = self.predictions.poll(key, pid, model, lease, charge=call.charge)
-        call.timed("poll_s", started)
-        completed = parse_time(pred.get("completed_at"))
-        if completed is not None:
-            call.timings["seen_late_s"] = max(0.0, time.time() - completed)
-        return pred, how, creates
+        return self.predictions.poll(key, pid, model, lease, charge=call.charge, timings=call.timings), how, creates
 
     def _raise_terminal(self, call: Call, pred: dict[str, Any], lease: Lease) -> None:
         """Close the job of a prediction that ended without output (failed, canceled, aborted) with

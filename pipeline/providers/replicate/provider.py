@@ -185,8 +185,9 @@ class ReplicateProvider(Provider):
                 f"music={self.music_model!r}, chunk_seconds={self.chunk_seconds:g}, ledger={str(self.ledger.path)!r})")
 
     def close(self) -> None:
-        """Close the API client's connections (a later call opens new ones)."""
+        """Close the API and download clients' connections (a later call opens new ones)."""
         self.api.close()
+        self.downloader.close()
 
     def __del__(self) -> None:
         try:
