@@ -13,15 +13,16 @@ and the replicate provider its ``timings_s`` (``pipeline.providers.replicate.cal
 
 - ``seen_late_s`` (chunk k): completed -> the poller saw it (poll schedule, ``--poll`` / ``--cap``);
 - ``download_s``, ``verify_s`` (decode every frame), ``crop_s`` (chunk k);
-- provider rest (chunk k): its ``total_s`` minus every timed piece: ledger writes, model input;
+- provider rest (chunk k): its ``total_s`` minus every timed piece: ledger work (its claim before
+  chunk k's create belongs to the gap before, so this over-counts a little), the model input;
 - generator (chunk k): the log's ``seconds`` minus the provider's ``total_s``: the Generator's own
   verification (a second full decode), the store and the cache entry;
 - last frame (chunk k): the ``last_frame`` generation (``media.extract_last_frame``, verify, store);
 - ``pad_s`` + ``upload_s`` (chunk k+1): its start frame made a model input (inline or uploaded);
 - ``create_s`` (chunk k+1): the create request (its answer comes after ``created_at``, so this
   over-counts by the answer's way back);
-- unaccounted: the measured gap minus the pieces (stages' own work, cache reads, the next ledger
-  claim; negative when ``create_s`` over-counts more than that).
+- unaccounted: the measured gap minus the pieces (stages' own work, cache reads; negative when
+  ``create_s`` and the provider rest over-count more than that: a few hundredths of a second).
 
 Medians over every gap of every chain. The fake renders at ``--render-scale`` of the real sizes
 (1.0: Wan's 854x480 at 16 fps, 81 frames; 0.25: 214x120, a smoke run).
@@ -53,7 +54,7 @@ PIECES = [  # (row label, key in a gap's pieces)
     ("last frame: extract, verify, store (chunk k)", "last_frame_s"),
     ("start frame -> input: pad, PNG, inline/upload (chunk k+1)", "upload_s"),
     ("create request (chunk k+1)", "create_s"),
-    ("unaccounted (stages, cache reads, ledger claim)", "unaccounted_s"),
+    ("unaccounted (stages, cache reads; < 0: over-counted)", "unaccounted_s"),
 ]
 TIMED = ("pad_s", "upload_s", "create_s", "poll_s", "download_s", "verify_s", "crop_s")
 
