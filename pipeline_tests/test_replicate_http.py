@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 import pipeline.providers.replicate as package
+from pipeline.providers.replicate import files
 from pipeline.definitions import build_definitions
 from pipeline.generation import GenerationRequest
 from pipeline.providers import ProviderError, get_provider
@@ -173,7 +174,7 @@ def test_uploads_go_to_the_files_api_as_multipart_content(tmp_path):
 
     provider = get_provider("replicate", api_token=TOKEN, base_url=BASE, workspace_root=tmp_path,
                             transport=httpx.MockTransport(handler))
-    info = provider.api.upload(b"png", filename="a.png", content_type="image/png")
+    info = files.upload(provider.api, b"png", filename="a.png", content_type="image/png")
     assert info["id"] == "f1" and info["urls"]["get"].endswith("/v1/files/f1")
     (request,) = seen
     body = request.read()

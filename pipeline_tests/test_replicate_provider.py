@@ -225,8 +225,9 @@ def test_input_images_go_as_deterministic_data_uris(tmp_path):
     noisy = tmp_path / "noisy.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (480, 854, 3), dtype=np.uint8)).save(noisy)
     assert noisy.stat().st_size > MAX_DATA_URI_PNG_BYTES
-    uri = image_data_uri(noisy)
-    assert uri.startswith("data:image/jpeg;base64,") and uri == image_data_uri(noisy)  # same bytes on a rerun
+    uri = image_data_uri(noisy)  # large: still the PNG itself, never a lossy JPEG
+    assert uri.startswith("data:image/png;base64,") and uri == image_data_uri(noisy)  # same bytes on a rerun
+    assert base64.b64decode(uri.split(",", 1)[1]) == noisy.read_bytes()
     assert _decode_data_uri(uri).size == (854, 480)
 
 

@@ -12,6 +12,7 @@ Replicate's OpenAPI document (``pipeline_tests/openapi/``; checked by test_repli
   newest first, 100 a page, cursor ``next``/``previous`` URLs, ``created_after`` (at or after),
   ``created_before`` and ``source`` filters, web predictions included;
 - ``POST /v1/files`` (multipart ``content``, optional ``filename``, ``type``, ``metadata``),
+  ``GET /v1/files`` (live files newest first, ``page_size`` a page, ``next`` URL),
   ``GET /v1/files/{id}``, ``DELETE /v1/files/{id}`` (204): the Files API. A prediction input naming
   one of these files by URL (``urls.get``) is read from it; an unknown, deleted or expired file URL is
   refused with 422 at create;
@@ -46,7 +47,9 @@ Fault injection (``FakeReplicate.inject(kind, times=1, model=None, **options)``)
   ``slow`` (runs ``seconds``), ``corrupt_output``,
   ``expired_output`` (the output URL answers ``status`` 404), ``oversize_output`` (the output is
   padded to ``bytes``, default 80 MB), ``bad_json`` (planner text);
-- reads: ``get_error`` / ``list_error`` (``status`` 500), ``download_error`` (``status`` 503).
+- reads: ``get_error`` / ``list_error`` (``status`` 500), ``download_error`` (``status`` 503);
+- uploads: ``upload_error`` (``status`` 500 without storing the file; ``after_store=True`` stores it
+  first; ``drop=True`` stores it, then closes the connection without a response).
 
 Latency: ``latency`` (every API request), ``create_latency`` (a create, before the prediction
 exists) and ``run_seconds`` (create -> terminal) take a number, a ``(low, high)`` uniform range, or

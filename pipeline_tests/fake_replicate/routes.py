@@ -124,6 +124,11 @@ class Handler(BaseHTTPRequestHandler):
                 pred = fake.predictions.get(parts[2])
                 body = fake.prediction_json(pred) if pred else None
             return self._send(200, body) if body else self._problem(404, "Not found", "Prediction not found")
+        if parts == ["v1", "files"]:
+            try:
+                return self._send(200, fake.list_files(parse_qs(url.query).get("cursor", [None])[0]))
+            except ValueError:
+                return self._problem(400, "Bad request", "invalid cursor")
         if len(parts) == 3 and parts[:2] == ["v1", "files"]:
             body = fake.file_json(parts[2])
             return self._send(200, body) if body else self._problem(404, "Not found", "File not found")
@@ -212,9 +217,17 @@ class Handler(BaseHTTPRequestHandler):
             return self._problem(400, "Bad request", "metadata must be valid JSON")
         if not isinstance(metadata, dict):
             return self._problem(400, "Bad request", "metadata must be a JSON object")
-        self._send(201, self.fake.upload(data, filename=extra.get("filename") or filename or "file",
-                                         content_type=extra.get("type") or content_type or "application/octet-stream",
-                                         metadata=metadata))
+        f = self.fake._fault("upload", None)
+        if f is not None and not f.options.get("after_store") and not f.options.get("drop"):
+            return self._problem(f.options.get("status", 500), "Internal Server Error", "Something went wrong")
+        stored = self.fake.upload(data, filename=extra.get("filename") or filename or "file",
+                                  content_type=extra.get("type") or content_type or "application/octet-stream",
+                                  metadata=metadata)
+        if f is not None and f.options.get("drop"):
+            return self._drop()
+        if f is not None:
+            return self._problem(f.options.get("status", 500), "Internal Server Error", "Something went wrong")
+        self._send(201, stored)
 
     def _control(self, method: str, parts: list[str], raw: bytes) -> None:
         """``GET /_fake/stats``, ``GET|POST /_fake/config``, ``POST /_fake/inject|release|clear|clock|seed``."""

@@ -77,6 +77,7 @@ FAULT_KINDS = {
     "get": {"get_error"},
     "list": {"list_error"},
     "download": {"download_error"},
+    "upload": {"upload_error"},
 }
 
 

@@ -1,4 +1,5 @@
-"""The fake server's Files API (``POST /v1/files``, ``GET``/``DELETE /v1/files/{id}``) and its output
+"""The fake server's Files API (``POST /v1/files``, ``GET /v1/files`` (list), ``GET``/``DELETE
+/v1/files/{id}``) and its output
 files (``GET /files/...``, standing in for replicate.delivery), as a mixin of ``FakeReplicate``.
 
 Uploaded files expire ``file_ttl_s`` after upload (Replicate: 24 h), output files ``output_ttl_s``
@@ -32,6 +33,25 @@ class UploadsMixin:
             self.uploads += 1
             self.uploads_by_sha256[sha] += 1
         return self.file_json(file_id)
+
+    def list_files(self: "FakeReplicate", cursor: str | None = None) -> dict[str, Any]:
+        """One page of ``GET /v1/files``: live uploaded files, newest first, ``page_size`` a page,
+        with a ``next`` URL (cursor: the last file's position) or None. Raises ValueError for a
+        malformed cursor."""
+        with self._lock:
+            live = sorted(((f["created_at"], file_id) for file_id, f in self.uploaded.items()
+                           if self.now() <= f["expires_at"]), reverse=True)
+        start = 0
+        if cursor:
+            created, _, after_id = cursor.partition(":")
+            position = (float(created), after_id)
+            start = next((i for i, k in enumerate(live) if k < position), len(live))
+        page = live[start:start + self.page_size]
+        nxt = None
+        if page and start + len(page) < len(live):
+            nxt = f"{self.base_url}/v1/files?cursor={page[-1][0]!r}:{page[-1][1]}"
+        results = [j for j in (self.file_json(file_id) for _, file_id in page) if j is not None]
+        return {"next": nxt, "previous": None, "results": results}
 
     def file_json(self: "FakeReplicate", file_id: str) -> dict[str, Any] | None:
         """The JSON of an uploaded file, or None if there is none (deleted, expired, unknown)."""

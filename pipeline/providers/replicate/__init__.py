@@ -6,8 +6,7 @@ checked the cache when a provider method runs). The modules of this package:
 - ``provider``: ``ReplicateProvider``, its options and the Provider interface; ``calls``: one
   media or planner request turned into a paid call and back into a result.
 - ``client``: the httpx client (token, API root, timeouts, same-origin only), JSON reads (single or
-  retried), create with ``Cancel-After``, cancel, Files API, model checks; ``errors``: what a
-  request can end in.
+  retried), create with ``Cancel-After``, cancel; ``errors``: what a request can end in.
 - ``ratelimit``: how long a 429 says to wait (``ratelimit-reset``, Retry-After, its detail) and the
   process's read budget (``max_reads_per_minute``).
 - ``poller``: the process's one poller: every prediction in flight, read within the budget, batched
@@ -17,7 +16,8 @@ checked the cache when a provider method runs). The modules of this package:
   paid outputs that cannot be used, and when that forbids buying again.
 - ``predictions``: create (retried; looked up after an ambiguous failure), lookup, poll, cancel.
 - ``download``: allow-listed, size-capped downloads and verification; causes of unusable outputs.
-- ``files``: input images as data URIs or Files API uploads (once per content).
+- ``files``: input images, always lossless PNG, as data URIs or Files API uploads (once per
+  content; an upload whose answer was lost is found by its checksum, not sent twice).
 - ``planner``: the brief-to-beats prompt and the parsing of its answer.
 
 Errors: ProviderError(retryable=False) for permanent failures (invalid input, content policy, a

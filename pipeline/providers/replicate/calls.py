@@ -12,6 +12,7 @@ model's frame holds all of it and the crop of its output continues from it exact
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -76,28 +77,43 @@ def run_media(provider: "ReplicateProvider", request: GenerationRequest, model: 
               image: Path | None = None) -> ProviderResult:
     """One media request as a paid call through the ledger (``Jobs.obtain``): its input (``image``
     as a data URI or an uploaded file), download and verification of the output into ``scratch``,
-    the price of what came back. Raises ProviderError / BudgetExceededError."""
+    the price of what came back. Raises ProviderError / BudgetExceededError.
+
+    ``extra["timings_s"]`` says where the call's wall time went, seconds (those that happened):
+    ``pad_s`` (start image padded to the generated ratio), ``upload_s`` (start image to model input:
+    PNG read, hashed, inlined or uploaded), ``create_s``, ``poll_s``, ``seen_late_s``
+    (``Predictions.create`` / ``poll``), ``download_s``, ``verify_s``, ``crop_s``, and ``total_s`` (the whole
+    call; the rest is ledger work). The Generator logs them in ``logs/provider_calls.jsonl``."""
+    began = time.monotonic()
+    timings: dict[str, float] = {}
     extra: dict[str, Any] = {}
     if image is not None:
         generated = choose_ratio(request_ratio(request.params), model.ratios) if model.ratios else None
         if generated and generated != request_ratio(request.params):  # e.g. 1:1 on Wan: framed at 16:9
+            started = time.monotonic()
             image = pad_to_ratio(image, generated, scratch / f"start-{generated.replace(':', 'x')}.png")
+            timings["pad_s"] = time.monotonic() - started
+        started = time.monotonic()
         extra["image"] = provider.uploads.image_input(image)
+        timings["upload_s"] = time.monotonic() - started
     plan = model.model_input(request, **extra)
     inp = plan.input
 
     def use(pred: dict[str, Any]) -> Used:
         try:
             path, facts = fetch_output(pred, model, request, scratch, provider.downloader,
-                                       max_bytes=provider.max_download_bytes[model.kind])
+                                       max_bytes=provider.max_download_bytes[model.kind], timings=timings)
         except Transient as exc:
             raise provider.api.error(f"could not download the output of {model.id} prediction {pred.get('id')} "
                                      f"({exc}); a rerun fetches it again", retryable=True) from None
         if plan.crop_to and model.kind == "video":  # generated at another ratio: keep the requested frame
+            started = time.monotonic()
             try:
                 media.centre_crop(path, scratch / f"cropped{path.suffix or '.mp4'}", plan.crop_to)
             except media.MediaError as exc:
                 raise OutputUnusable("undecodable", f"could not centre-crop it to {plan.crop_to}: {exc}") from None
+            finally:
+                timings["crop_s"] = time.monotonic() - started
             path = scratch / f"cropped{path.suffix or '.mp4'}"
         cost = model.cost(request.params, output_seconds=facts.get("seconds"), metrics=pred.get("metrics") or {})
         return Used(value=path, cost_usd=cost.usd, output={"urls": output_urls(pred.get("output"))}, info={
@@ -108,8 +124,9 @@ def run_media(provider: "ReplicateProvider", request: GenerationRequest, model: 
     call = Call(key=request.cache_key(), model=model, inp=inp, estimate_usd=model.estimate_usd(request),
                 max_cost_usd=min_budget(request.max_cost_usd, provider.max_cost_usd),
                 video_id=request.labels.get("video_id"), labels=request.labels, input_sha256=sha256_json(inp),
-                use=use, may_rebuy=may_rebuy(provider, model.kind), params=dict(request.params))
+                use=use, may_rebuy=may_rebuy(provider, model.kind), params=dict(request.params), timings=timings)
     got = provider.jobs.obtain(call)
+    timings["total_s"] = time.monotonic() - began
     info = dict(got.info)
     if "price_source" not in info:  # adopted from the ledger without a fetch: the registry's price facts
         price = model.price(request.params)
@@ -118,7 +135,8 @@ def run_media(provider: "ReplicateProvider", request: GenerationRequest, model: 
                           reused_cost_usd=got.reused_cost_usd, paid_by=got.paid_by, extra={
                               "replicate_model": model.ref, "replicate_version": model.version,
                               "obtained_by": got.how, "create_attempts": got.creates, **info,
-                              **(plan.metadata() if model.kind == "video" else {})})
+                              **(plan.metadata() if model.kind == "video" else {}),
+                              "timings_s": {k: round(v, 4) for k, v in sorted(timings.items())}})
 
 
 def run_text(provider: "ReplicateProvider", prompt: str, *, video_id: str | None = None,

@@ -1,6 +1,6 @@
 """HTTP access to the Replicate API: one httpx client per provider and process, the errors a request
 can end in, JSON reads (single, or retried with tenacity), creating a prediction with a
-server-side deadline (``Cancel-After``), canceling, and the Files API.
+server-side deadline (``Cancel-After``) and canceling. (The Files API is in ``files``.)
 
 The client is a plain ``httpx.Client`` (no replicate-library internals): bearer token, API root,
 timeouts (``DefaultTimeout`` also gives one to any request sent without), no redirects, and no
@@ -174,7 +174,7 @@ class ReplicateApi:
                              f"(not the API root {self.base_url})", retryable=False)
         return self.client().request(method, path, **kwargs)
 
-    def _refusal(self, response: httpx.Response, what: str) -> Exception:
+    def refusal(self, response: httpx.Response, what: str) -> Exception:
         """The error of a non-2xx read/upload answer: NotFound, RateLimited, Transient or ProviderError."""
         status, detail = response.status_code, error_detail(response)
         if status == 404:
@@ -199,7 +199,7 @@ class ReplicateApi:
         except httpx.TransportError as exc:
             raise Transient(f"{what}: {type(exc).__name__}: {exc}") from None
         if response.status_code >= 300:
-            exc = self._refusal(response, what)
+            exc = self.refusal(response, what)
             if isinstance(exc, RateLimited):
                 budget.pause(exc.retry_after if exc.retry_after is not None else 1.0)
             raise exc
@@ -263,41 +263,5 @@ class ReplicateApi:
         ProviderError / Transient / NotFound for a refusal."""
         response = self.send("POST", f"/v1/predictions/{prediction_id}/cancel")
         if response.status_code >= 300:
-            raise self._refusal(response, f"cancel of prediction {prediction_id}")
+            raise self.refusal(response, f"cancel of prediction {prediction_id}")
         return response.json()
-
-    def upload(self, data: bytes, *, filename: str, content_type: str, attempts: int = 4) -> dict[str, Any]:
-        """Upload ``data`` with ``POST /v1/files`` (multipart field ``content``), retrying transient
-        failures ``attempts`` times (tenacity). Returns the file JSON (``id``, ``urls.get``,
-        ``expires_at``, ``size``...). Raises ProviderError (retryable when transient failures persist)."""
-        what = f"upload of {filename} ({len(data)} bytes)"
-
-        def once() -> dict[str, Any]:
-            try:
-                response = self.send("POST", "/v1/files", files={"content": (filename, data, content_type)})
-            except httpx.TransportError as exc:
-                raise Transient(f"{what}: {type(exc).__name__}: {exc}") from None
-            if response.status_code >= 300:
-                raise self._refusal(response, what)
-            try:
-                return response.json()
-            except ValueError:
-                raise Transient(f"{what}: unreadable JSON") from None
-
-        retrying = Retrying(stop=stop_after_attempt(max(1, attempts)), retry=retry_if_exception_type(Transient),
-                            wait=wait_for_server(wait_exponential_jitter(initial=self.poll_interval_s,
-                                                                         max=self.max_poll_interval_s)),
-                            reraise=True)
-        try:
-            return retrying(once)
-        except (Transient, NotFound) as exc:
-            raise self.error(f"could not upload an input file to Replicate: {exc}", retryable=True) from None
-
-    def get_file(self, file_id: str) -> dict[str, Any] | None:
-        """``GET /v1/files/{id}``: the file JSON, or None if it does not exist (404). Raises
-        Transient if it cannot be told, ProviderError for other refusals."""
-        try:
-            return self.get_json(f"/v1/files/{file_id}", what=f"file {file_id}",
-                                 until=time.monotonic() + 2 * self.request_timeout_s)
-        except NotFound:
-            return None

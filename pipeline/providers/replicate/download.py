@@ -15,6 +15,8 @@ A paid output that cannot be used raises OutputUnusable with a short *cause* the
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 from typing import Any, Iterable
 from urllib.parse import urlsplit
@@ -88,6 +90,32 @@ class Downloader:
         self.max_attempts = max(1, max_attempts)
         self.backoff_initial_s = backoff_initial_s
         self.max_backoff_s = max_backoff_s
+        self._client: httpx.Client | None = None
+        self._client_pid: int | None = None
+        self._lock = threading.Lock()
+
+    def _http(self) -> httpx.Client:
+        """This process's download client (no token; every request and redirect checked against the
+        allow-list by a hook), made once: making one costs 60-100 ms (its TLS context), and kept
+        connections spare the next download from the same host its handshake. Made again after a fork."""
+        with self._lock:
+            if self._client is None or self._client_pid != os.getpid():
+                self._client = httpx.Client(timeout=httpx.Timeout(self.request_timeout_s, connect=10.0),
+                                            follow_redirects=True, max_redirects=_MAX_REDIRECTS,
+                                            headers={"User-Agent": "video-pipeline"},
+                                            event_hooks={"request": [lambda request: self.check_url(str(request.url))]})
+                self._client_pid = os.getpid()
+            return self._client
+
+    def close(self) -> None:
+        """Close the download client's connections (a later download opens new ones)."""
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None and self._client_pid == os.getpid():
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
 
     def allows(self, url: str) -> bool:
         """True if ``url`` may be downloaded from."""
@@ -120,20 +148,14 @@ class Downloader:
         request hook), no API token sent, at most ``max_bytes``. Transient failures retry; raises
         OutputUnusable (403/404/410 are ``expired``) or Transient when retries are exhausted."""
 
-        def check(request: httpx.Request) -> None:
-            self.check_url(str(request.url))
-
         def once() -> None:
-            with httpx.Client(timeout=httpx.Timeout(self.request_timeout_s, connect=10.0), follow_redirects=True,
-                              max_redirects=_MAX_REDIRECTS, headers={"User-Agent": "video-pipeline"},
-                              event_hooks={"request": [check]}) as http:
-                try:
-                    with http.stream("GET", url) as resp:
-                        self._save(resp, dest, max_bytes)
-                except httpx.TooManyRedirects:
-                    raise OutputUnusable("refused_host", f"more than {_MAX_REDIRECTS} redirects", origin=_origin(url))
-                except httpx.TransportError as exc:
-                    raise Transient(f"download: {type(exc).__name__}: {exc}") from None
+            try:
+                with self._http().stream("GET", url) as resp:
+                    self._save(resp, dest, max_bytes)
+            except httpx.TooManyRedirects:
+                raise OutputUnusable("refused_host", f"more than {_MAX_REDIRECTS} redirects", origin=_origin(url))
+            except httpx.TransportError as exc:
+                raise Transient(f"download: {type(exc).__name__}: {exc}") from None
 
         retrying = Retrying(stop=stop_after_attempt(self.max_attempts),
                             wait=wait_for_server(wait_exponential_jitter(initial=self.backoff_initial_s,
@@ -171,11 +193,14 @@ class Downloader:
 
 
 def fetch_output(pred: dict[str, Any], model: ReplicateModel, request: GenerationRequest, scratch: Path,
-                 downloader: Downloader, *, max_bytes: int) -> tuple[Path, dict[str, Any]]:
+                 downloader: Downloader, *, max_bytes: int,
+                 timings: dict[str, float] | None = None) -> tuple[Path, dict[str, Any]]:
     """Download and verify a succeeded prediction's media output into ``scratch``. Images are
     resized and center-cropped to the request's ``width`` x ``height`` (pixels) as PNG. Returns
-    (file, {"seconds": video/audio seconds, "extra": {source size, fps}}). Raises OutputUnusable,
-    or Transient when the download keeps failing transiently."""
+    (file, {"seconds": video/audio seconds, "extra": {source size, fps}}). ``timings``, if given,
+    receives ``download_s`` and ``verify_s`` (decoding, and an image's resize), seconds. Raises
+    OutputUnusable, or Transient when the download keeps failing transiently."""
+    timings = {} if timings is None else timings
     if pred.get("data_removed"):
         raise OutputUnusable("expired", "the prediction's output was removed from Replicate (data_removed)")
     urls = output_urls(pred.get("output"))
@@ -185,7 +210,20 @@ def fetch_output(pred: dict[str, Any], model: ReplicateModel, request: Generatio
     ext = Path(urlsplit(url).path).suffix.lower()
     ext = ext if ext in _KNOWN_EXTS else model.output_ext
     raw = scratch / f"output{ext}"
-    downloader.download(url, raw, max_bytes=max_bytes)
+    started = time.monotonic()
+    try:
+        downloader.download(url, raw, max_bytes=max_bytes)
+    finally:
+        timings["download_s"] = time.monotonic() - started
+    started = time.monotonic()
+    try:
+        return _verify(raw, model, request, scratch)
+    finally:
+        timings["verify_s"] = time.monotonic() - started
+
+
+def _verify(raw: Path, model: ReplicateModel, request: GenerationRequest, scratch: Path) -> tuple[Path, dict[str, Any]]:
+    """``fetch_output``'s decoding of the downloaded ``raw`` file (see there)."""
     size = raw.stat().st_size
     try:
         if model.kind == "image":

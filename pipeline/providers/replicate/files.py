@@ -1,5 +1,6 @@
-"""Input images for models: small ones inline as PNG data URIs, large ones through the Replicate
-Files API (``POST /v1/files``), uploaded once per content.
+"""Input images for models, always lossless PNG: small ones inline as PNG data URIs, large ones
+through the Replicate Files API (``POST /v1/files``), uploaded once per content. (No JPEG: a
+chained chunk's start frame must be the previous chunk's last frame exactly.)
 
 A data URI over a few hundred KB bloats every create request (and every prediction listing the
 lookup reads): 1.1 MB at 854x480, 22 MB at 4K. So a PNG over MAX_DATA_URI_PNG_BYTES is uploaded and
@@ -8,7 +9,13 @@ ledger file's ``uploads`` table records sha256 -> file id, URL and expiry, and a
 sha256 serializes processes on this machine, so a retry, a resumed job or another process sends
 the byte-identical URL (and the lookup-before-create still matches the earlier prediction). A
 record is reused while it has at least ``min_ttl_s`` left; one written by another process or an
-earlier run is checked once with ``GET /v1/files/{id}`` before use.
+earlier run is checked once with ``GET /v1/files/{id}`` before use. Within a process a record
+already used is remembered by sha256, so using it again reads neither the lock nor the ledger. An
+upload whose answer was lost (timeout, dropped connection, 5xx) is looked up by its checksum
+(``find_file``) before it is sent again.
+
+The token goes only to the API root: uploads, file checks and lists are requests to it; the file
+URL (``urls.get``) is only passed to the model as input, never fetched here.
 """
 
 from __future__ import annotations
@@ -23,11 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 from PIL import Image
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from pipeline.ledger import Ledger
 from pipeline.procs import file_lock
-from pipeline.providers.replicate.client import ReplicateApi, Transient, parse_time
+from pipeline.providers.base import ProviderError
+from pipeline.providers.replicate.client import NotFound, ReplicateApi, Transient, parse_time, wait_for_server
 
 log = logging.getLogger("pipeline.providers.replicate")
 
@@ -51,19 +61,11 @@ CREATE INDEX IF NOT EXISTS uploads_url ON uploads (url)
 
 
 def image_data_uri(path: str | Path) -> str:
-    """A ``data:`` URI of an image: the PNG itself up to MAX_DATA_URI_PNG_BYTES, else a JPEG
-    (quality 92, 4:4:4) of it. Deterministic, so a rerun sends byte-identical input. (The provider
-    uploads large images instead: ``Uploads.image_input``.)"""
-    path = Path(path)
-    data = path.read_bytes()
-    if path.suffix.lower() == ".png" and len(data) <= MAX_DATA_URI_PNG_BYTES:
-        mime = "image/png"
-    else:
-        with Image.open(io.BytesIO(data)) as im:
-            buf = io.BytesIO()
-            im.convert("RGB").save(buf, format="JPEG", quality=92, subsampling=0)
-        data, mime = buf.getvalue(), "image/jpeg"
-    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+    """A ``data:image/png;base64,...`` URI of the image at ``path``: its lossless PNG (``png_bytes``),
+    whatever its size -- never a lossy re-encoding, so a chained start frame reaches the model
+    exactly. Deterministic, so a rerun sends byte-identical input. (The provider sends PNGs over
+    MAX_DATA_URI_PNG_BYTES as uploaded files instead: ``Uploads.image_input``.)"""
+    return f"data:image/png;base64,{base64.b64encode(png_bytes(path)).decode('ascii')}"
 
 
 def png_bytes(path: str | Path) -> bytes:
@@ -76,6 +78,87 @@ def png_bytes(path: str | Path) -> bytes:
         buf = io.BytesIO()
         im.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def upload(api: ReplicateApi, data: bytes, *, filename: str, content_type: str, attempts: int = 4) -> dict[str, Any]:
+    """Upload ``data`` with ``POST /v1/files`` (multipart field ``content``) through ``api``, retrying
+    transient failures ``attempts`` times (tenacity). Idempotent: after a failure that may have
+    stored the file anyway (timeout, dropped connection, 5xx, unreadable answer) the next attempt
+    first looks for a file with the same sha256 (``find_file``) and returns it instead of uploading
+    again. Returns the file JSON (``id``, ``urls.get``, ``expires_at``, ``size``, ``checksums``...).
+    Raises ProviderError (retryable when transient failures persist)."""
+    what = f"upload of {filename} ({len(data)} bytes)"
+    sha = hashlib.sha256(data).hexdigest()
+    state = {"ambiguous": False, "since": time.time()}
+
+    def once() -> dict[str, Any]:
+        if state["ambiguous"]:
+            found = find_file(api, sha, since=state["since"])
+            if found is not None:
+                log.info("the earlier %s did reach Replicate as file %s; not uploading again", what, found["id"])
+                return found
+        try:
+            response = api.send("POST", "/v1/files", files={"content": (filename, data, content_type)})
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:  # nothing sent
+            raise Transient(f"{what}: {type(exc).__name__}: {exc}") from None
+        except httpx.TransportError as exc:
+            state["ambiguous"] = True
+            raise Transient(f"{what}: {type(exc).__name__}: {exc}") from None
+        if response.status_code >= 300:
+            state["ambiguous"] = response.status_code >= 500 or state["ambiguous"]
+            raise api.refusal(response, what)
+        try:
+            return response.json()
+        except ValueError:
+            state["ambiguous"] = True
+            raise Transient(f"{what}: unreadable JSON") from None
+
+    retrying = Retrying(stop=stop_after_attempt(max(1, attempts)), retry=retry_if_exception_type(Transient),
+                        wait=wait_for_server(wait_exponential_jitter(initial=api.poll_interval_s,
+                                                                     max=api.max_poll_interval_s)), reraise=True)
+    try:
+        return retrying(once)
+    except (Transient, NotFound) as exc:
+        raise api.error(f"could not upload an input file to Replicate: {exc}", retryable=True) from None
+
+
+def find_file(api: ReplicateApi, sha256: str, *, since: float, skew_s: float = 120.0,
+              max_pages: int = 5) -> dict[str, Any] | None:
+    """The newest live uploaded file whose ``checksums.sha256`` is ``sha256``, created at or after
+    ``since`` (Unix seconds) minus ``skew_s`` (clock skew), from ``GET /v1/files`` (newest first, at
+    most ``max_pages`` pages, ``next`` followed on the API root only). None if there is none or the
+    list cannot be read (the caller uploads again: a duplicate file, no harm)."""
+    floor, path = since - skew_s, "/v1/files"
+    for _ in range(max(1, max_pages)):
+        try:
+            page = api.read_json(path, what="list files")
+        except (Transient, NotFound, ProviderError) as exc:
+            log.warning("could not list uploaded files (%s)", api.redact(str(exc)))
+            return None
+        older = False
+        for f in page.get("results") or []:
+            created = parse_time(f.get("created_at")) if isinstance(f, dict) else None
+            if created is not None and created < floor:
+                older = True
+                continue
+            expires = parse_time(f.get("expires_at")) if isinstance(f, dict) else None
+            if (isinstance(f, dict) and (f.get("checksums") or {}).get("sha256") == sha256 and f.get("id")
+                    and (f.get("urls") or {}).get("get") and (expires is None or expires > time.time())):
+                return f
+        path = page.get("next")
+        if older or not path:
+            return None
+    return None
+
+
+def get_file(api: ReplicateApi, file_id: str) -> dict[str, Any] | None:
+    """``GET /v1/files/{id}``: the file JSON, or None if it does not exist (404). Raises Transient if
+    it cannot be told, ProviderError for other refusals."""
+    try:
+        return api.get_json(f"/v1/files/{file_id}", what=f"file {file_id}",
+                            until=time.monotonic() + 2 * api.request_timeout_s)
+    except NotFound:
+        return None
 
 
 @dataclass(frozen=True)
@@ -99,6 +182,7 @@ class Uploads:
     def __init__(self, api: ReplicateApi, ledger: Ledger, *, min_ttl_s: float):
         self.api, self.ledger, self.min_ttl_s = api, ledger, float(min_ttl_s)
         self._checked: set[str] = set()
+        self._known: dict[str, UploadRecord] = {}  # sha256 -> a record this process used or made
         self._lock = threading.Lock()
         with ledger.transaction() as db:
             for statement in _SCHEMA.split(";"):
@@ -114,26 +198,45 @@ class Uploads:
 
     def url_for(self, data: bytes, *, content_type: str, suffix: str) -> str:
         """The file URL of ``data``, uploading it unless a usable upload of the same sha256 is
-        recorded. Raises ProviderError if the upload fails."""
+        recorded (in this process, or in the ledger). Raises ProviderError if the upload fails."""
         sha = hashlib.sha256(data).hexdigest()
+        known = self._usable_known(sha)
+        if known is not None:
+            return known.url
         with file_lock(self.ledger.path.parent / "locks" / f"upload-{sha[:40]}.lock"):
             record = self.record(sha)
             if record is not None and self._still_there(record):
+                self._remember(record)
                 return record.url
-            info = self.api.upload(data, filename=f"{sha[:16]}{suffix}", content_type=content_type)
+            info = upload(self.api, data, filename=f"{sha[:16]}{suffix}", content_type=content_type)
             url = (info.get("urls") or {}).get("get")
             if not info.get("id") or not url:
                 raise self.api.error(f"the Files API answered an upload of {len(data)} bytes without an id or URL",
                                      retryable=True)
             now = time.time()
+            expires_at = parse_time(info.get("expires_at"))
             with self.ledger.transaction() as db:
                 db.execute("INSERT OR REPLACE INTO uploads (file_id, sha256, url, size, content_type, expires_at,"
                            " created_at, gone) VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
-                           (info["id"], sha, url, len(data), content_type, parse_time(info.get("expires_at")), now))
+                           (info["id"], sha, url, len(data), content_type, expires_at, now))
             with self._lock:
                 self._checked.add(info["id"])
+            self._remember(UploadRecord(file_id=info["id"], sha256=sha, url=url, size=len(data),
+                                        expires_at=expires_at, created_at=now))
             log.info("uploaded input %s (%d bytes) as file %s", sha[:12], len(data), info["id"])
             return url
+
+    def _usable_known(self, sha256: str) -> UploadRecord | None:
+        """The record of ``sha256`` this process used or made, if it still has ``min_ttl_s`` left."""
+        with self._lock:
+            record = self._known.get(sha256)
+        if record is None or (record.expires_at is not None and record.expires_at <= time.time() + self.min_ttl_s):
+            return None
+        return record
+
+    def _remember(self, record: UploadRecord) -> None:
+        with self._lock:
+            self._known[record.sha256] = record
 
     def record(self, sha256: str) -> UploadRecord | None:
         """The newest recorded upload of ``sha256`` with at least ``min_ttl_s`` left, or None."""
@@ -162,7 +265,7 @@ class Uploads:
             if record.file_id in self._checked:
                 return True
         try:
-            found = self.api.get_file(record.file_id)
+            found = get_file(self.api, record.file_id)
         except Transient as exc:  # cannot tell: use it; a create with a missing file fails with 4xx
             log.warning("could not check uploaded file %s (%s); using it", record.file_id, self.api.redact(str(exc)))
             return True
@@ -170,6 +273,9 @@ class Uploads:
             log.info("uploaded file %s is gone; uploading its content again", record.file_id)
             with self.ledger.transaction() as db:
                 db.execute("UPDATE uploads SET gone = 1 WHERE file_id = ?", (record.file_id,))
+            with self._lock:
+                if self._known.get(record.sha256) == record:
+                    del self._known[record.sha256]
             return False
         with self._lock:
             self._checked.add(record.file_id)

@@ -74,6 +74,8 @@ class Call:
     may_rebuy: Callable[[str, dict[str, Any]], bool] = lambda cause, details: False
     params: dict[str, Any] = field(default_factory=dict)
     """The request's ``params`` (width/height pick the price tier; ``duration_s`` the seconds asked)."""
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds per step, filled as the call runs (``Predictions.create``/``poll``, and ``use``)."""
 
     def charge(self, pred: dict[str, Any]) -> float:
         """USD Replicate bills for prediction JSON ``pred`` as it ended (``models.charge_for``):
@@ -276,10 +278,10 @@ class Jobs:
                     log.info("%s: adopting prediction %s found by lookup (no new create)", model.id, pid)
                     self.ledger.set_in_flight(key, pid, adopted=True, owner=lease.owner)
             if not pid:
-                pid, adopted, creates = self.predictions.create(job, model, call.inp, lease)
+                pid, adopted, creates = self.predictions.create(job, model, call.inp, lease, timings=call.timings)
                 how = "adopted" if adopted else "created"
                 self.ledger.set_in_flight(key, pid, adopted=adopted, owner=lease.owner)
-        return self.predictions.poll(key, pid, model, lease, charge=call.charge), how, creates
+        return self.predictions.poll(key, pid, model, lease, charge=call.charge, timings=call.timings), how, creates
 
     def _raise_terminal(self, call: Call, pred: dict[str, Any], lease: Lease) -> None:
         """Close the job of a prediction that ended without output (failed, canceled, aborted) with

@@ -19,7 +19,8 @@ from __future__ import annotations
 import logging
 import re
 import time
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit
 
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
@@ -41,6 +42,17 @@ from pipeline.providers.replicate.client import (
 from pipeline.providers.replicate.poller import TERMINAL_STATUSES, shared_poller
 
 log = logging.getLogger("pipeline.providers.replicate")
+
+
+@contextmanager
+def timed(timings: dict[str, float] | None, name: str) -> Iterator[None]:
+    """Add the seconds the block takes to ``timings[name]`` (nothing if ``timings`` is None)."""
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        if timings is not None:
+            timings[name] = timings.get(name, 0.0) + (time.monotonic() - started)
 
 _VERSION_HASH = re.compile(r"[0-9a-f]{64}")
 
@@ -75,11 +87,17 @@ class Predictions:
 
     # --- create --------------------------------------------------------------------------------
 
-    def create(self, job: Job, model: ReplicateModel, inp: dict[str, Any], lease: Lease) -> tuple[str, bool, int]:
+    def create(self, job: Job, model: ReplicateModel, inp: dict[str, Any], lease: Lease,
+               timings: dict[str, float] | None = None) -> tuple[str, bool, int]:
         """Create ``job``'s prediction, retrying 429 (after the wait it names), 5xx, timeouts and dropped
         connections; after an ambiguous failure, look it up before creating again. Returns
-        (prediction id, adopted, creates sent). Raises ProviderError: permanent for a refusal
+        (prediction id, adopted, creates sent). ``timings`` gets ``create_s``: seconds of the whole
+        create, retries and their waits included. Raises ProviderError: permanent for a refusal
         (the job is closed ``failed``), retryable when retries are exhausted or the lease was lost."""
+        with timed(timings, "create_s"):
+            return self._create(job, model, inp, lease)
+
+    def _create(self, job: Job, model: ReplicateModel, inp: dict[str, Any], lease: Lease) -> tuple[str, bool, int]:
         state = {"ambiguous": False, "sent": 0}
         wait = wait_for_server(wait_exponential_jitter(initial=self.backoff_initial_s, max=self.max_backoff_s))
         deadline_s = self.deadlines_s[model.kind]
@@ -210,17 +228,23 @@ class Predictions:
         return self.api.get_json(f"/v1/predictions/{pid}", what=f"prediction {pid}", until=until)
 
     def poll(self, key: str, pid: str, model: ReplicateModel, lease: Lease,
-             charge: Callable[[dict[str, Any]], float] = lambda pred: 0.0) -> dict[str, Any]:
+             charge: Callable[[dict[str, Any]], float] = lambda pred: 0.0,
+             timings: dict[str, float] | None = None) -> dict[str, Any]:
         """Wait (through the process's Poller) until prediction ``pid`` has a terminal status; on the
         deadline, cancel it, close the job ``canceled`` with ``charge(prediction JSON)`` (USD, what
         Replicate bills for it: ``jobs.Call.charge``) and raise ProviderError(retryable). If the API
         stays unreachable, raise ProviderError(retryable) and leave the ledger in flight so a rerun
-        resumes this prediction."""
+        resumes this prediction. ``timings`` gets ``poll_s`` (seconds waited) and ``seen_late_s``
+        (its ``completed_at`` -> seen: this machine's clock against Replicate's, at least 0)."""
         deadline_s = self.deadlines_s[model.kind]
         try:
-            pred = shared_poller(self.api).wait(pid, timeout_s=deadline_s, first_interval_s=self.poll_interval_s,
-                                                max_interval_s=self.max_poll_interval_s,
-                                                created_at=self._created_at.pop(pid, None))
+            with timed(timings, "poll_s"):
+                pred = shared_poller(self.api).wait(pid, timeout_s=deadline_s, first_interval_s=self.poll_interval_s,
+                                                    max_interval_s=self.max_poll_interval_s,
+                                                    created_at=self._created_at.pop(pid, None))
+            completed = parse_time(pred.get("completed_at"))
+            if timings is not None and completed is not None:
+                timings["seen_late_s"] = max(0.0, time.time() - completed)
         except NotFound:
             msg = f"{model.id} prediction {pid} does not exist on Replicate (HTTP 404; another account's ledger?)"
             self.ledger.finish(key, "failed", error=msg, status="not_found", owner=lease.owner, retryable=False)

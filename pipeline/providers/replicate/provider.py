@@ -76,6 +76,8 @@ class ReplicateProvider(Provider):
       often a process waiting for another one's job reads the ledger). The 2 s cap sees a finished
       prediction ~1 s late on average (a 10 s cap: ~5 s late on a 45 s chunk, 1.14x instead of
       1.08x of the critical path at real latencies: BENCHMARKS.md section 1); reads are not billed.
+      A cap below the first interval is raised to it. Deployments set both in ``ReplicateSettings``
+      (Dagster resource / run config, or ``build_definitions(replicate_max_poll_interval_s=...)``).
     - ``deadline_s``: polling deadline, seconds: one number, or a dict by kind (image/video/audio/text);
       defaults DEFAULT_DEADLINES_S. On expiry the prediction is canceled; creates send it as
       ``Cancel-After`` (at least 5 s, the API's minimum) so Replicate cancels it by itself if this
@@ -183,8 +185,9 @@ class ReplicateProvider(Provider):
                 f"music={self.music_model!r}, chunk_seconds={self.chunk_seconds:g}, ledger={str(self.ledger.path)!r})")
 
     def close(self) -> None:
-        """Close the API client's connections (a later call opens new ones)."""
+        """Close the API and download clients' connections (a later call opens new ones)."""
         self.api.close()
+        self.downloader.close()
 
     def __del__(self) -> None:
         try:
