@@ -100,8 +100,8 @@ def create(h: "Handler", server: "FakeReplicate", ref: str, version: str, body: 
             if time.monotonic() >= end or server._stop.is_set():
                 break
         status = 201 if pred.done.is_set() else 202
-    with server._lock:
-        body_out = server.prediction_json(pred)
+    with server._lock:  # without Prefer: wait, Replicate answers with the prediction as created ("starting")
+        body_out = server.prediction_json(pred) if wait_s is not None else pred.created_json
     h._send(status, body_out)
 
 

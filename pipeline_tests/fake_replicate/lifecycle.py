@@ -94,6 +94,7 @@ class PredictionsMixin:
         with self._lock:
             self.predictions[pred.id] = pred
             self.creates[(model, canonical(inp))] += 1
+            pred.created_json = self.prediction_json(pred)  # before the worker can move it on
         threading.Thread(target=self._work, args=(pred,), daemon=True, name=f"fake-pred-{pred.id[:6]}").start()
         if cancel_after_s is not None:
             timer = threading.Timer(cancel_after_s, self._deadline, args=(pred,))

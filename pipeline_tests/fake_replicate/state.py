@@ -130,6 +130,7 @@ class FakePrediction:
     release: threading.Event = field(default_factory=threading.Event)
     cancel: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
+    created_json: dict[str, Any] | None = None  # as it was when created: a create's answer without Prefer: wait
     """Set once the prediction reaches a terminal status."""
     run_s: float | None = None
     """The run time drawn for this prediction (seconds, create -> terminal), once its worker starts."""
