@@ -1,5 +1,10 @@
 """Media operations: the ffmpeg binary, probing and verifying by decoding, and the video edits
-the pipeline needs (camera moves, last-frame extraction, stitching, muxing).
+the pipeline needs (camera moves, last-frame extraction, conforming chunks to the plan, stitching,
+finishing the music, muxing).
+
+Assembly is built to be a stream copy: ``conform`` makes every piece of the timeline the same kind
+of H.264 stream (``encoder_signature``), so ``stitch`` joins them with the concat demuxer, and
+``finish_music`` makes the final audio, so ``mux_copy`` only interleaves packets.
 
 ffmpeg commands are built with ffmpeg-python and run with the system ``ffmpeg`` when there is one,
 else the binary shipped in the imageio-ffmpeg wheel. Probing and decoding use PyAV. Nothing here

@@ -248,10 +248,10 @@ def render_chunks(beat: BeatManifest, storyboard: StoryboardManifest, provider: 
             began = time.monotonic()
             video = generator.generate(request, lambda scratch: provider.render_chunk(request, start_path, scratch))
             report(progress, Progress("done", **item, medium=video, elapsed_s=time.monotonic() - began))
-            take = min(remaining, media.frame_count(video.duration_s or 0, beat.fps))
+            take = max(0, min(remaining, media.frame_count(video.duration_s or 0, beat.fps)))  # frames kept
             conforming.append(pool.submit(conform_chunk, video, generator, width=beat.width, height=beat.height,
-                                          fps=beat.fps, frames=take, labels=request.labels) if take > 0 else None)
-            remaining -= max(take, 0)
+                                          fps=beat.fps, frames=take, labels=request.labels) if take else None)
+            remaining -= take
             last = extract_last_frame(video, generator, request.labels)
             chunks.append(ChunkManifest(plan=plan, video=video, start_image_sha256=start.sha256, last_frame=last))
             start = last
@@ -501,7 +501,8 @@ def mux_video(plan: VideoPlan, stitched: StitchedManifest, music: MusicManifest,
             out = scratch / "final.mp4"
             loudness = media.mux_final(generator.local_path(stitched.video), generator.local_path(music.audio), out,
                                        duration_s=plan.duration_s, fade_out_s=FADE_OUT_S)
-            return ProviderResult(path=out, model=MUX_REENCODE_MODEL, extra={"method": "reencode", "loudness": loudness})
+            return ProviderResult(path=out, model=MUX_REENCODE_MODEL,
+                                  extra={"method": "reencode", "loudness": loudness})
 
     video = generator.generate(request, call)
     method = "stream_copy" if video.model == MUX_COPY_MODEL else "reencode"

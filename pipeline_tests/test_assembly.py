@@ -269,7 +269,8 @@ def rendered(tmp_path_factory):
     ws = Workspace.at(tmp_path_factory.mktemp("assembly-ws"))
     gen = Generator(ws)
     out = {}
-    for name, provider in (("matching", LocalProvider(chunk_seconds=2.0)), ("mismatched", MismatchedModel(chunk_seconds=2.0))):
+    for name, provider in (("matching", LocalProvider(chunk_seconds=2.0)),
+                           ("mismatched", MismatchedModel(chunk_seconds=2.0))):
         plan = make_plan(ws, provider)
         out[name] = (plan, provider, render_segments(plan, provider, gen))
     return ws, gen, out

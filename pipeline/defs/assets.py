@@ -227,7 +227,8 @@ def music(context: dg.AssetExecutionContext, pipeline: PipelineResource, video_s
         "cache_hit": manifest.audio.cache_hit,
         "path": dg.MetadataValue.path(str(pipeline.generator.local_path(manifest.audio))),
         "track_duration_s": manifest.track.duration_s if manifest.track else 0.0,
-        "track_path": dg.MetadataValue.path(str(pipeline.generator.local_path(manifest.track))) if manifest.track else "",
+        "track_path": (dg.MetadataValue.path(str(pipeline.generator.local_path(manifest.track)))
+                       if manifest.track else ""),
         "loudness_in_lufs": float(manifest.track.extra.get("loudness", {}).get("input_i", "nan")) if manifest.track
         else float("nan"),
         **run_log.tag_run_cost(context, *run_cost([manifest.audio])),
