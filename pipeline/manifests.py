@@ -183,16 +183,30 @@ class StoryboardManifest(_Manifest):
 
 
 class ChunkManifest(_Manifest):
-    """One rendered chunk: its plan, the video, and the last frame the next chunk starts from."""
+    """One rendered chunk: its plan, the video, and the last frame the next chunk starts from.
+
+    ``conformed``: the frames of ``video`` the beat keeps, conformed to the plan (fps, size, the
+    pipeline's H.264 settings; ``pipeline.media.conform``), or None for a chunk the beat keeps no
+    frame of and in manifests written before conforming existed. Its ``extra`` holds ``frames``
+    (kept) and ``method`` ("stream_copy" when the chunk already matched the plan, else "reencode").
+    """
 
     plan: ChunkPlan
     video: MediaManifest
     start_image_sha256: str
     last_frame: MediaManifest
+    conformed: MediaManifest | None = None
 
 
 class ChunkVideosManifest(_Manifest):
-    """Output of ``chunk_videos``: a beat's chunks in timeline order."""
+    """Output of ``chunk_videos``: a beat's chunks in timeline order, and the segment's clip.
+
+    ``clip``: the beat's exact frames (``pipeline.media.beat_frames`` at the beat's start) joined
+    from the chunks' ``conformed`` pieces by stream copy; ``stitched_video`` joins clips by stream
+    copy. Its ``extra`` holds ``frames``, ``fps``, ``width``, ``height`` and ``method``. None when the
+    chunks do not cover the beat (the stitch reports the gap) and in manifests written before clips
+    existed (the stitch then uses the chunks themselves).
+    """
 
     kind: Literal["chunk_videos"] = "chunk_videos"
     video_id: str
@@ -201,6 +215,7 @@ class ChunkVideosManifest(_Manifest):
     duration_s: float
     storyboard: MediaManifest
     chunks: list[ChunkManifest]
+    clip: MediaManifest | None = None
 
     @property
     def cost_usd(self) -> float:
@@ -210,7 +225,12 @@ class ChunkVideosManifest(_Manifest):
 
 
 class StitchedManifest(_Manifest):
-    """Output of ``stitched_video``: all beats concatenated, each trimmed to its duration."""
+    """Output of ``stitched_video``: all beats concatenated, each trimmed to its duration.
+
+    ``method``: "stream_copy" (the segments' clips, or chunks that already matched the plan, joined
+    as they are) or "reencode" (the fallback for chunks that do not match: old manifests without
+    clips). ``clips``: how many segments were joined from their clip (None in older manifests).
+    """
 
     kind: Literal["stitched"] = "stitched"
     video_id: str
@@ -218,14 +238,24 @@ class StitchedManifest(_Manifest):
     segments: list[str]
     video: MediaManifest
     costs: list["CostLine"]
+    clips: int | None = None
 
 
 class MusicManifest(_Manifest):
-    """Output of ``music``: a track at least as long as the video."""
+    """Output of ``music``: the generated track (at least as long as the video) and the final
+    video's audio made from it.
+
+    ``track``: ``audio`` finished for the plan (``pipeline.media.finish_music``: the video's
+    duration, faded out, loudness-normalized, AAC at 48 kHz), which ``final_video`` muxes by stream
+    copy. Its ``extra`` holds ``duration_s``, ``fade_out_s`` and ``loudness`` (loudnorm's pass 1
+    measurement). None in manifests written before finishing moved here: ``final_video`` then
+    finishes the music while muxing (``pipeline.media.mux_final``).
+    """
 
     kind: Literal["music"] = "music"
     video_id: str
     audio: MediaManifest
+    track: MediaManifest | None = None
 
 
 class CostLine(_Manifest):
@@ -279,6 +309,10 @@ class CostLine(_Manifest):
 class FinalManifest(_Manifest):
     """Output of ``final_video``: stitched video muxed with loudness-normalized music.
 
+    ``mux_method``: "stream_copy" when the music manifest's finished track was muxed as it is,
+    "reencode" when the music was finished (loudnorm, AAC) during the mux; None in manifests
+    written before it was recorded.
+
     ``costs``: the cost table's lines (``pipeline.costs``) as of the mux. ``paid_usd``: what this
     video's calls paid (USD), across every attempt, reconciled with the ledger (it equals the
     ledger's spend for the video when a ledger exists); ``cost_usd`` is the same number, kept for
@@ -296,6 +330,7 @@ class FinalManifest(_Manifest):
     costs: list[CostLine]
     paid_usd: float = 0.0
     reused_usd: float = 0.0
+    mux_method: Literal["stream_copy", "reencode"] | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -1,5 +1,10 @@
 """Media operations: the ffmpeg binary, probing and verifying by decoding, and the video edits
-the pipeline needs (camera moves, last-frame extraction, stitching, muxing).
+the pipeline needs (camera moves, last-frame extraction, conforming chunks to the plan, stitching,
+finishing the music, muxing).
+
+Assembly is built to be a stream copy: ``conform`` makes every piece of the timeline the same kind
+of H.264 stream (``encoder_signature``), so ``stitch`` joins them with the concat demuxer, and
+``finish_music`` makes the final audio, so ``mux_copy`` only interleaves packets.
 
 ffmpeg commands are built with ffmpeg-python and run with the system ``ffmpeg`` when there is one,
 else the binary shipped in the imageio-ffmpeg wheel. Probing and decoding use PyAV. Nothing here
@@ -15,7 +20,9 @@ import os
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -36,6 +43,12 @@ VIDEO_CODEC_ARGS = {
 
 LOUDNESS_TARGET = {"I": -16.0, "TP": -1.5, "LRA": 11.0}
 """EBU R128 target for the final mix: -16 LUFS integrated, -1.5 dBTP (common streaming targets)."""
+
+AUDIO_SAMPLE_RATE = 48_000
+"""Sample rate (Hz) of the final video's audio."""
+
+AUDIO_CODEC_ARGS = ["-c:a", "aac", "-b:a", "192k"]
+"""Encoding of the final video's audio: AAC-LC at 192 kb/s (1024 samples a frame)."""
 
 
 class MediaError(RuntimeError):
@@ -93,6 +106,10 @@ class MediaInfo:
     sample_rate: int | None
     declared_duration_s: float | None = None
     """What the container/stream header claims, before decoding (None if it claims nothing)."""
+    time_base: Fraction | None = None
+    """The video stream's time base (seconds per tick); the concat demuxer needs one for all pieces."""
+    extradata: bytes | None = field(default=None, repr=False)
+    """The video stream's codec extradata (H.264: the avcC with SPS/PPS); None when it has none."""
 
     @property
     def has_video(self) -> bool:
@@ -157,6 +174,8 @@ def probe(path: str | Path, *, decode: bool = True) -> MediaInfo:
                 audio_duration_s=(audio_end if decode else _stream_duration(a, container)) if a else None,
                 sample_rate=a.codec_context.sample_rate if a else None,
                 declared_duration_s=_stream_duration(v or a, container) if (v or a) else None,
+                time_base=v.time_base if v is not None else None,
+                extradata=bytes(v.codec_context.extradata) if v is not None and v.codec_context.extradata else None,
             )
     except (av.FFmpegError, OSError, ValueError, IndexError) as exc:
         raise MediaError(f"{path}: cannot decode media: {exc}") from None
@@ -333,6 +352,97 @@ def extract_last_frame(video: str | Path, out_png: str | Path) -> None:
     Path(out_png).write_bytes(data)
 
 
+# --- conforming chunks to the plan -------------------------------------------------------------
+
+def _video_encode_args(fps: int) -> list[str]:
+    """Output arguments of every H.264 encode here: VIDEO_CODEC_ARGS at ``fps``, a keyframe a second."""
+    args = ["-r", str(fps), "-g", str(fps)]
+    for key, value in VIDEO_CODEC_ARGS.items():
+        args += [f"-{key}", str(value)]
+    return args
+
+
+@functools.cache
+def encoder_signature(width: int, height: int, fps: int) -> tuple[bytes, Fraction]:
+    """(extradata, time base) of the H.264 stream this module encodes at ``width`` x ``height``
+    pixels and ``fps`` (VIDEO_CODEC_ARGS): the SPS/PPS a stream-copied piece must share with pieces
+    encoded here for the concat demuxer to join them by stream copy, and the time base every piece
+    gets. Found by encoding one black frame (about 0.1 s), once per process and size. Raises
+    MediaError if ffmpeg fails."""
+    with tempfile.TemporaryDirectory(prefix="encoder-signature-") as tmp:
+        out = Path(tmp) / "one.mp4"
+        run_ffmpeg(["-f", "lavfi", "-i", f"color=c=black:s={width}x{height}:r={fps}", "-frames:v", "1",
+                    *_video_encode_args(fps), str(out)], what=f"encode a {width}x{height} test frame")
+        info = probe(out, decode=False)
+    if info.time_base is None:
+        raise MediaError(f"ffmpeg wrote no video stream for a {width}x{height} test frame")
+    return info.extradata or b"", info.time_base
+
+
+def video_packets(path: str | Path) -> tuple[int, bool]:
+    """(number of video packets, whether the first is a keyframe) of ``path``, by demuxing only
+    (no decoding). Without B-frames, one packet is one frame. Raises MediaError if unreadable."""
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                return 0, False
+            count, first_key = 0, False
+            for packet in container.demux(container.streams.video[0]):
+                if packet.size == 0:  # the demuxer's end-of-stream flush packet
+                    continue
+                if count == 0:
+                    first_key = bool(packet.is_keyframe)
+                count += 1
+            return count, first_key
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        raise MediaError(f"{path}: cannot demux video: {exc}") from None
+
+
+def _plain_h264(info: MediaInfo, width: int, height: int, fps: int) -> bool:
+    """H.264 yuv420p without B-frames at ``width`` x ``height`` and ``fps``."""
+    return (info.video_codec == "h264" and info.pix_fmt == "yuv420p" and not info.has_b_frames
+            and info.width == width and info.height == height and info.fps is not None and abs(info.fps - fps) < 1e-6)
+
+
+def conform(src: str | Path, out: str | Path, *, width: int, height: int, fps: int, frames: int) -> str:
+    """Write into ``out`` the first ``frames`` frames of video ``src`` as one piece of the plan's
+    timeline: ``fps`` frames per second, ``width`` x ``height`` pixels, H.264 encoded like this
+    module's encodes (VIDEO_CODEC_ARGS, SPS/PPS and time base of ``encoder_signature``), the first
+    frame a keyframe. Pieces conformed to the same plan join by stream copy (``stitch``). No audio.
+
+    Stream copy, cut after ``frames`` packets, when ``src`` already is such a stream (H.264 yuv420p
+    without B-frames at the size and fps, first packet a keyframe, the encoder's SPS/PPS): frames
+    stay bit-exact. Otherwise one re-encode: ``fps`` filter, scaled to fit inside the frame and padded
+    (centred, black), square pixels. Returns "stream_copy" or "reencode". Raises ValueError if
+    ``frames`` < 1, MediaError if ``src`` has no video, gives fewer than ``frames`` frames at ``fps``
+    (a gap in the timeline), or ffmpeg fails."""
+    if frames < 1:
+        raise ValueError(f"a conformed piece needs at least one frame (got {frames})")
+    info = probe(src, decode=False)
+    if not info.has_video:
+        raise MediaError(f"{src}: no video stream to conform")
+    extradata, time_base = encoder_signature(width, height, fps)
+    copyable = _plain_h264(info, width, height, fps) and info.extradata == extradata and video_packets(src)[1]
+    if copyable:
+        run_ffmpeg(["-i", str(src), "-map", "0:v:0", "-c", "copy", "-frames:v", str(frames),
+                    "-video_track_timescale", str(round(1 / time_base)), "-movflags", "+faststart", str(out)],
+                   what=f"cut {frames} frames of {Path(src).name} by stream copy")
+        method = "stream_copy"
+    else:
+        vf = (f"fps={fps},scale={width}:{height}:force_original_aspect_ratio=decrease:force_divisible_by=2,"
+              f"pad={width}:{height}:(ow-iw)/2:(oh-ih)/2,setsar=1")
+        run_ffmpeg(["-i", str(src), "-map", "0:v:0", "-vf", vf, "-frames:v", str(frames), *_video_encode_args(fps),
+                    str(out)],
+                   what=f"conform {Path(src).name} ({info.width}x{info.height} @ {info.fps or 0:g} fps) to "
+                        f"{frames} frames of {width}x{height} @ {fps} fps")
+        method = "reencode"
+    got = video_packets(out)[0]
+    if got != frames:
+        raise MediaError(f"{src}: gives {got} frames at {fps} fps but the timeline needs {frames} from it "
+                         "(gap in the stitch)")
+    return method
+
+
 # --- stitching ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -344,11 +454,10 @@ class StitchPiece:
 
 
 def _stream_copy_compatible(infos: list[MediaInfo], width: int, height: int, fps: int) -> bool:
-    return all(
-        i.video_codec == "h264" and i.pix_fmt == "yuv420p" and not i.has_b_frames
-        and i.width == width and i.height == height and i.fps is not None and abs(i.fps - fps) < 1e-6
-        for i in infos
-    )
+    """Every piece plain H.264 at the output size and fps, all with one time base and one SPS/PPS
+    (the concat demuxer neither rescales a later file's timestamps nor switches parameter sets)."""
+    return all(_plain_h264(i, width, height, fps) and i.time_base == infos[0].time_base
+               and i.extradata == infos[0].extradata for i in infos)
 
 
 def stitch(pieces: list[StitchPiece], out: str | Path, *, width: int, height: int, fps: int,
@@ -356,8 +465,9 @@ def stitch(pieces: list[StitchPiece], out: str | Path, *, width: int, height: in
     """Concatenate ``pieces`` in order, keeping ``keep_frames`` of each, into ``out`` (H.264, no audio).
 
     Stream copy (concat demuxer with exact out-points) when every piece is H.264/yuv420p without
-    B-frames at the output size and fps; otherwise one re-encode through the concat filter, scaling
-    and padding to ``width``x``height`` and resampling to ``fps``. Returns "stream_copy" or "reencode".
+    B-frames at the output size and fps, all with the same time base and SPS/PPS (pieces made by
+    ``conform`` for one plan are); otherwise one re-encode through the concat filter, scaling and
+    padding to ``width``x``height`` and resampling to ``fps``. Returns "stream_copy" or "reencode".
     Raises MediaError if a piece has fewer frames than it must keep.
     """
     infos = [probe(p.path, decode=False) for p in pieces]
@@ -402,38 +512,84 @@ def stitch(pieces: list[StitchPiece], out: str | Path, *, width: int, height: in
     return method
 
 
-def mux_final(video: str | Path, music: str | Path, out: str | Path, *, duration_s: float,
-              fade_out_s: float = 2.0) -> dict:
-    """Mux ``video`` (stream-copied) with ``music`` trimmed/padded to ``duration_s`` seconds, faded
-    out over the last ``fade_out_s`` seconds and loudness-normalized to LOUDNESS_TARGET.
+# --- music: fade, loudness, muxing ---------------------------------------------------------------
 
-    Two-pass EBU R128 loudnorm (ffmpeg's documented procedure): pass 1 measures, pass 2 applies a
-    linear gain. Returns pass 1's measurement (input_i LUFS etc.). Raises MediaError.
-    """
+def _loudnorm_chain(music: str | Path, *, duration_s: float, fade_out_s: float) -> tuple[str, dict]:
+    """The audio filter chain that finishes ``music`` for a ``duration_s``-second video, and the
+    loudness it measured (EBU R128 two-pass loudnorm, ffmpeg's documented procedure).
+
+    The chain trims or pads (silence) the music to ``duration_s``, fades it out over the last
+    ``min(fade_out_s, duration_s / 4)`` seconds, applies the linear gain that pass 1 (run here)
+    found for LOUDNESS_TARGET, resamples to AUDIO_SAMPLE_RATE and ends after exactly
+    round(duration_s * AUDIO_SAMPLE_RATE) samples with gap-free timestamps (loudnorm's own output
+    timestamps jump). Returns (chain, pass 1's measurement: input_i LUFS, input_tp dBTP, ...).
+    Raises MediaError if ffmpeg fails or prints no measurement."""
     fade = min(fade_out_s, duration_s / 4)
     pre = (f"atrim=0:{duration_s:.6f},apad=whole_dur={duration_s:.6f},"
            f"afade=t=out:st={max(0.0, duration_s - fade):.6f}:d={fade:.6f}")
     target = ":".join(f"{k}={v}" for k, v in LOUDNESS_TARGET.items())
-    log = run_ffmpeg(["-i", str(music), "-af", f"{pre},loudnorm={target}:print_format=json", "-f", "null", "-"],
-                     what="measure music loudness")
+    log = run_ffmpeg(["-i", str(music), "-map", "0:a:0", "-af", f"{pre},loudnorm={target}:print_format=json",
+                      "-f", "null", "-"], what="measure music loudness")
     match = re.search(r"\{[^{}]*\"input_i\"[^{}]*\}", log, re.S)
     if not match:
         raise MediaError("loudnorm printed no measurement")
     m = json.loads(match.group(0))
     measured = (f"measured_I={m['input_i']}:measured_TP={m['input_tp']}:measured_LRA={m['input_lra']}:"
                 f"measured_thresh={m['input_thresh']}:offset={m['target_offset']}:linear=true")
+    samples = round(duration_s * AUDIO_SAMPLE_RATE)
+    chain = (f"{pre},loudnorm={target}:{measured},aresample={AUDIO_SAMPLE_RATE},asetpts=N/SR/TB,"
+             f"apad=whole_len={samples},atrim=end_sample={samples}")
+    return chain, m
+
+
+def finish_music(music: str | Path, out: str | Path, *, duration_s: float, fade_out_s: float = 2.0) -> dict:
+    """Write into ``out`` (.m4a) the final video's audio from ``music``: ``duration_s`` seconds
+    (trimmed or padded with silence), faded out over the last ``min(fade_out_s, duration_s / 4)``
+    seconds, loudness-normalized to LOUDNESS_TARGET (two-pass loudnorm), AUDIO_SAMPLE_RATE Hz,
+    AUDIO_CODEC_ARGS (AAC). It decodes to ``duration_s`` within one AAC frame (1024 samples) and is
+    muxed by stream copy (``mux_copy``). Returns the loudness measured before normalizing (loudnorm
+    pass 1: input_i LUFS etc.). Raises MediaError."""
+    chain, measured = _loudnorm_chain(music, duration_s=duration_s, fade_out_s=fade_out_s)
+    run_ffmpeg(["-i", str(music), "-map", "0:a:0", "-af", chain, *AUDIO_CODEC_ARGS, "-movflags", "+faststart",
+                str(out)], what="finish the music")
+    return measured
+
+
+def mux_copy(video: str | Path, audio: str | Path, out: str | Path) -> None:
+    """Mux ``video``'s first video stream and ``audio``'s first audio stream into ``out`` (MP4,
+    +faststart), both by stream copy: bit-identical packets, time independent of the length beyond
+    copying bytes. Raises MediaError."""
+    run_ffmpeg(["-i", str(video), "-i", str(audio), "-map", "0:v:0", "-map", "1:a:0", "-c", "copy",
+                "-movflags", "+faststart", str(out)], what="mux the final video by stream copy")
+
+
+def mux_final(video: str | Path, music: str | Path, out: str | Path, *, duration_s: float,
+              fade_out_s: float = 2.0) -> dict:
+    """Mux ``video`` (stream-copied) with ``music`` finished in the same pass: what ``finish_music``
+    does (trimmed/padded to ``duration_s`` seconds, faded out over the last ``fade_out_s`` seconds at
+    most, two-pass loudnorm to LOUDNESS_TARGET, AAC at AUDIO_SAMPLE_RATE Hz), output cut at
+    ``duration_s``. The fallback for music manifests without a finished track.
+
+    Returns pass 1's measurement (input_i LUFS etc.). Raises MediaError.
+    """
+    chain, measured = _loudnorm_chain(music, duration_s=duration_s, fade_out_s=fade_out_s)
     run_ffmpeg(["-i", str(video), "-i", str(music), "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy",
-                "-af", f"{pre},loudnorm={target}:{measured},aresample=48000", "-c:a", "aac", "-b:a", "192k",
-                "-t", f"{duration_s:.6f}", "-movflags", "+faststart", str(out)],
+                "-af", chain, *AUDIO_CODEC_ARGS, "-t", f"{duration_s:.6f}", "-movflags", "+faststart", str(out)],
                what="mux the final video")
-    return m
+    return measured
 
 
 def encode_audio(wav: str | Path, out: str | Path) -> None:
     """Encode a WAV file to AAC (192 kb/s) in an .m4a container."""
-    run_ffmpeg(["-i", str(wav), "-c:a", "aac", "-b:a", "192k", str(out)], what="encode music")
+    run_ffmpeg(["-i", str(wav), *AUDIO_CODEC_ARGS, str(out)], what="encode music")
 
 
 def frame_count(seconds: float, fps: float) -> int:
     """Frames that ``seconds`` covers at ``fps`` (rounded to the nearest frame)."""
     return int(round(seconds * fps))
+
+
+def beat_frames(start_s: float, duration_s: float, fps: float) -> int:
+    """Frames of the timeline a beat keeps: it covers frames [round(start_s * fps),
+    round((start_s + duration_s) * fps)), so beats laid end to end add up to the video's frames."""
+    return frame_count(start_s + duration_s, fps) - frame_count(start_s, fps)

@@ -11,6 +11,7 @@ import math
 import os
 import shutil
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from pipeline import costs, media
@@ -40,6 +41,26 @@ from pipeline.submissions import Submission
 
 FFMPEG = "ffmpeg"
 """Provider name recorded for the pipeline's own deterministic ffmpeg steps (always free)."""
+
+FADE_OUT_S = 2.0
+"""The music fades out over the video's last 2 s (at most a quarter of the video)."""
+
+# Model names of the pipeline's own ffmpeg steps (part of their cache keys: a new method gets a
+# new name, so a cache entry is never taken for the output of another method).
+CONFORM_MODEL = "conform-v1"
+"""A chunk's kept frames conformed to the plan (``media.conform``)."""
+CLIP_MODEL = "segment-clip-v1"
+"""A segment's conformed pieces joined by stream copy."""
+STITCH_MODEL = "stitch-v1"
+"""Stitch from the chunks themselves (manifests without clips): stream copy or re-encode."""
+STITCH_CLIPS_MODEL = "stitch-clips-v1"
+"""Stitch from the segments' clips (and chunks of segments without one)."""
+FINISH_MUSIC_MODEL = "finish-music-v1"
+"""The music trimmed/padded, faded, loudness-normalized and encoded for the final video."""
+MUX_COPY_MODEL = "mux-copy-v1"
+"""Final mux of the stitched video and the finished track, both by stream copy."""
+MUX_REENCODE_MODEL = "mux-loudnorm-v1"
+"""Final mux that finishes the music itself (music manifests without a finished track)."""
 
 
 class FanInError(RuntimeError):
@@ -186,39 +207,114 @@ def extract_last_frame(video: MediaManifest, generator: Generator, labels: dict[
 def render_chunks(beat: BeatManifest, storyboard: StoryboardManifest, provider: Provider,
                   generator: Generator, progress: ProgressCallback | None = None) -> ChunkVideosManifest:
     """Render a beat's chunk chain: the reference image chunk from the storyboard image, then each
-    continuous chunk from the last frame of the chunk before it.
+    continuous chunk from the last frame of the chunk before it; and the segment's clip.
 
-    Every finished chunk is in the cache, so a rerun after a failure at chunk k resumes at chunk k.
-    ``progress`` receives "chunk k of n started" and "... done" reports (``Progress``: chunk type,
-    prediction id, seconds of video, USD paid and reused, cache hit). Raises what the provider or
-    the store raises (ProviderError, media.MediaError).
+    As each chunk arrives, a background thread (one worker) conforms the frames the beat keeps of
+    it to the plan (``conform_chunk``) while the chain goes on: the next chunk needs only the last
+    frame. After the last chunk the conformed pieces are joined by stream copy into the segment's
+    clip (``segment_clip``): exactly ``media.beat_frames(start_s, duration_s, fps)`` frames, the
+    piece ``stitched_video`` joins by stream copy. When the chunks do not cover the beat (a model
+    returned less video than asked), there is no clip and ``stitch_video`` reports the gap.
+
+    Every finished chunk, conformed piece and clip is in the cache, so a rerun after a failure at
+    chunk k resumes at chunk k. ``progress`` receives "chunk k of n started" and "... done" reports
+    (``Progress``: chunk type, prediction id, seconds of video, USD paid and reused, cache hit) and
+    a "segment clip 1 of 1 done" report whose ``elapsed_s`` is the wait after the last chunk. Raises
+    what the provider or the store raises (ProviderError, media.MediaError).
     """
     start = storyboard.image
     chunks: list[ChunkManifest] = []
-    for plan in beat.chunks:
-        request = GenerationRequest(
-            media_type="video", provider=provider.name, model=provider.video_model, prompt=beat.motion_prompt,
-            seed=(beat.seed + plan.index) % 2**31,
-            params={"width": beat.width, "height": beat.height, "fps": beat.fps, "duration_s": plan.generate_s,
-                    "motion": beat.motion, "chunk_type": plan.chunk_type},
-            inputs={"start_image": start.sha256},
-            labels=_labels(beat.video_id, beat.index, stage="chunk_videos", chunk=plan.index),
-            max_cost_usd=beat.max_cost_usd,
-        )
-        start_path = generator.local_path(start)
-        item = dict(stage="chunk_videos", kind=plan.chunk_type.replace("_", " ") + " chunk", index=plan.index + 1,
-                    count=len(beat.chunks), segment=segment_key(beat.index))
-        source = "the storyboard image" if plan.index == 0 else f"the last frame of chunk {plan.index}"
-        report(progress, Progress("started", **item, seconds=plan.generate_s,
-                                  detail=f"from {source} with {provider.video_model}"))
-        began = time.monotonic()
-        video = generator.generate(request, lambda scratch: provider.render_chunk(request, start_path, scratch))
-        report(progress, Progress("done", **item, medium=video, elapsed_s=time.monotonic() - began))
-        last = extract_last_frame(video, generator, request.labels)
-        chunks.append(ChunkManifest(plan=plan, video=video, start_image_sha256=start.sha256, last_frame=last))
-        start = last
+    need = media.beat_frames(beat.start_s, beat.duration_s, beat.fps)
+    remaining = need
+    conforming: list[Future[MediaManifest] | None] = []
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"conform-{beat.video_id}-{beat.segment}")
+    try:
+        for plan in beat.chunks:
+            request = GenerationRequest(
+                media_type="video", provider=provider.name, model=provider.video_model, prompt=beat.motion_prompt,
+                seed=(beat.seed + plan.index) % 2**31,
+                params={"width": beat.width, "height": beat.height, "fps": beat.fps, "duration_s": plan.generate_s,
+                        "motion": beat.motion, "chunk_type": plan.chunk_type},
+                inputs={"start_image": start.sha256},
+                labels=_labels(beat.video_id, beat.index, stage="chunk_videos", chunk=plan.index),
+                max_cost_usd=beat.max_cost_usd,
+            )
+            start_path = generator.local_path(start)
+            item = dict(stage="chunk_videos", kind=plan.chunk_type.replace("_", " ") + " chunk", index=plan.index + 1,
+                        count=len(beat.chunks), segment=segment_key(beat.index))
+            source = "the storyboard image" if plan.index == 0 else f"the last frame of chunk {plan.index}"
+            report(progress, Progress("started", **item, seconds=plan.generate_s,
+                                      detail=f"from {source} with {provider.video_model}"))
+            began = time.monotonic()
+            video = generator.generate(request, lambda scratch: provider.render_chunk(request, start_path, scratch))
+            report(progress, Progress("done", **item, medium=video, elapsed_s=time.monotonic() - began))
+            take = max(0, min(remaining, media.frame_count(video.duration_s or 0, beat.fps)))  # frames kept
+            conforming.append(pool.submit(conform_chunk, video, generator, width=beat.width, height=beat.height,
+                                          fps=beat.fps, frames=take, labels=request.labels) if take else None)
+            remaining -= take
+            last = extract_last_frame(video, generator, request.labels)
+            chunks.append(ChunkManifest(plan=plan, video=video, start_image_sha256=start.sha256, last_frame=last))
+            start = last
+        waiting = time.monotonic()
+        conformed = [f.result() if f is not None else None for f in conforming]
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)  # no conform outlives the step; finished ones are cached
+        raise
+    pool.shutdown()
+    chunks = [c.model_copy(update={"conformed": m}) for c, m in zip(chunks, conformed)]
+    clip = None
+    if remaining <= 0:
+        pieces = [m for m in conformed if m is not None]
+        clip = segment_clip(pieces, generator, width=beat.width, height=beat.height, fps=beat.fps,
+                            labels=_labels(beat.video_id, beat.index))
+        report(progress, Progress("done", stage="segment_clip", kind="segment clip", index=1, count=1,
+                                  segment=segment_key(beat.index), medium=clip,
+                                  elapsed_s=time.monotonic() - waiting))
     return ChunkVideosManifest(video_id=beat.video_id, index=beat.index, fingerprint=beat.fingerprint,
-                               duration_s=beat.duration_s, storyboard=storyboard.image, chunks=chunks)
+                               duration_s=beat.duration_s, storyboard=storyboard.image, chunks=chunks, clip=clip)
+
+
+def conform_chunk(video: MediaManifest, generator: Generator, *, width: int, height: int, fps: int, frames: int,
+                  labels: dict[str, str]) -> MediaManifest:
+    """The first ``frames`` frames of a stored chunk conformed to the plan (``media.conform``:
+    ``fps``, ``width`` x ``height`` pixels, the pipeline's H.264 settings), stored and cached by the
+    chunk's sha256 and these parameters. A stream copy when the chunk already matches the plan.
+    ``extra``: ``frames`` and ``method`` ("stream_copy" | "reencode"). Raises media.MediaError
+    when the chunk gives fewer frames (a gap) or ffmpeg fails."""
+    request = GenerationRequest(media_type="video", provider=FFMPEG, model=CONFORM_MODEL,
+                                params={"width": width, "height": height, "fps": fps, "frames": frames},
+                                inputs={"video": video.sha256}, labels={**labels, "stage": "conform"})
+
+    def call(scratch: Path) -> ProviderResult:
+        out = scratch / "conformed.mp4"
+        method = media.conform(generator.local_path(video), out, width=width, height=height, fps=fps, frames=frames)
+        return ProviderResult(path=out, model=CONFORM_MODEL, extra={"frames": frames, "method": method})
+
+    return generator.generate(request, call)
+
+
+def segment_clip(pieces: list[MediaManifest], generator: Generator, *, width: int, height: int, fps: int,
+                 labels: dict[str, str]) -> MediaManifest:
+    """One segment's conformed pieces (``conform_chunk`` outputs, in order) joined by stream copy:
+    the segment's clip, stored and cached by the pieces' sha256. A single piece is the clip itself.
+    ``extra``: ``frames`` (the sum of the pieces' ``frames``) and ``method``. Raises
+    media.MediaError."""
+    if len(pieces) == 1:
+        return pieces[0]
+    frames = sum(int(p.extra["frames"]) for p in pieces)
+    spec = [{"sha256": p.sha256, "frames": int(p.extra["frames"])} for p in pieces]
+    request = GenerationRequest(media_type="video", provider=FFMPEG, model=CLIP_MODEL,
+                                params={"width": width, "height": height, "fps": fps, "pieces": spec},
+                                inputs={f"piece{i}": p.sha256 for i, p in enumerate(pieces)},
+                                labels={**labels, "stage": "segment_clip"})
+
+    def call(scratch: Path) -> ProviderResult:
+        out = scratch / "clip.mp4"
+        method = media.stitch([media.StitchPiece(generator.local_path(p), int(p.extra["frames"])) for p in pieces],
+                              out, width=width, height=height, fps=fps, workdir=scratch)
+        return ProviderResult(path=out, model=CLIP_MODEL, extra={"frames": frames, "method": method})
+
+    return generator.generate(request, call)
 
 
 # --- stitched_video ----------------------------------------------------------------------------
@@ -241,15 +337,36 @@ def check_fan_in(plan: VideoPlan, chunk_sets: dict[str, ChunkVideosManifest],
     return [chunk_sets[s] for s in plan.segment_keys]
 
 
-def stitch_video(plan: VideoPlan, ordered: list[ChunkVideosManifest], generator: Generator) -> StitchedManifest:
-    """Concatenate every chunk in timeline order, each beat trimmed to its exact duration.
+def _fitting_clip(cv: ChunkVideosManifest, frames: int, plan: VideoPlan) -> MediaManifest | None:
+    """The segment's clip if it holds exactly the ``frames`` the plan keeps of the beat at the plan's
+    size and fps, else None (no clip, or the beat moved on the timeline since: its frame count
+    depends on where it starts)."""
+    clip = cv.clip
+    if clip is None or clip.extra.get("frames") != frames or (clip.width, clip.height) != (plan.width, plan.height):
+        return None
+    return clip if clip.fps is not None and abs(clip.fps - plan.fps) < 1e-6 else None
 
-    Beat b covers frames [round(start_b * fps), round(end_b * fps)); its chunks give frames in order.
-    Raises media.MediaError when the chunks of a beat are shorter than the beat (a gap).
+
+def stitch_video(plan: VideoPlan, ordered: list[ChunkVideosManifest], generator: Generator) -> StitchedManifest:
+    """Concatenate the beats in timeline order, each trimmed to its exact duration.
+
+    Beat b covers frames [round(start_b * fps), round(end_b * fps)) (``media.beat_frames``). A
+    segment whose clip holds exactly those frames gives its clip; the others (manifests written
+    before clips, or a clip cut for another start) give their chunks' frames in order. Clips and
+    chunks that match the plan join by stream copy (``media.stitch``), so a video of clips takes
+    time for copying bytes only; anything else is re-encoded as a whole (the fallback).
+    ``StitchedManifest.method`` says which ran, ``clips`` how many segments gave a clip.
+    Raises media.MediaError when the chunks of a beat without a clip are shorter than the beat (a gap).
     """
-    pieces_spec, pieces = [], []
+    pieces_spec, pieces, clips = [], [], 0
     for cv, beat in zip(ordered, plan.beats):
-        need = media.frame_count(beat.start_s + beat.duration_s, plan.fps) - media.frame_count(beat.start_s, plan.fps)
+        need = media.beat_frames(beat.start_s, beat.duration_s, plan.fps)
+        clip = _fitting_clip(cv, need, plan)
+        if clip is not None:
+            pieces.append((clip, need))
+            pieces_spec.append({"sha256": clip.sha256, "frames": need})
+            clips += 1
+            continue
         have = sum(media.frame_count(c.video.duration_s or 0, plan.fps) for c in cv.chunks)
         if have < need:
             raise media.MediaError(f"{plan.video_id}: segment {segment_key(beat.index)} has {have} frames of "
@@ -261,7 +378,8 @@ def stitch_video(plan: VideoPlan, ordered: list[ChunkVideosManifest], generator:
             pieces.append((c.video, take))
             pieces_spec.append({"sha256": c.video.sha256, "frames": take})
             need -= take
-    request = GenerationRequest(media_type="video", provider=FFMPEG, model="stitch-v1",
+    model = STITCH_CLIPS_MODEL if clips else STITCH_MODEL
+    request = GenerationRequest(media_type="video", provider=FFMPEG, model=model,
                                 params={"width": plan.width, "height": plan.height, "fps": plan.fps,
                                         "pieces": pieces_spec},
                                 inputs={f"piece{i}": m.sha256 for i, (m, _) in enumerate(pieces)},
@@ -272,11 +390,11 @@ def stitch_video(plan: VideoPlan, ordered: list[ChunkVideosManifest], generator:
         method = media.stitch(
             [media.StitchPiece(generator.local_path(m), frames) for m, frames in pieces], out,
             width=plan.width, height=plan.height, fps=plan.fps, workdir=scratch)
-        return ProviderResult(path=out, model="stitch-v1", extra={"method": method})
+        return ProviderResult(path=out, model=model, extra={"method": method})
 
     video = generator.generate(request, call)
     return StitchedManifest(video_id=plan.video_id, method=video.extra["method"], segments=plan.segment_keys,
-                            video=video, costs=segment_costs(ordered))
+                            video=video, costs=segment_costs(ordered), clips=clips)
 
 
 def segment_costs(ordered: list[ChunkVideosManifest]) -> list[CostLine]:
@@ -290,10 +408,11 @@ def segment_costs(ordered: list[ChunkVideosManifest]) -> list[CostLine]:
 
 def render_music(plan: VideoPlan, provider: Provider, generator: Generator,
                  progress: ProgressCallback | None = None) -> MusicManifest:
-    """A music track of at least the video's duration (seconds) at the spec's bpm.
+    """A music track of at least the video's duration (seconds) at the spec's bpm, and the final
+    video's audio finished from it (``finish_track``), so the final mux is a stream copy.
 
-    ``progress`` receives a started and a done ``Progress`` report. Raises what the provider or
-    the store raises (ProviderError, media.MediaError)."""
+    ``progress`` receives a started and a done ``Progress`` report for the track and for the
+    finished track. Raises what the provider or the store raises (ProviderError, media.MediaError)."""
     request = GenerationRequest(media_type="audio", provider=provider.name, model=provider.music_model,
                                 prompt=plan.music.prompt, seed=plan.seed,
                                 params={"bpm": plan.music.bpm, "duration_s": math.ceil(plan.duration_s)},
@@ -305,38 +424,94 @@ def render_music(plan: VideoPlan, provider: Provider, generator: Generator,
     started = time.monotonic()
     audio = generator.generate(request, lambda scratch: provider.render_music(request, scratch))
     report(progress, Progress("done", **item, medium=audio, elapsed_s=time.monotonic() - started))
-    return MusicManifest(video_id=plan.video_id, audio=audio)
+    item = dict(stage="music", kind="finished track", index=1, count=1)
+    report(progress, Progress("started", **item, seconds=plan.duration_s,
+                              detail=f"fade-out, loudness {media.LOUDNESS_TARGET['I']:g} LUFS, AAC"))
+    started = time.monotonic()
+    track = finish_track(plan, audio, generator)
+    report(progress, Progress("done", **item, medium=track, elapsed_s=time.monotonic() - started))
+    return MusicManifest(video_id=plan.video_id, audio=audio, track=track)
+
+
+def finish_track(plan: VideoPlan, audio: MediaManifest, generator: Generator) -> MediaManifest:
+    """The final video's audio made from the stored track ``audio`` (``media.finish_music``): the
+    plan's duration in seconds, faded out, loudness-normalized to ``media.LOUDNESS_TARGET``, AAC at
+    48 kHz in an .m4a; stored and cached by the track's sha256 and these parameters. ``extra``:
+    ``duration_s``, ``fade_out_s`` and ``loudness`` (loudnorm pass 1: input_i LUFS, ...). Raises
+    media.MediaError."""
+    params = {"duration_s": plan.duration_s, "fade_out_s": FADE_OUT_S, "loudness": media.LOUDNESS_TARGET,
+              "sample_rate": media.AUDIO_SAMPLE_RATE, "codec": media.AUDIO_CODEC_ARGS}
+    request = GenerationRequest(media_type="audio", provider=FFMPEG, model=FINISH_MUSIC_MODEL, params=params,
+                                inputs={"music": audio.sha256},
+                                labels={"video_id": plan.video_id, "stage": "music_finish"})
+
+    def call(scratch: Path) -> ProviderResult:
+        out = scratch / "track.m4a"
+        loudness = media.finish_music(generator.local_path(audio), out, duration_s=plan.duration_s,
+                                      fade_out_s=FADE_OUT_S)
+        return ProviderResult(path=out, model=FINISH_MUSIC_MODEL,
+                              extra={"duration_s": plan.duration_s, "fade_out_s": FADE_OUT_S, "loudness": loudness})
+
+    return generator.generate(request, call)
 
 
 # --- final_video -------------------------------------------------------------------------------
 
+def _fitting_track(plan: VideoPlan, music: MusicManifest) -> MediaManifest | None:
+    """The music manifest's finished track if it was finished for this plan's duration, else None."""
+    track = music.track
+    if track is None or track.extra.get("duration_s") != plan.duration_s:
+        return None
+    return track
+
+
 def mux_video(plan: VideoPlan, stitched: StitchedManifest, music: MusicManifest, generator: Generator,
               workspace: Workspace, ledger: Ledger | None = None) -> FinalManifest:
-    """Mux the stitched video with the music (faded out, loudness-normalized) and publish the
-    result at ``videos/<video_id>.mp4`` (a copy, see ``publish``).
+    """Mux the stitched video with the finished music and publish the result at
+    ``videos/<video_id>.mp4`` (a copy, see ``publish``).
+
+    With the music manifest's finished track (made for this plan's duration) both streams are
+    copied as they are (``media.mux_copy``): "stream_copy". Without one (a music manifest written
+    before finishing moved to ``music``) the music is faded out, loudness-normalized and encoded
+    during the mux (``media.mux_final``): "reencode". ``FinalManifest.mux_method`` and the video's
+    ``extra["method"]`` say which ran; ``extra["loudness"]`` is loudnorm's measurement either way.
 
     The manifest's cost lines (``pipeline.costs.final_costs``) are reconciled with ``ledger`` (None:
     the manifests alone): ``paid_usd`` (= ``cost_usd``) is what this video's calls paid in every
     attempt, ``reused_usd`` the price of outputs other videos paid for (USD)."""
-    request = GenerationRequest(media_type="video", provider=FFMPEG, model="mux-loudnorm-v1",
-                                params={"duration_s": plan.duration_s, "fade_out_s": 2.0,
-                                        "loudness": media.LOUDNESS_TARGET},
-                                inputs={"video": stitched.video.sha256, "music": music.audio.sha256},
-                                labels={"video_id": plan.video_id, "stage": "final_video"})
+    labels = {"video_id": plan.video_id, "stage": "final_video"}
+    track = _fitting_track(plan, music)
+    if track is not None:
+        request = GenerationRequest(media_type="video", provider=FFMPEG, model=MUX_COPY_MODEL,
+                                    inputs={"video": stitched.video.sha256, "track": track.sha256}, labels=labels)
 
-    def call(scratch: Path) -> ProviderResult:
-        out = scratch / "final.mp4"
-        loudness = media.mux_final(generator.local_path(stitched.video), generator.local_path(music.audio), out,
-                                   duration_s=plan.duration_s)
-        return ProviderResult(path=out, model="mux-loudnorm-v1", extra={"loudness": loudness})
+        def call(scratch: Path) -> ProviderResult:
+            out = scratch / "final.mp4"
+            media.mux_copy(generator.local_path(stitched.video), generator.local_path(track), out)
+            return ProviderResult(path=out, model=MUX_COPY_MODEL,
+                                  extra={"method": "stream_copy", "loudness": track.extra.get("loudness", {})})
+    else:
+        request = GenerationRequest(media_type="video", provider=FFMPEG, model=MUX_REENCODE_MODEL,
+                                    params={"duration_s": plan.duration_s, "fade_out_s": FADE_OUT_S,
+                                            "loudness": media.LOUDNESS_TARGET},
+                                    inputs={"video": stitched.video.sha256, "music": music.audio.sha256},
+                                    labels=labels)
+
+        def call(scratch: Path) -> ProviderResult:
+            out = scratch / "final.mp4"
+            loudness = media.mux_final(generator.local_path(stitched.video), generator.local_path(music.audio), out,
+                                       duration_s=plan.duration_s, fade_out_s=FADE_OUT_S)
+            return ProviderResult(path=out, model=MUX_REENCODE_MODEL,
+                                  extra={"method": "reencode", "loudness": loudness})
 
     video = generator.generate(request, call)
+    method = "stream_copy" if video.model == MUX_COPY_MODEL else "reencode"
     published = publish(generator.local_path(video), workspace.videos / f"{plan.video_id}.mp4")
     lines = costs.final_costs(plan, stitched, music, ledger)
     paid, reused = costs.totals(lines)
     return FinalManifest(video_id=plan.video_id, video=video, path=str(published), beats=len(plan.beats),
                          chunks=sum(1 for c in lines if c.stage == "chunk_videos" and c.source == "manifest"),
-                         cost_usd=paid, paid_usd=paid, reused_usd=reused, costs=lines)
+                         cost_usd=paid, paid_usd=paid, reused_usd=reused, costs=lines, mux_method=method)
 
 
 def publish(src: Path, dest: Path) -> Path:

@@ -91,13 +91,14 @@ def read_marker(frame: np.ndarray) -> tuple[int, int]:
 
 def numbered_clip(path: Path, frames: int, piece: int, *, width: int = 160, height: int = 90,
                   fps: int = 24) -> Path:
-    """Encode ``frames`` numbered frames with the pipeline's own H.264 settings (no B-frames)."""
+    """Encode ``frames`` numbered frames with the pipeline's own H.264 settings (no B-frames, square
+    pixels): the SPS/PPS of ``media.encoder_signature`` at that size and fps."""
     folder = path.with_name(path.stem + "-frames")
     folder.mkdir(exist_ok=True)
     for i in range(frames):
         Image.fromarray(numbered_frame(width, height, piece, i)).save(folder / f"{i:04d}.png")
     codec = media.VIDEO_CODEC_ARGS
-    media.run_ffmpeg(["-framerate", str(fps), "-i", str(folder / "%04d.png"),
+    media.run_ffmpeg(["-framerate", str(fps), "-i", str(folder / "%04d.png"), "-vf", "setsar=1",
                       "-c:v", codec["c:v"], "-preset", codec["preset"], "-crf", str(codec["crf"]),
                       "-bf", str(codec["bf"]), "-pix_fmt", codec["pix_fmt"], "-g", str(fps), "-r", str(fps),
                       str(path)], what=f"encode test clip {path.name}")

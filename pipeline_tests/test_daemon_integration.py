@@ -32,7 +32,7 @@ BAD, BAD_SEGMENT = "daemon-bad", "001"
 BEATS = [{"prompt": "A paper boat sets off on a puddle", "duration_s": 5},
          {"prompt": "The boat spins past a fallen leaf", "duration_s": 5, "motion": "slow lateral pan"}]
 BEATS_BY_VIDEO = {GOOD[0]: BEATS[:1], GOOD[1]: BEATS[1:], BAD: BEATS}
-SEGMENT_STAGES = {"storyboard_images", "chunk_videos", "last_frame"}
+SEGMENT_STAGES = {"storyboard_images", "chunk_videos", "last_frame", "conform", "segment_clip"}
 ASSEMBLY_STAGES = {"stitched_video", "final_video"}
 
 LAUNCH_BACKFILL = """
@@ -186,7 +186,7 @@ def test_daemon_renders_inbox_and_backfill_regenerates_only_the_failed_segment(s
         assert by_stage.get("stitched_video") == 1, by_stage
         # One mux; final_video's previews (poster, animated strip, contact sheet) at most once each.
         finals = [c.get("item", c["model"]) for c in calls_after if c["stage"] == "final_video"]
-        assert finals.count("mux-loudnorm-v1") == 1 and len(finals) == len(set(finals)), finals
+        assert finals.count("mux-copy-v1") == 1 and len(finals) == len(set(finals)), finals
 
         # Runs since the backfill: the backfill's run for that one partition and one assembly.
         new_runs = [r.dagster_run for r in instance.get_run_records() if r.dagster_run.run_id not in runs_before]

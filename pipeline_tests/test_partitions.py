@@ -101,7 +101,8 @@ def test_rematerializing_one_segment_regenerates_only_it(env, tmp_path):
     assert redo.success
     new_calls = _calls(env, "tiny")[n:]
     assert new_calls and {c["segment"] for c in new_calls} == {"001"}
-    assert {c["stage"] for c in new_calls} == {"storyboard_images", "chunk_videos", "last_frame"}
+    assert {c["stage"] for c in new_calls} == {"storyboard_images", "chunk_videos", "last_frame", "conform",
+                                               "segment_clip"}
     for i in (0, 2):
         assert _materializations(env, "chunk_videos", segment_partition_key("tiny", i)) == 1
     final = execute(env.defs, env.instance, "assemble_video", "tiny", name="assemble", want=("final_video",))

@@ -41,6 +41,30 @@ def test_final_video_matches_the_plan(rendered_examples, name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_assembly_copies_streams_and_says_so(rendered_examples, name):
+    """The local model's chunks match the plan: conformed by stream copy; the segments' clips are
+    stitched and the finished track muxed by stream copy; the asset metadata says which path ran."""
+    env, report = rendered_examples[name]
+    plan, vid = report.plan, report.plan.video_id
+
+    def latest(asset: str, partition: str) -> dict:
+        [record] = env.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]), limit=1).records
+        return {k: v.value for k, v in record.asset_materialization.metadata.items()}
+
+    for cv in report.chunk_sets:
+        assert cv.clip is not None
+        assert {c.conformed.extra["method"] for c in cv.chunks if c.conformed} == {"stream_copy"}
+        beat = plan.beats[cv.index]
+        assert cv.clip.extra["frames"] == media.beat_frames(beat.start_s, beat.duration_s, plan.fps)
+    stitched = latest("stitched_video", vid)
+    assert stitched["method"] == "stream_copy" and stitched["segments_from_clips"] == len(plan.beats)
+    assert latest("final_video", vid)["mux_method"] == "stream_copy" and report.final.mux_method == "stream_copy"
+    music = latest("music", vid)
+    assert music["track_duration_s"] == pytest.approx(plan.duration_s, abs=1024 / 48_000)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_one_storyboard_image_per_beat_and_chunks_per_plan(rendered_examples, name):
     env, report = rendered_examples[name]
     plan = report.plan

@@ -5,6 +5,12 @@
 
 Each asset is thin glue over one function in ``pipeline.stages``. Per-segment assets do nothing
 on a phantom segment (no output, no provider call, a log line saying why).
+
+Assembly takes constant time: the work that grows with the video is done beside the segments.
+``chunk_videos`` conforms each chunk to the plan while the next one generates and leaves a segment
+clip; ``music`` finishes the audio (duration, fade, loudness, AAC). ``stitched_video`` and
+``final_video`` then copy streams (each records ``method``: "stream_copy", or "reencode" for
+manifests written before clips and finished tracks existed).
 """
 
 
@@ -142,8 +148,12 @@ def storyboard_images(context: dg.AssetExecutionContext, pipeline: PipelineResou
 def chunk_videos(context: dg.AssetExecutionContext, pipeline: PipelineResource, video_spec: VideoPlan | None,
                  beats: BeatManifest | None, storyboard_images: StoryboardManifest | None):
     """The beat's chunk chain: a reference image chunk from the storyboard image, then continuous
-    chunks each starting on the previous chunk's last frame. Finished chunks are cached, so a
-    retry resumes at the chunk that failed."""
+    chunks each starting on the previous chunk's last frame. Each chunk's kept frames are conformed
+    to the plan (fps, size, H.264 settings; a stream copy when the chunk already matches) in a
+    background thread while the next chunk generates, then joined by stream copy into the segment
+    clip that ``stitched_video`` joins. Finished chunks, conformed pieces and clips are cached, so a
+    retry resumes at the chunk that failed. Metadata: the clip's frames and how each chunk was
+    conformed."""
     if _real_beat(context, video_spec) is None:
         return
     beat = _require(beats, "beats", context)
@@ -160,8 +170,14 @@ def chunk_videos(context: dg.AssetExecutionContext, pipeline: PipelineResource, 
         "paid_usd": costs.totals(lines)[0],
         "reused_usd": costs.totals(lines)[1],
         "cache_hits": sum(c.video.cache_hit for c in manifest.chunks),
+        "clip_frames": manifest.clip.extra.get("frames", -1) if manifest.clip else -1,
+        "clip_sha256": manifest.clip.sha256[:12] if manifest.clip else "",
+        "conform_methods": dg.MetadataValue.json([c.conformed.extra.get("method") if c.conformed else None
+                                                  for c in manifest.chunks]),
         "chunk_table": metadata.md_table([
             {"chunk": c.plan.index, "type": c.plan.chunk_type, "keep_s": c.plan.keep_s, "video_s": c.video.duration_s,
+             "kept_frames": c.conformed.extra.get("frames", "") if c.conformed else 0,
+             "conform": c.conformed.extra.get("method", "") if c.conformed else "",
              "cache_hit": "yes" if c.video.cache_hit else "no", "this_run_usd": costs.money(c.video.cost_usd),
              "paid_usd": costs.money(line.paid_usd), "reused_usd": costs.money(line.reused_usd),
              "paid_by": line.paid_by or "", "sha256": c.video.sha256[:12]}
@@ -175,8 +191,11 @@ def chunk_videos(context: dg.AssetExecutionContext, pipeline: PipelineResource, 
                                           metadata={"fan_in": True, "allow_missing_partitions": True})})
 def stitched_video(context: dg.AssetExecutionContext, pipeline: PipelineResource, video_spec: VideoPlan | None,
                    chunk_videos: dict[str, ChunkVideosManifest]) -> dg.Output[StitchedManifest]:
-    """All chunks concatenated in timeline order, each beat trimmed to its exact duration. Checks
-    the loaded segments against the spec: a missing or outdated real segment is an error naming it."""
+    """All beats concatenated in timeline order, each trimmed to its exact duration: the segments'
+    clips joined by stream copy (``method`` "stream_copy"); segments without a clip (older
+    manifests) give their chunks, re-encoded as a whole unless they already match the plan
+    ("reencode"). Checks the loaded segments against the spec: a missing or outdated real segment
+    is an error naming it."""
     plan = _require(video_spec, "video_spec", context)
     provider = pipeline.provider(plan.provider, plan.models)
     expected = {b.segment: stages.plan_beat(plan, b, provider).fingerprint for b in plan.beats}
@@ -185,6 +204,8 @@ def stitched_video(context: dg.AssetExecutionContext, pipeline: PipelineResource
     manifest = stages.stitch_video(plan, ordered, pipeline.generator)
     return dg.Output(manifest, metadata={
         "duration_s": manifest.video.duration_s, "segments": len(manifest.segments), "method": manifest.method,
+        "segments_from_clips": manifest.clips or 0, "model": manifest.video.model,
+        "cache_hit": manifest.video.cache_hit,
         "path": dg.MetadataValue.path(str(pipeline.generator.local_path(manifest.video))),
         "ignored_phantom_segments": sorted(set(chunk_videos) - set(plan.segment_keys)),
     })
@@ -192,7 +213,9 @@ def stitched_video(context: dg.AssetExecutionContext, pipeline: PipelineResource
 
 @dg.asset(partitions_def=videos, group_name="video", kinds={"m4a"}, pool="music_api", retry_policy=PROVIDER_RETRY)
 def music(context: dg.AssetExecutionContext, pipeline: PipelineResource, video_spec: VideoPlan | None) -> dg.Output[MusicManifest]:
-    """A music track as long as the video, from the spec's music prompt and bpm."""
+    """A music track as long as the video, from the spec's music prompt and bpm, and the final
+    video's audio finished from it: the video's duration, faded out, loudness-normalized (EBU R128,
+    two-pass loudnorm), AAC at 48 kHz, which ``final_video`` muxes by stream copy."""
     plan = _require(video_spec, "video_spec", context)
     with permanent_errors(), run_log.provider_logs(context):
         manifest = stages.render_music(plan, pipeline.provider(plan.provider, plan.models),
@@ -203,6 +226,11 @@ def music(context: dg.AssetExecutionContext, pipeline: PipelineResource, video_s
         "paid_usd": line.paid_usd, "reused_usd": line.reused_usd, "paid_by": line.paid_by or "",
         "cache_hit": manifest.audio.cache_hit,
         "path": dg.MetadataValue.path(str(pipeline.generator.local_path(manifest.audio))),
+        "track_duration_s": manifest.track.duration_s if manifest.track else 0.0,
+        "track_path": (dg.MetadataValue.path(str(pipeline.generator.local_path(manifest.track)))
+                       if manifest.track else ""),
+        "loudness_in_lufs": float(manifest.track.extra.get("loudness", {}).get("input_i", "nan")) if manifest.track
+        else float("nan"),
         **run_log.tag_run_cost(context, *run_cost([manifest.audio])),
     })
 
@@ -210,10 +238,12 @@ def music(context: dg.AssetExecutionContext, pipeline: PipelineResource, video_s
 @dg.asset(partitions_def=videos, group_name="video", kinds={"mp4"}, check_specs=checks.FINAL_CHECKS)
 def final_video(context: dg.AssetExecutionContext, pipeline: PipelineResource, video_spec: VideoPlan | None,
                 stitched_video: StitchedManifest | None, music: MusicManifest | None):
-    """The stitched video muxed with the music, faded out and loudness-normalized (EBU R128),
-    published at ``data/videos/<video_id>.mp4``. Metadata: the file's path and ``file://`` link, an
-    animated preview, a poster frame, a storyboard contact sheet and the cost table. Checks, recorded
-    per video partition: storyboards match beats, duration matches the spec, audio present."""
+    """The stitched video muxed with the music's finished track by stream copy (``mux_method``
+    "stream_copy"; "reencode" when the music manifest predates finished tracks and the music is
+    faded out and loudness-normalized here), published at ``data/videos/<video_id>.mp4``. Metadata:
+    the file's path and ``file://`` link, an animated preview, a poster frame, a storyboard contact
+    sheet and the cost table. Checks, recorded per video partition: storyboards match beats,
+    duration matches the spec, audio present."""
     plan = _require(video_spec, "video_spec", context)
     ledger = costs.open_ledger(pipeline.workspace.root, pipeline.provider(plan.provider, plan.models))
     manifest = stages.mux_video(plan, _require(stitched_video, "stitched_video", context),
@@ -235,6 +265,7 @@ def final_video(context: dg.AssetExecutionContext, pipeline: PipelineResource, v
         "cost_table": dg.MetadataValue.md(costs.markdown(table, columns=metadata.COST_TABLE_COLUMNS)),
         "costs": metadata.cost_table(table),
         "loudness_in_lufs": float(manifest.video.extra.get("loudness", {}).get("input_i", "nan")),
+        "mux_method": manifest.mux_method or "",
         **run_log.tag_run_cost(context, 0.0, 0.0, {run_log.VIDEO_COST_TAG: costs.money(manifest.paid_usd)}),
     })
     yield from checks.final_checks(plan, manifest, {b.image.sha256 for b in found}, info)
