@@ -60,6 +60,10 @@ class ProviderResult:
       (0 when it paid itself or the provider is free).
     - ``paid_by``: the video_id whose call paid for the prediction (the ledger job's video), or None
       for free output. Equal to the request's video when this call paid.
+    - ``verify``: how the output is checked before it is stored: ``"decode"`` (every frame and audio
+      packet decoded: anything a provider made), or ``"stream_copy"`` (every packet read, none
+      decoded: ``media.verify_stream_copy``), only for files this pipeline wrote by stream copy from
+      media already verified.
     """
 
     path: Path
@@ -69,6 +73,7 @@ class ProviderResult:
     extra: dict[str, Any] = field(default_factory=dict)
     reused_cost_usd: float = 0.0
     paid_by: str | None = None
+    verify: Literal["decode", "stream_copy"] = "decode"
 
 
 ProviderCall = Callable[[Path], ProviderResult]
@@ -117,7 +122,8 @@ class Generator:
         started = time.monotonic()
         with self.workspace.scratch(f"gen-{key[:12]}") as scratch:
             result = call(scratch)
-            info = _VERIFY[request.media_type](result.path)
+            info = (media.verify_stream_copy(result.path) if result.verify == "stream_copy"
+                    else _VERIFY[request.media_type](result.path))
             uri, sha, size = self.store.put(result.path)
         price, payer = _price_and_payer(request, result)
         manifest = MediaManifest(

@@ -21,7 +21,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -204,6 +204,43 @@ def verify_video(path: str | Path) -> MediaInfo:
     if declared and info.fps and info.duration_s + 2 / info.fps < 0.95 * declared:
         raise MediaError(f"{path}: truncated: decoded {info.duration_s:.3f} s of the {declared:.3f} s its header declares")
     return info
+
+
+def verify_stream_copy(path: str | Path) -> MediaInfo:
+    """Check a file this pipeline wrote by stream copy from media it had already decoded and
+    verified (conformed pieces, segment clips, a stitch or mux by stream copy): read every packet
+    without decoding it. ``frames`` is the video packet count (one frame per packet: H.264 without
+    B-frames, as every copy-compatible piece is), ``duration_s`` frames / fps, ``audio_duration_s``
+    the end of the last audio packet (seconds). Milliseconds instead of a full decode (~1.5 s for 40 s
+    of 854x480 on 2 cores), so assembling by stream copy costs about the same at any length.
+    Raises MediaError if the file cannot be read to the end or has no packets."""
+    path = Path(path)
+    info = probe(path, decode=False)
+    frames, audio_end = 0, 0.0
+    try:
+        with av.open(str(path)) as container:
+            streams = container.streams.video[:1] + container.streams.audio[:1]
+            indexed = {s.index: s.frames for s in streams}  # packets the container's index lists
+            read = dict.fromkeys(indexed, 0)
+            for packet in container.demux(*streams):
+                if packet.size == 0:
+                    continue  # the demuxer's end-of-stream flush packet
+                read[packet.stream.index] += 1
+                if packet.stream.type == "video":
+                    frames += 1
+                elif packet.pts is not None and packet.duration is not None:
+                    audio_end = max(audio_end, float((packet.pts + packet.duration) * packet.time_base))
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        raise MediaError(f"{path}: cannot read its packets: {exc}") from None
+    short = [f"stream {i}: {read[i]} of {n} packets" for i, n in indexed.items() if n and read[i] != n]
+    if short:
+        raise MediaError(f"{path}: truncated: " + "; ".join(short))
+    if info.has_video and frames == 0:
+        raise MediaError(f"{path}: no video packets")
+    if info.has_audio and audio_end <= 0:
+        raise MediaError(f"{path}: no audio packets")
+    return replace(info, frames=frames, duration_s=frames / info.fps if info.has_video and info.fps else info.duration_s,
+                   audio_duration_s=audio_end if info.has_audio else None)
 
 
 def verify_audio(path: str | Path) -> MediaInfo:

@@ -288,7 +288,8 @@ def conform_chunk(video: MediaManifest, generator: Generator, *, width: int, hei
     def call(scratch: Path) -> ProviderResult:
         out = scratch / "conformed.mp4"
         method = media.conform(generator.local_path(video), out, width=width, height=height, fps=fps, frames=frames)
-        return ProviderResult(path=out, model=CONFORM_MODEL, extra={"frames": frames, "method": method})
+        return ProviderResult(path=out, model=CONFORM_MODEL, extra={"frames": frames, "method": method},
+                              verify="stream_copy" if method == "stream_copy" else "decode")
 
     return generator.generate(request, call)
 
@@ -312,7 +313,8 @@ def segment_clip(pieces: list[MediaManifest], generator: Generator, *, width: in
         out = scratch / "clip.mp4"
         method = media.stitch([media.StitchPiece(generator.local_path(p), int(p.extra["frames"])) for p in pieces],
                               out, width=width, height=height, fps=fps, workdir=scratch)
-        return ProviderResult(path=out, model=CLIP_MODEL, extra={"frames": frames, "method": method})
+        return ProviderResult(path=out, model=CLIP_MODEL, extra={"frames": frames, "method": method},
+                              verify="stream_copy" if method == "stream_copy" else "decode")
 
     return generator.generate(request, call)
 
@@ -390,7 +392,8 @@ def stitch_video(plan: VideoPlan, ordered: list[ChunkVideosManifest], generator:
         method = media.stitch(
             [media.StitchPiece(generator.local_path(m), frames) for m, frames in pieces], out,
             width=plan.width, height=plan.height, fps=plan.fps, workdir=scratch)
-        return ProviderResult(path=out, model=model, extra={"method": method})
+        return ProviderResult(path=out, model=model, extra={"method": method},
+                              verify="stream_copy" if method == "stream_copy" else "decode")
 
     video = generator.generate(request, call)
     return StitchedManifest(video_id=plan.video_id, method=video.extra["method"], segments=plan.segment_keys,
@@ -488,7 +491,7 @@ def mux_video(plan: VideoPlan, stitched: StitchedManifest, music: MusicManifest,
         def call(scratch: Path) -> ProviderResult:
             out = scratch / "final.mp4"
             media.mux_copy(generator.local_path(stitched.video), generator.local_path(track), out)
-            return ProviderResult(path=out, model=MUX_COPY_MODEL,
+            return ProviderResult(path=out, model=MUX_COPY_MODEL, verify="stream_copy",
                                   extra={"method": "stream_copy", "loudness": track.extra.get("loudness", {})})
     else:
         request = GenerationRequest(media_type="video", provider=FFMPEG, model=MUX_REENCODE_MODEL,

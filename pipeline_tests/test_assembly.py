@@ -222,6 +222,44 @@ def test_mux_copy_keeps_both_streams_bit_identical(media_dir, music_file):
     assert round(3.125 * 48_000) <= count < round(3.125 * 48_000) + AAC_FRAME
 
 
+def test_a_stream_copy_is_verified_by_reading_its_packets_not_decoding_them(media_dir, music_file):
+    video = numbered_clip(media_dir / "verify-video.mp4", 75, 2)
+    track = media_dir / "verify-track.m4a"
+    media.finish_music(music_file, track, duration_s=3.125)
+    out = media_dir / "verify-mux.mp4"
+    media.mux_copy(video, track, out)
+    decoded, read = media.probe(out), media.verify_stream_copy(out)
+    assert read.frames == decoded.frames == 75 and read.duration_s == pytest.approx(decoded.duration_s)
+    # Packets end where the container trims the last AAC frame; decoding yields that frame whole.
+    assert read.audio_duration_s == pytest.approx(3.125, abs=1 / 48_000)
+    assert 0 <= decoded.audio_duration_s - read.audio_duration_s < AAC_FRAME / 48_000
+    assert (read.width, read.height, read.fps) == (decoded.width, decoded.height, decoded.fps)
+    cut = media_dir / "verify-cut.mp4"  # a copy that lost its tail: the packets it indexes are missing
+    cut.write_bytes(out.read_bytes()[: out.stat().st_size // 2])
+    with pytest.raises(media.MediaError):
+        media.verify_stream_copy(cut)
+
+
+def test_the_generator_reads_packets_only_for_outputs_marked_stream_copy(media_dir, monkeypatch):
+    workspace = Workspace(media_dir / "ws")
+    generator = Generator(workspace)
+    clip = numbered_clip(media_dir / "gen-clip.mp4", 48, 1)
+    used: list[str] = []
+    monkeypatch.setattr(media, "verify_stream_copy", lambda p: used.append("packets") or media.probe(p, decode=False))
+    monkeypatch.setattr(media, "verify_video", lambda p: used.append("decode") or media.probe(p))
+    for verify in ("stream_copy", "decode"):
+        request = stages.GenerationRequest(media_type="video", provider=stages.FFMPEG, model="test-copy",
+                                           params={"verify": verify}, labels={"stage": "test"})
+
+        def call(scratch: Path, verify=verify) -> ProviderResult:
+            out = scratch / "out.mp4"
+            out.write_bytes(clip.read_bytes())
+            return ProviderResult(path=out, model="test-copy", verify=verify)
+
+        generator.generate(request, call)
+    assert used == ["packets", "decode"]
+
+
 # --- the stages: segments, stitch, music, final mux ----------------------------------------------
 
 W, H, FPS = 320, 180, 24
