@@ -5,6 +5,7 @@ Each benchmark is a script in this directory that also runs alone and prints its
     bench_makespan.py          1-2. makespan vs the critical path and the reference schedulers; faults
     bench_local_render.py      3.   local render speed and scaling, first run vs cached rerun
     bench_stitch.py            4.   stitch throughput (stream copy and re-encode), final mux
+    bench_assembly_tail.py     4b.  assembly tail: last chunk done -> final video published (120 and 600 s)
     bench_dagster_overhead.py  5.   Dagster overhead per run, in-process and with the daemon
     bench_daemon_path.py       6.   the operated path: pipeline submit -> final video through the daemon,
                                     per run launcher and dagster.yaml, against pipeline render
@@ -38,6 +39,7 @@ BENCHMARKS = [
     ("makespan", "bench_makespan.py", [], ["--quick"]),
     ("local_render", "bench_local_render.py", [], ["--lengths", "15", "40"]),
     ("stitch", "bench_stitch.py", [], ["--lengths", "40", "120"]),
+    ("assembly_tail", "bench_assembly_tail.py", [], ["--lengths", "20", "--repeat", "1"]),
     ("dagster_overhead", "bench_dagster_overhead.py", [], ["--repeat", "4"]),
     ("daemon_path", "bench_daemon_path.py", ["--repeat", "2", "--configs", "before,forkserver"], ["--quick"]),
     ("concurrency", "bench_concurrency.py", [], ["--latencies", "0.5", "--scenarios", "twins"]),
