@@ -475,8 +475,8 @@ def replicate_daemon_render(config: str, spec: Path, workload, *, seed: int, sca
         if keys != set(workload.keys):
             raise RuntimeError(f"the fake saw other calls than the workload predicts: "
                                f"unknown {sorted(keys - set(workload.keys))[:3]}, missing {sorted(set(workload.keys) - keys)[:3]}")
-        stitch = sum(c["seconds"] for c in calls if c.get("model") == "stitch-v1")
-        mux = sum(c["seconds"] for c in calls if c.get("model") == "mux-loudnorm-v1")
+        stitch = sum(c["seconds"] for c in calls if c.get("stage") == "stitched_video")  # any stitch method
+        mux = sum(c["seconds"] for c in calls if c.get("stage") == "final_video")  # stream copy or loudnorm
         out = hops(runs, t_submit, t_submitted)
         bound = critical_path(workload, stitch, mux)
         out.update({"config": config, "bound_s": bound, "x_bound": out["total_s"] / bound, "stitch_s": stitch,

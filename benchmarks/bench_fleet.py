@@ -398,7 +398,7 @@ def run_fleet(args: argparse.Namespace, base: Path) -> dict[str, Any]:
     asm = {}
     for v in video_ids:
         mine = [c for c in calls if c.get("video_id") == v]
-        asm[v] = sum(c["seconds"] for c in mine if c.get("model") in ("stitch-v1", "mux-loudnorm-v1"))
+        asm[v] = sum(c["seconds"] for c in mine if c.get("stage") in ("stitched_video", "final_video"))
     finished = sorted(state["done"])
     final_at = {}
     for v in finished:

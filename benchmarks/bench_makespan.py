@@ -182,8 +182,9 @@ def analyse(w: Workload, t0: float, t1: float, runs: dict, calls: list[dict], st
         for p in ps:
             if p["run_s"] is None or abs(p["run_s"] - w.draws[k]) > 1e-9:
                 raise RuntimeError(f"{k}: server drew {p['run_s']}, workload {w.draws[k]}")
-    stitch_s = sum(c["seconds"] for c in calls if c.get("model") == "stitch-v1")
-    mux_s = sum(c["seconds"] for c in calls if c.get("model") == "mux-loudnorm-v1")
+    # By stage, whatever the method: stitch-clips-v1 / stitch-v1, mux-copy-v1 / mux-loudnorm-v1.
+    stitch_s = sum(c["seconds"] for c in calls if c.get("stage") == "stitched_video")
+    mux_s = sum(c["seconds"] for c in calls if c.get("stage") == "final_video")
     lastframe: dict[str, float] = {}
     for c in calls:
         if c.get("model") == "last-frame-v1":
@@ -244,7 +245,7 @@ def analyse(w: Workload, t0: float, t1: float, runs: dict, calls: list[dict], st
          "provider (polling/IO)"),
         ("critical run end -> assemble run started", asm_start - crit_end, "orchestration"),
         ("assemble: stitch", stitch_s, "media"),
-        ("assemble: mux + loudnorm", mux_s, "media"),
+        ("assemble: mux (stream copy of the finished track)", mux_s, "media"),
         ("assemble: Dagster overhead", (asm_end - asm_start) - stitch_s - mux_s, "orchestration"),
         ("assemble run end -> render_video returns", t1 - asm_end, "orchestration"),
     ]
