@@ -70,7 +70,9 @@ def test_a_failure_event_is_visible_only_after_the_run_record_shows_it(tmp_path,
         assert event.run_id == run.run_id and "the worker died" in event.message
 
 
-def test_every_run_event_is_applied_exactly_once(tmp_path):
+@pytest.mark.parametrize("batch_size", ["0", "5"])  # Dagster's DAGSTER_EVENT_BATCH_SIZE: events stored in batches
+def test_every_run_event_is_applied_exactly_once(tmp_path, monkeypatch, batch_size):
+    monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", batch_size)
     write_instance_yaml(tmp_path / "home")
     with dg.DagsterInstance.from_config(str(tmp_path / "home")) as instance:
         applied: list[str] = []
