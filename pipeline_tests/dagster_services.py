@@ -36,8 +36,8 @@ def write_instance_yaml(home: Path, overrides: dict[str, Any] | None = None, *,
                         source: Path | None = None) -> Path:
     """``home/dagster.yaml``: the repository's dagster.yaml (or ``source``; run launcher, run queue,
     pools, run retries, run monitoring, telemetry off) with every storage path moved inside
-    ``home`` (absolute paths) and the top-level sections in ``overrides`` replaced (a None value
-    removes the section)."""
+    ``home`` (absolute paths; a database storage such as Postgres is kept as configured) and the
+    top-level sections in ``overrides`` replaced (a None value removes the section)."""
     config = yaml.safe_load((source or ROOT / "dagster.yaml").read_text())
     for key, value in (overrides or {}).items():
         if value is None:
@@ -47,7 +47,8 @@ def write_instance_yaml(home: Path, overrides: dict[str, Any] | None = None, *,
     home = home.resolve()
     storage = config.setdefault("storage", {"sqlite": {}})
     [(kind, spec)] = storage.items()  # sqlite, or custom (the repository's: run events applied first)
-    (spec.setdefault("config", {}) if kind == "custom" else spec)["base_dir"] = str(home / "storage")
+    if kind == "sqlite" or (kind == "custom" and "base_dir" in (spec.get("config") or {})):
+        (spec.setdefault("config", {}) if kind == "custom" else spec)["base_dir"] = str(home / "storage")
     config["local_artifact_storage"] = {"module": "dagster._core.storage.root", "class": "LocalArtifactStorage",
                                         "config": {"base_dir": str(home)}}
     config["compute_logs"] = {"module": "dagster._core.storage.local_compute_log_manager",
