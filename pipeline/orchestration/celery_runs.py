@@ -24,12 +24,22 @@ not answered for ``worker_lost_grace_seconds`` is lost, and the run is reported 
 retried by ``run_retries``; finished steps and paid predictions are reused). Within the grace
 period the run counts as running, so one slow answer does not fail a run.
 
+**Tags written by two processes.** Dagster's run storage rewrites a run's whole record (its tags
+included) from what it read a moment before, in ``add_run_tags`` and when it applies a run event:
+two processes that write one run at once can lose a tag. Stock dagster-celery's launcher tags the
+run with its task id *after* queueing the task, while the worker already starts the run, so the
+tag can be lost (seen here: the run then had no task id, run monitoring reported it failed while
+it ran, and Dagster could not retry it). Here the task of a run is given the run's id as its
+Celery task id, so the health check needs no tag; and the worker hook below waits for the
+launcher's tag before writing its own, so neither is lost.
+
 **Worker hook.** Start workers with ``-i pipeline.orchestration.celery_runs`` (dagster-celery's
 ``--includes``): before a run task executes, ``tag_run_with_worker`` tags the run with
 ``pipeline/celery_worker`` (the worker's Celery hostname, e.g. ``worker-a@host``) and
 ``pipeline/owner`` (``host:pid:start`` of the process executing it, as every run of this project
 has), so the runs list shows where each run executes, and ``pipeline status`` on that host can
-tell a dead run from a live one.
+tell a dead run from a live one. It first waits (at most ``LAUNCHER_TAG_WAIT_S``) until the run
+shows the launcher's task id tag.
 """
 
 from __future__ import annotations
@@ -45,6 +55,7 @@ from dagster._core.errors import DagsterInvariantViolationError
 from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
 from dagster._core.storage.dagster_run import DagsterRun
 from dagster._serdes import ConfigurableClassData
+from dagster_celery.config import TASK_EXECUTE_JOB_NAME
 from dagster_celery.launcher import CeleryRunLauncher
 from dagster_celery.tags import DAGSTER_CELERY_TASK_ID_TAG
 
@@ -56,6 +67,13 @@ OWNER_TAG = "pipeline/owner"
 """Run tag: ``host:pid:start`` of the process executing the run (``pipeline.orchestration.launcher``)."""
 RUN_TASKS = ("execute_job", "resume_job")
 """dagster-celery's whole-run task names (``dagster_celery.config``)."""
+LAUNCHER_TAG_WAIT_S = 15.0
+"""How long the worker hook waits for the launcher's task id tag before tagging anyway."""
+
+
+def run_task_id(run_id: str) -> str:
+    """The Celery task id of run ``run_id``'s ``execute_job`` task: the run id itself."""
+    return run_id
 
 
 class PipelineCeleryRunLauncher(CeleryRunLauncher):
@@ -104,6 +122,14 @@ class PipelineCeleryRunLauncher(CeleryRunLauncher):
                           config_value: Mapping[str, Any]) -> "PipelineCeleryRunLauncher":
         return cls(inst_data=inst_data, **config_value)
 
+    def _launch_celery_task_run(self, run: DagsterRun, task_signature, routing_key: str) -> None:
+        """dagster-celery's launch (dagster-celery 0.29.27, private), with the run's id as the
+        Celery task id of its ``execute_job`` task (``run_task_id``), so the task is known
+        without the tag the launcher writes afterwards (see the module docstring)."""
+        if routing_key == TASK_EXECUTE_JOB_NAME:
+            task_signature = task_signature.set(task_id=run_task_id(run.run_id))
+        super()._launch_celery_task_run(run, task_signature, routing_key)
+
     def worker_answers(self, hostname: str) -> bool:
         """Whether the Celery worker ``hostname`` answers a ping through the broker within
         ``ping_timeout_seconds`` (an answer is remembered for 1 s, so one monitoring pass pings
@@ -136,11 +162,9 @@ class PipelineCeleryRunLauncher(CeleryRunLauncher):
         """SUCCESS / FAILED for a finished task (FAILED names Celery's reason, e.g. the executing
         process was lost); for a STARTED task RUNNING while its worker answers pings (or has been
         silent for less than ``worker_lost_grace_seconds``), FAILED once it has not answered for
-        longer; UNKNOWN for any other state (PENDING, RETRY) or a run without a task tag."""
-        task_id = run.tags.get(DAGSTER_CELERY_TASK_ID_TAG)
-        if not task_id:
-            return CheckRunHealthResult(WorkerStatus.UNKNOWN, f"run {run.run_id} has no {DAGSTER_CELERY_TASK_ID_TAG} "
-                                        "tag: it was not launched through Celery")
+        longer; UNKNOWN for any other state (PENDING, RETRY). The task is the run's tag, else the
+        run's own id (``run_task_id``)."""
+        task_id = run.tags.get(DAGSTER_CELERY_TASK_ID_TAG) or run_task_id(run.run_id)
         result = self.celery.AsyncResult(task_id)
         state = result.state
         if state == "SUCCESS":
@@ -185,10 +209,13 @@ def _worker_instance():
     return _instances[home]
 
 
-def tag_run_with_worker(task_name: str, run_args_packed: Any, hostname: str) -> str | None:
-    """Tag the run of a whole-run task (``execute_job`` / ``resume_job``) with ``WORKER_TAG`` =
-    ``hostname`` and ``OWNER_TAG`` = this process. Returns the run id (None for other tasks).
-    Errors are logged, never raised: the run executes untagged rather than not at all."""
+def tag_run_with_worker(task_name: str, task_id: str, run_args_packed: Any, hostname: str,
+                        wait_s: float = LAUNCHER_TAG_WAIT_S) -> str | None:
+    """Tag the run of a whole-run task (``execute_job`` / ``resume_job``, Celery task ``task_id``)
+    with ``WORKER_TAG`` = ``hostname`` and ``OWNER_TAG`` = this process, once the run shows the
+    launcher's task id tag (waiting at most ``wait_s`` seconds; then the task id tag is written
+    too). Returns the run id (None for other tasks). Errors are logged, never raised: the run
+    executes untagged rather than not at all."""
     if task_name not in RUN_TASKS or not run_args_packed:
         return None
     try:
@@ -197,7 +224,15 @@ def tag_run_with_worker(task_name: str, run_args_packed: Any, hostname: str) -> 
         from pipeline.procs import ProcessIdentity
 
         run_id = unpack_value(run_args_packed).run_id
-        _worker_instance().add_run_tags(run_id, {WORKER_TAG: hostname, OWNER_TAG: str(ProcessIdentity.current())})
+        instance = _worker_instance()
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            run = instance.get_run_by_id(run_id)
+            if run is None or run.tags.get(DAGSTER_CELERY_TASK_ID_TAG) == task_id:
+                break
+            time.sleep(0.05)
+        instance.add_run_tags(run_id, {DAGSTER_CELERY_TASK_ID_TAG: task_id, WORKER_TAG: hostname,
+                                       OWNER_TAG: str(ProcessIdentity.current())})
         return run_id
     except Exception:  # noqa: BLE001 - tags are informational
         log.exception("could not tag the run of task %s with its worker %s", task_name, hostname)
@@ -208,9 +243,9 @@ def _connect_worker_signals() -> None:
     from celery.signals import task_prerun
 
     @task_prerun.connect(weak=False)
-    def _on_task_prerun(sender=None, task=None, kwargs=None, **_: Any) -> None:
+    def _on_task_prerun(sender=None, task_id=None, task=None, kwargs=None, **_: Any) -> None:
         name = getattr(task or sender, "name", "")
-        tag_run_with_worker(name, (kwargs or {}).get("execute_job_args_packed"),
+        tag_run_with_worker(name, task_id or "", (kwargs or {}).get("execute_job_args_packed"),
                             getattr(getattr(task or sender, "request", None), "hostname", "") or "")
 
 
