@@ -109,8 +109,9 @@ def main() -> None:
             rows.append(measure(kind, server, args.repeat))
             emit(f"{kind}: {rows[-1]}")
     heading("Instance storage: Postgres vs SQLite (cached 40 s render; cached render_segment runs in process)")
-    emit(table(rows, ["storage", "cached_render_s", "cached_render_runs", "cached_render_connections",
-                 "run_wall_median_s", "run_connections_median"]))
+    columns = ["storage", "cached_render_s", "cached_render_runs", "cached_render_connections", "run_wall_median_s",
+               "run_connections_median"]
+    emit(table([[row[c] for c in columns] for row in rows], columns))
     save_results("postgres_overhead", {"rows": rows, "repeat": args.repeat})
 
 
