@@ -5,18 +5,22 @@ Postgres (Dagster's storage with the run-first ordering, and the ledger), Redis 
 result backend), moto's S3 server, the fake Replicate server, a webserver and a daemon with the
 cluster's dagster.yaml (``PipelineCeleryRunLauncher``), and two Celery workers, each with its own
 DAGSTER_HOME and its own empty data directory. Three specs are submitted through the S3 inbox.
-One chunk prediction is held at the fake server; the worker executing it is SIGKILLed (its whole
-process group, as if its machine died) while the run waits on it, then the prediction is released.
+The first two chunk predictions are held at the fake server; while their runs wait on them, the
+process executing the first run is SIGKILLed (its worker lives), then the whole worker executing
+the second (its process group, as if its machine died); then the predictions are released.
 
 Asserted: all three final videos are published to S3 and decode to their planned duration; runs
-executed on both workers; the killed run was failed by run monitoring and retried on the other
-worker; the fake server saw exactly one create per cache key (the minimum: nothing paid twice,
-across machines and across the kill).
+executed on both workers; both killed runs were failed by run monitoring (Celery's WorkerLostError
+for the first, the worker's silence for the second) and retried until they succeeded, the second
+on the surviving worker; the fake server saw exactly one create per cache key (the minimum:
+nothing paid twice, across machines and across the kills).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -84,8 +88,6 @@ def submit(cluster, video_id: str) -> None:
     staged = path.with_suffix(".tmp")
     staged.write_text(spec_text(video_id))
     old = time.time() - 30
-    import os
-
     os.utime(staged, (old, old))
     os.replace(staged, path)
 
@@ -125,38 +127,68 @@ def held_run(instance: dg.DagsterInstance, prediction_id: str) -> dg.DagsterRun 
     return None
 
 
-def test_three_videos_render_across_two_workers_and_survive_a_killed_worker(services_present, tmp_path, monkeypatch):
+def held_runs(fake, instance: dg.DagsterInstance, count: int) -> list[tuple[str, dg.DagsterRun]] | None:
+    """(prediction id, run) of ``count`` chunk predictions being held at the fake server, each with
+    the run executing it (tagged by the worker hook), or None while there are fewer."""
+    pending = [p["id"] for p in fake.stats()["predictions"]
+               if p["model"].startswith(VIDEO_MODEL) and p["status"] == "processing"]
+    found = []
+    for prediction_id in pending:
+        run = held_run(instance, prediction_id)
+        if run is not None and run.tags.get("pipeline/celery_worker") and run.tags.get("pipeline/owner"):
+            found.append((prediction_id, run))
+    return found[:count] if len(found) >= count else None
+
+
+def retry_chain(runs: list[dg.DagsterRun], run_id: str) -> list[dg.DagsterRun]:
+    """The runs retrying ``run_id``, then their retries, ..., oldest first."""
+    chain, current = [], run_id
+    while True:
+        children = [r for r in runs if r.tags.get("dagster/parent_run_id") == current]
+        if not children:
+            return chain
+        assert len(children) == 1, describe_runs(runs)
+        chain.append(children[0])
+        current = children[0].run_id
+
+
+def failure_message(instance: dg.DagsterInstance, run_id: str) -> str:
+    events = instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+    return "\n".join(e.message or "" for e in events)
+
+
+def test_three_videos_render_across_two_workers_and_survive_killed_workers(services_present, tmp_path, monkeypatch):
+    from pipeline.procs import ProcessIdentity
+
     with FakeServerProcess("--run-seconds", "0.3", "0.8", "--render-scale", "0.25") as fake:
         replicate = {"REPLICATE_API_TOKEN": fake.token, "REPLICATE_BASE_URL": fake.base_url,
                      "REPLICATE_OUTPUT_HOSTS": fake.origin}
         with running_cluster(tmp_path, monkeypatch, replicate=replicate) as cluster, cluster.instance() as instance:
-            fake.inject("hold", model=VIDEO_MODEL)  # the first chunk prediction runs until released
+            fake.inject("hold", model=VIDEO_MODEL, times=2)  # the first two chunk predictions wait for release()
             t0 = time.monotonic()
             for video_id in VIDEOS:
                 submit(cluster, video_id)
+            diagnose = lambda: describe(instance) + "\n" + cluster.tails()  # noqa: E731
+            [(_, lost_process_run), (prediction_id, lost_worker_run)] = wait_until(
+                lambda: cluster.stack.check_alive() or held_runs(fake, instance, 2), timeout=600, interval=1.0,
+                what="two held chunks and their runs", on_timeout=diagnose)
 
-            # Kill the worker executing the held chunk, mid-segment, then let the prediction finish.
-            def held() -> tuple[str, dg.DagsterRun] | None:
-                cluster.stack.check_alive()
-                pending = [p for p in fake.stats()["predictions"]
-                           if p["model"].startswith(VIDEO_MODEL.split(":")[0]) and p["status"] == "processing"]
-                for prediction in pending:
-                    run = held_run(instance, prediction["id"])
-                    if run is not None and run.tags.get("pipeline/celery_worker"):
-                        return prediction["id"], run
-                return None
-
-            prediction_id, victim_run = wait_until(held, timeout=600, interval=1.0, what="the held chunk's run",
-                                                   on_timeout=lambda: describe(instance) + "\n" + cluster.tails())
+            # 1. The process executing a run dies (SIGKILL), its worker lives: Celery records the task
+            #    failed, run monitoring marks the run failed.
+            os.kill(ProcessIdentity.parse(lost_process_run.tags["pipeline/owner"]).pid, signal.SIGKILL)
+            wait_until(lambda: instance.get_run_by_id(lost_process_run.run_id).status == dg.DagsterRunStatus.FAILURE,
+                       timeout=300, interval=1.0, what="the run whose process was killed to be failed",
+                       on_timeout=diagnose)
+            # 2. A whole worker dies (its process group, as if its machine was lost) in the middle of a
+            #    chunk: nothing records it; the launcher's health check stops hearing the worker.
             victim = next(w for w in cluster.workers.values()
-                          if w.hostname == victim_run.tags["pipeline/celery_worker"])
+                          if w.hostname == lost_worker_run.tags["pipeline/celery_worker"])
             survivor = next(w for w in cluster.workers.values() if w is not victim)
             victim.kill()
             fake.release()
 
             tmp = tmp_path / "published"
             tmp.mkdir()
-
             finals: dict[str, Path] = {}
 
             def all_published() -> bool:
@@ -167,10 +199,11 @@ def test_three_videos_render_across_two_workers_and_survive_a_killed_worker(serv
                 return all(finals.values())
 
             wait_until(all_published, timeout=RENDER_TIMEOUT_S, interval=2.0, what="three published videos",
-                       on_timeout=lambda: describe(instance) + "\n" + cluster.tails())
+                       on_timeout=diagnose)
             wall_s = time.monotonic() - t0
             stats = fake.stats()
             runs = [r.dagster_run for r in instance.get_run_records()]
+            messages = {r: failure_message(instance, r) for r in (lost_process_run.run_id, lost_worker_run.run_id)}
 
     # All three finals are published and decode to their planned duration, with music.
     for video_id, beats in VIDEOS.items():
@@ -179,21 +212,27 @@ def test_three_videos_render_across_two_workers_and_survive_a_killed_worker(serv
         assert abs(info.frames / info.fps - planned) <= 1 / info.fps, (video_id, info.frames, info.fps)
         assert info.has_audio, video_id
 
-    # Runs executed on both workers.
+    # Runs executed on both workers, and every run names its worker.
     succeeded = [r for r in runs if r.status == dg.DagsterRunStatus.SUCCESS]
     assert {r.tags.get("pipeline/celery_worker") for r in succeeded} == {w.hostname for w in cluster.workers.values()}
 
-    # The killed run: failed by run monitoring (the worker stopped answering), retried on the survivor.
-    killed = next(r for r in runs if r.run_id == victim_run.run_id)
-    assert killed.status == dg.DagsterRunStatus.FAILURE, describe_runs(runs)
-    retries = [r for r in runs if r.tags.get("dagster/parent_run_id") == killed.run_id]
-    assert [r.status for r in retries] == [dg.DagsterRunStatus.SUCCESS], describe_runs(runs)
-    assert retries[0].tags["pipeline/celery_worker"] == survivor.hostname
+    # Both killed runs were failed by run monitoring, each for its reason, and retried until done.
+    by_id = {r.run_id: r for r in runs}
+    assert by_id[lost_process_run.run_id].status == dg.DagsterRunStatus.FAILURE, describe_runs(runs)
+    assert "WorkerLostError" in messages[lost_process_run.run_id], messages
+    assert by_id[lost_worker_run.run_id].status == dg.DagsterRunStatus.FAILURE, describe_runs(runs)
+    assert f"Celery worker {victim.hostname}" in messages[lost_worker_run.run_id], messages
+    assert "has not answered pings" in messages[lost_worker_run.run_id], messages
+    for run_id in (lost_process_run.run_id, lost_worker_run.run_id):
+        chain = retry_chain(runs, run_id)
+        assert chain and chain[-1].status == dg.DagsterRunStatus.SUCCESS, describe_runs(runs)
+    assert retry_chain(runs, lost_worker_run.run_id)[-1].tags["pipeline/celery_worker"] == survivor.hostname
 
-    # Paid creates: one per cache key, nothing twice (the held prediction was resumed, not re-created).
+    # Paid creates: one per cache key, nothing twice (the held predictions were resumed, not re-created).
     creates: dict[str, int] = stats["creates"]
     print(f"\ncluster: 3 videos in {wall_s:.1f} s, {len(runs)} runs, {sum(creates.values())} creates for "
-          f"{len(creates)} keys (minimum {MIN_CREATES}); killed {victim.name} during prediction {prediction_id}")
+          f"{len(creates)} keys (minimum {MIN_CREATES}); killed a run's process, then {victim.name} during "
+          f"prediction {prediction_id}")
     if SHARED_LEDGER:
         assert {k: n for k, n in creates.items() if n > 1} == {}, creates
         assert len(creates) == MIN_CREATES, creates
