@@ -204,6 +204,7 @@ def test_three_videos_render_across_two_workers_and_survive_killed_workers(servi
             stats = fake.stats()
             runs = [r.dagster_run for r in instance.get_run_records()]
             messages = {r: failure_message(instance, r) for r in (lost_process_run.run_id, lost_worker_run.run_id)}
+            connections = cluster.postgres.connections("dagster")
 
     # All three finals are published and decode to their planned duration, with music.
     for video_id, beats in VIDEOS.items():
@@ -232,7 +233,7 @@ def test_three_videos_render_across_two_workers_and_survive_killed_workers(servi
     creates: dict[str, int] = stats["creates"]
     print(f"\ncluster: 3 videos in {wall_s:.1f} s, {len(runs)} runs, {sum(creates.values())} creates for "
           f"{len(creates)} keys (minimum {MIN_CREATES}); killed a run's process, then {victim.name} during "
-          f"prediction {prediction_id}")
+          f"prediction {prediction_id}; {connections} connections to Dagster's database since it was created")
     if SHARED_LEDGER:
         assert {k: n for k, n in creates.items() if n > 1} == {}, creates
         assert len(creates) == MIN_CREATES, creates
