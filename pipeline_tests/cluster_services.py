@@ -103,6 +103,23 @@ class PostgresServer:
             return 0
         return sum(1 for line in text.splitlines() if needle in line + " ")
 
+    def connections_by_application(self, db_name: str) -> dict[str, int]:
+        """Like ``connections``, per ``application_name`` (libpq's $PGAPPNAME; "" when unset)."""
+        import re
+        from collections import Counter
+
+        needle = f"connection authorized: user=postgres database={db_name}"
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return {}
+        found = Counter()
+        for line in lines:
+            if needle + " " in line + " ":
+                match = re.search(r"application_name=(\S+)", line)
+                found[match.group(1) if match else ""] += 1
+        return dict(found)
+
     def tail(self, lines: int = 40) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

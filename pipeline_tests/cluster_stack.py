@@ -113,7 +113,7 @@ class Cluster:
         write_instance_yaml(home, {k: v for k, v in yaml.safe_load((self.stack.home / "dagster.yaml").read_text())
                                    .items() if k in ("concurrency", "run_launcher", "run_monitoring")},
                             source=CLUSTER_YAML, local_logs=False)
-        env = {**self.stack.env, "DAGSTER_HOME": str(home), "PIPELINE_DATA_DIR": str(data),
+        env = {**self.stack.env, "DAGSTER_HOME": str(home), "PIPELINE_DATA_DIR": str(data), "PGAPPNAME": name,
                "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
         env.pop("PIPELINE_LOCAL_FAULTS", None)
         args = [str(BIN / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app", "-y", str(CELERY_YAML),
@@ -191,8 +191,13 @@ def running_cluster(root: Path, monkeypatch, *, workers: tuple[str, ...] = ("wor
         cluster = Cluster(root, dagster, postgres, redis, s3_endpoint, bucket, prefix, env)
         failed = True
         try:
+            # PGAPPNAME: libpq's application_name, so Postgres (pg_stat_activity, its log) names
+            # the role of each connection; the daemon's code servers inherit the daemon's.
+            dagster.env["PGAPPNAME"] = "dagster-daemon"
             dagster.start_daemon(wait=True)
+            dagster.env["PGAPPNAME"] = "dagster-webserver"
             dagster.start_webserver()
+            dagster.env.pop("PGAPPNAME")
             for name in workers:
                 cluster.start_worker(name, concurrency=concurrency)
             yield cluster

@@ -187,3 +187,50 @@ def test_a_pooled_postgres_storage_opens_a_few_connections_per_run_not_one_per_o
     assert opened["pooled"] <= 6 + POOL["pool_size"] + POOL["max_overflow"], opened
     assert opened["unpooled"] > 5 * opened["pooled"], opened
     print(f"\nconnections opened for one failing run: {opened}")
+
+
+def test_instances_opened_one_after_another_reuse_the_process_pool(tmp_path, request):
+    """A code server opens an instance per sensor tick, a Celery worker one per run: with the pool,
+    the second and later opens in a process check no tables and open no connection of their own."""
+    server = request.getfixturevalue("postgres")
+    storage, db_name = storage_config(request, "postgres", POOL)
+    write_instance_yaml(tmp_path / "home", {"storage": storage})  # the first open: tables checked
+    before = server.connections(db_name)
+    for _ in range(5):
+        with dg.DagsterInstance.from_config(str(tmp_path / "home")) as instance:
+            instance.report_run_failed(instance.create_run_for_job(boom_job), "opened again")
+    assert server.connections(db_name) - before <= POOL["max_overflow"]
+    with dg.DagsterInstance.from_config(str(tmp_path / "home")) as instance:
+        assert len(instance.get_runs()) == 5
+
+
+def test_a_forked_child_makes_its_own_pool(tmp_path, request):
+    """A process forked after its parent pooled connections never shares them (one socket used by
+    two processes corrupts both sessions): the child's queries run on another Postgres backend."""
+    import os
+
+    import sqlalchemy as sa
+
+    from pipeline.orchestration.storage_postgres import shared_engine
+
+    server = request.getfixturevalue("postgres")
+    url = server.create_database(f"t_{uuid.uuid4().hex[:12]}")
+
+    def backend_pid() -> int:
+        with shared_engine(url, None, POOL).connect() as conn:
+            return conn.execute(sa.text("SELECT pg_backend_pid()")).scalar()
+
+    parent = backend_pid()
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            os.write(write, str(backend_pid()).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child_backend = int(pipe.read() or 0)
+    os.waitpid(child, 0)
+    assert child_backend and child_backend != parent
+    assert backend_pid() == parent  # the parent's pooled connection still serves it

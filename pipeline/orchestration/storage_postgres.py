@@ -11,12 +11,17 @@ operation opens a new connection (a TCP handshake, authentication and a new serv
 closes it afterwards. A run stores dozens of events, and each run event also reads and updates
 the run, so one run opens hundreds of connections; the daemon's loops open more every second.
 Only ``dagster-webserver`` pools (``optimize_for_webserver``: ``pool_size`` 1 per storage, its
-``--db-pool-max-overflow`` / ``--db-pool-recycle`` flags). With ``pool`` configured,
-``RunFirstPostgresStorage`` gives its run, event log and schedule storages one shared pooled
-engine per process instead (``pool_size`` connections kept open, up to ``max_overflow`` more
-while busy, each replaced after ``pool_recycle`` seconds, and ``pool_pre_ping`` checks a
-connection before use so a Postgres restart costs no failed query). The pool lives as long as
-the instance: disposing the instance closes its connections.
+``--db-pool-max-overflow`` / ``--db-pool-recycle`` flags). And every open of an instance checks
+each storage's tables (two connections each), which processes do all the time: a code server
+opens an instance for every sensor tick, a Celery worker for every run.
+
+With ``pool`` configured, ``RunFirstPostgresStorage`` gives the run, event log and schedule
+storages of every instance a process opens on one database one shared pooled engine
+(``shared_engine``: ``pool_size`` connections kept open, up to ``max_overflow`` more while busy,
+each replaced after ``pool_recycle`` seconds; ``pool_pre_ping`` checks a connection before use, so
+a Postgres restart costs no failed query), and checks the tables once per process. The pool
+lives as long as the process (a forked child makes its own); each process holds at most
+``pool_size`` idle connections.
 
 Config (dagster.yaml), ``pool`` optional::
 
@@ -41,6 +46,7 @@ to psycopg (3), not installed with dagster-postgres (it depends on psycopg2-bina
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -107,22 +113,23 @@ class RunFirstPostgresStorage(DagsterPostgresStorage):
         self.postgres_url = postgres_url
         self.should_autocreate_tables = check.bool_param(should_autocreate_tables, "should_autocreate_tables")
         self._inst_data = check.opt_inst_param(inst_data, "inst_data", ConfigurableClassData)
-        self._run_storage = PostgresRunStorage(postgres_url, should_autocreate_tables, token_provider=token_provider)
-        self._event_log_storage = RunFirstPostgresEventLogStorage(postgres_url, should_autocreate_tables,
-                                                                  token_provider=token_provider)
-        self._schedule_storage = PostgresScheduleStorage(postgres_url, should_autocreate_tables,
-                                                         token_provider=token_provider)
-        DagsterStorage.__init__(self)
         self.pool = {**POOL_DEFAULTS, **pool} if pool is not None else None
-        self._engine: db.engine.Engine | None = None
+        # With a pool, this process checks (and creates) the tables once per database, not at
+        # every open of the instance (each check costs two connections per storage).
+        check_tables = should_autocreate_tables and (self.pool is None or postgres_url not in _TABLES_CHECKED)
+        self._run_storage = PostgresRunStorage(postgres_url, check_tables, token_provider=token_provider)
+        self._event_log_storage = RunFirstPostgresEventLogStorage(postgres_url, check_tables,
+                                                                  token_provider=token_provider)
+        self._schedule_storage = PostgresScheduleStorage(postgres_url, check_tables, token_provider=token_provider)
+        DagsterStorage.__init__(self)
         if self.pool is not None:
-            # One engine for the three storages: their queries share its connections.
-            self._engine = create_pg_engine(postgres_url, token_provider, isolation_level="AUTOCOMMIT",
-                                            poolclass=db.pool.QueuePool, **self.pool)
+            _TABLES_CHECKED.add(postgres_url)
+            # One engine per process for the three storages of every instance opened on this
+            # database: their queries share its connections.
+            engine = shared_engine(postgres_url, token_provider, self.pool)
             for storage in (self._run_storage, self._event_log_storage, self._schedule_storage):
                 storage._engine.dispose()
-                storage._engine = self._engine
-                _dispose_engine_with(storage, self._engine)
+                storage._engine = engine
 
     @classmethod
     def config_type(cls) -> UserConfigSchema:
@@ -137,14 +144,34 @@ class RunFirstPostgresStorage(DagsterPostgresStorage):
                    pool=config_value.get("pool"))
 
 
-def _dispose_engine_with(storage: Any, engine: db.engine.Engine) -> None:
-    """Make ``storage.dispose()`` (what ``DagsterInstance.dispose`` calls on its run and event log
-    storages) also close ``engine``'s pooled connections. A disposed engine still works: it opens
-    new connections if used again."""
-    original = storage.dispose
+_TABLES_CHECKED: set[str] = set()
+"""Databases whose tables this process has checked (pooled storages only)."""
+_ENGINES: dict[tuple, db.engine.Engine] = {}
+"""This process's pooled engines, per (URL, pool settings)."""
+_INHERITED: list[db.engine.Engine] = []
+"""Engines of the parent process, after a fork: kept referenced and never used, so the child
+neither uses nor closes (garbage collection would) the parent's connections."""
 
-    def dispose() -> None:
-        original()
-        engine.dispose()
 
-    storage.dispose = dispose
+def shared_engine(postgres_url: str, token_provider, pool: Mapping[str, Any]) -> db.engine.Engine:
+    """The pooled SQLAlchemy engine of this process for ``postgres_url`` with ``pool`` settings
+    (``pool_size``, ``max_overflow``, ``pool_recycle``, ``pool_pre_ping``), made on first use. It
+    lives as long as the process: instances opened and disposed one after another (a sensor
+    tick, a run) reuse its connections instead of opening new ones. A forked child makes its own.
+    With a token provider (cloud IAM auth) every call makes a new engine."""
+    key = (postgres_url, tuple(sorted(pool.items())))
+    engine = _ENGINES.get(key) if token_provider is None else None
+    if engine is None:
+        engine = create_pg_engine(postgres_url, token_provider, isolation_level="AUTOCOMMIT",
+                                  poolclass=db.pool.QueuePool, **pool)
+        if token_provider is None:
+            _ENGINES[key] = engine
+    return engine
+
+
+def _forget_parent_engines() -> None:
+    _INHERITED.extend(_ENGINES.values())
+    _ENGINES.clear()
+
+
+os.register_at_fork(after_in_child=_forget_parent_engines)
