@@ -14,7 +14,7 @@ workers, 2 at a time), whose connections are counted in the server log; then ``-
 ``render_segment`` runs executed in process one at a time (median wall time per run = the
 per-run overhead, since the work itself is all cache hits).
 
-Usage: python benchmarks/bench_postgres_overhead.py [--repeat 8]
+Usage: python benchmarks/bench_postgres_overhead.py [--repeat 8] [--storages 'postgres pooled' postgres sqlite]
 """
 
 from __future__ import annotations
@@ -100,12 +100,14 @@ def measure(kind: str, server, repeat: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=8)
+    ap.add_argument("--storages", nargs="+", default=["sqlite", "postgres", "postgres pooled"],
+                    choices=["sqlite", "postgres", "postgres pooled"], help="which, in this order")
     args = ap.parse_args()
     from pipeline_tests.cluster_services import private_postgres
 
     rows = []
     with private_postgres(fsync=True) as server:
-        for kind in ("sqlite", "postgres", "postgres pooled"):
+        for kind in args.storages:
             rows.append(measure(kind, server, args.repeat))
             emit(f"{kind}: {rows[-1]}")
     heading("Instance storage: Postgres vs SQLite (cached 40 s render; cached render_segment runs in process)")
