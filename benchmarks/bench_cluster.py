@@ -42,8 +42,7 @@ def run_cluster(root: Path) -> dict:
                      "REPLICATE_OUTPUT_HOSTS": fake.origin}
         with running_cluster(root, mp, replicate=replicate) as cluster, cluster.instance() as instance:
             t0 = time.monotonic()
-            for video_id in tc.VIDEOS:
-                tc.submit(cluster, video_id)
+            tc.submit_all(cluster, root / "specs")
             (root / "published").mkdir()
             wait_until(lambda: all(tc.published(cluster, v, root / "published") for v in tc.VIDEOS), timeout=900,
                        interval=1.0, what="three published videos", on_timeout=cluster.tails)

@@ -13,7 +13,9 @@ Asserted: all three final videos are published to S3 and decode to their planned
 executed on both workers; both killed runs were failed by run monitoring (Celery's WorkerLostError
 for the first, the worker's silence for the second) and retried until they succeeded, the second
 on the surviving worker; the fake server saw exactly one create per cache key (the minimum:
-nothing paid twice, across machines and across the kills).
+nothing paid twice, across machines and across the kills). Specs go in with ``pipeline submit`` and ``pipeline status``
+reads each video back, both on a "client machine" (the cluster's environment, an empty data
+directory).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -30,7 +33,7 @@ import yaml
 
 from pipeline import media, models
 from pipeline_tests.cluster_stack import missing_services, running_cluster
-from pipeline_tests.dagster_services import wait_until
+from pipeline_tests.dagster_services import BIN, ROOT, wait_until
 from pipeline_tests.fake_replicate import FakeServerProcess
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1500)]
@@ -71,25 +74,45 @@ def spec_text(video_id: str) -> str:
                            "music": {"prompt": "quiet winter strings", "bpm": 72}, "beats": beats}, sort_keys=False)
 
 
-def submit(cluster, video_id: str) -> None:
-    """Put the spec where the cluster's inbox sensor looks (the S3 inbox prefix)."""
+def pipeline_cli(cluster, *args: str) -> subprocess.CompletedProcess:
+    """``pipeline ARGS`` as a client machine runs it against the cluster: the cluster's
+    environment (its dagster.yaml, S3, ledger) and an empty data directory of its own."""
+    client = cluster.root / "client-data"
+    client.mkdir(exist_ok=True)
+    env = {**cluster.stack.env, "PIPELINE_DATA_DIR": str(client)}
+    return subprocess.run([str(BIN / "pipeline"), *args], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+
+
+def submit_all(cluster, staging: Path) -> None:
+    """Submit every spec where the cluster's inbox sensor looks: ``pipeline submit`` (the S3 inbox
+    prefix), three clients at once."""
+    staging.mkdir(exist_ok=True)
+    files = {}
+    for video_id in VIDEOS:
+        files[video_id] = staging / f"{video_id}.yaml"
+        files[video_id].write_text(spec_text(video_id))
     if S3_REGISTRY:
-        cluster.s3().put_object(Bucket=cluster.bucket, Key=cluster.key("inbox", f"{video_id}.yaml"),
-                                Body=spec_text(video_id).encode())
+        client = cluster.root / "client-data"
+        client.mkdir(exist_ok=True)
+        env = {**cluster.stack.env, "PIPELINE_DATA_DIR": str(client)}
+        procs = {v: subprocess.Popen([str(BIN / "pipeline"), "submit", str(f)], env=env, cwd=ROOT, text=True,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for v, f in files.items()}
+        for video_id, proc in procs.items():
+            out, _ = proc.communicate(timeout=300)
+            assert proc.returncode == 0, f"pipeline submit {video_id}: exit {proc.returncode}\n{out}"
         return
     # Fallback until i12-s3: the daemon's local inbox, and the registry of every worker.
     from pipeline.definitions import pipeline_resources
     from pipeline.spec import parse_spec
 
-    spec = parse_spec(yaml.safe_load(spec_text(video_id)))
-    for worker in cluster.workers.values():
-        pipeline_resources(str(worker.data_dir))["pipeline"].submit_spec(spec, source="test")
-    path = cluster.stack.data_dir / "inbox" / f"{video_id}.yaml"
-    staged = path.with_suffix(".tmp")
-    staged.write_text(spec_text(video_id))
-    old = time.time() - 30
-    os.utime(staged, (old, old))
-    os.replace(staged, path)
+    for video_id, staged in files.items():
+        spec = parse_spec(yaml.safe_load(spec_text(video_id)))
+        for worker in cluster.workers.values():
+            pipeline_resources(str(worker.data_dir))["pipeline"].submit_spec(spec, source="test")
+        old = time.time() - 30
+        os.utime(staged, (old, old))
+        os.replace(staged, cluster.stack.data_dir / "inbox" / staged.name)
 
 
 def published(cluster, video_id: str, tmp: Path) -> Path | None:
@@ -166,8 +189,7 @@ def test_three_videos_render_across_two_workers_and_survive_killed_workers(servi
         with running_cluster(tmp_path, monkeypatch, replicate=replicate) as cluster, cluster.instance() as instance:
             fake.inject("hold", model=VIDEO_MODEL, times=2)  # the first two chunk predictions wait for release()
             t0 = time.monotonic()
-            for video_id in VIDEOS:
-                submit(cluster, video_id)
+            submit_all(cluster, tmp_path / "specs")
             diagnose = lambda: describe(instance) + "\n" + cluster.tails()  # noqa: E731
             [(_, lost_process_run), (prediction_id, lost_worker_run)] = wait_until(
                 lambda: cluster.stack.check_alive() or held_runs(fake, instance, 2), timeout=600, interval=1.0,
@@ -205,6 +227,7 @@ def test_three_videos_render_across_two_workers_and_survive_killed_workers(servi
             runs = [r.dagster_run for r in instance.get_run_records()]
             messages = {r: failure_message(instance, r) for r in (lost_process_run.run_id, lost_worker_run.run_id)}
             connections = cluster.postgres.connections("dagster")
+            statuses = {v: pipeline_cli(cluster, "status", v) for v in VIDEOS} if S3_REGISTRY else {}
 
     # All three finals are published and decode to their planned duration, with music.
     for video_id, beats in VIDEOS.items():
@@ -212,6 +235,12 @@ def test_three_videos_render_across_two_workers_and_survive_killed_workers(servi
         planned = sum(b["duration_s"] for b in beats)
         assert abs(info.frames / info.fps - planned) <= 1 / info.fps, (video_id, info.frames, info.fps)
         assert info.has_audio, video_id
+
+    # `pipeline status` on a client machine reads the cluster: every video done, published in S3.
+    for video_id, status in statuses.items():
+        assert status.returncode == 0, f"pipeline status {video_id}: exit {status.returncode}\n{status.stdout}"
+        uri = f"s3://{cluster.bucket}/{cluster.key('videos', video_id + '.mp4')}"
+        assert uri in status.stdout.replace("\n", ""), status.stdout
 
     # Runs executed on both workers, and every run names its worker.
     succeeded = [r for r in runs if r.status == dg.DagsterRunStatus.SUCCESS]
