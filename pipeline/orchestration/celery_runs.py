@@ -3,10 +3,10 @@ worker health check that notices a worker that died, and the worker-side hook th
 each run, the worker and the process executing it.
 
 **What stock dagster-celery does when a worker dies** (dagster-celery 0.29.27, Celery 5, Redis):
-a run is one Celery task (``execute_job``, ``track_started``), acknowledged when it starts
-(``task_acks_late`` off), so a killed worker's task is never redelivered. Run monitoring asks
+a run is one Celery task (``execute_job``, ``track_started``). Run monitoring asks
 ``CeleryRunLauncher.check_run_worker_health``, which reads the task's state in the result
-backend: STARTED is "running", FAILURE "failed".
+backend: STARTED is "running", FAILURE "failed", anything else "unknown", which run monitoring
+treats like "failed".
 
 - Only the process executing the run dies (SIGKILL, OOM): the worker's main process records
   the task as FAILURE (``WorkerLostError``); run monitoring marks the run failed and
@@ -14,11 +14,15 @@ backend: STARTED is "running", FAILURE "failed".
 - The whole worker dies (machine lost, container killed, SIGKILL to its process group):
   nobody records anything, the task stays STARTED in the backend forever, and the stock check
   says RUNNING forever: **the run hangs**, and so does the video.
-- Any state the check cannot read (PENDING: e.g. the ``rpc://`` result backend, whose state
-  only the sender sees) is UNKNOWN, which run monitoring treats as a dead worker: every STARTED
-  run would be failed. A shared result backend (Redis) is required.
+- With Celery's default early acknowledgement, a busy worker has already taken its next task
+  (prefetch); when it dies, that task waits in Redis for the visibility timeout (an hour) and
+  its run fails after run monitoring's start timeout. deploy/ acknowledges late with a prefetch
+  of 1, so a worker takes a task only into a free slot (a dead worker's running task comes back
+  after the visibility timeout, a day, and Dagster ignores it: its run has ended).
+- With the ``rpc://`` result backend (dagster-celery's default) only the sender sees task
+  states: every STARTED run would be "unknown", hence failed. A shared backend (Redis) is needed.
 
-``PipelineCeleryRunLauncher`` closes the second gap: for a STARTED task it pings the worker that
+``PipelineCeleryRunLauncher`` closes the hanging case: for a STARTED task it pings the worker that
 started it (its hostname is in the task's STARTED state) through the broker; a worker that has
 not answered for ``worker_lost_grace_seconds`` is lost, and the run is reported FAILED (then
 retried by ``run_retries``; finished steps and paid predictions are reused). Within the grace
