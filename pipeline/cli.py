@@ -2,7 +2,8 @@
 
     pipeline render SPEC [--provider local|replicate] [--video-model REF ...] [--max-parallel N] [--force]
     pipeline validate SPEC [--provider ...] [--video-model REF ...]
-    pipeline submit SPEC [--provider ...] [--video-model REF ...]   (into the inbox; the daemon's sensors take it)
+    pipeline submit SPEC [--provider ...] [--video-model REF ...] [--to s3://BUCKET/PREFIX]
+                                   (into the inbox, or a cluster's S3 inbox; the daemon's sensors take it)
     pipeline status VIDEO_ID
     pipeline retry VIDEO_ID
     pipeline models [--markdown]   (the Replicate model registry and its self-check)
@@ -178,7 +179,13 @@ def _state(value: str) -> Text:
 
 
 def cmd_status(args) -> int:
+    """``pipeline status VIDEO_ID``: segments x assets from the instance ($DAGSTER_HOME: a cluster's
+    too), manifests from the deployment's store (S3 when configured), costs, and where the final
+    video was published. Reads no local file a cluster machine would not have (but the ledger)."""
+    from pipeline.defs.io_manager import read_manifest
+    from pipeline.manifests import FinalManifest
     from pipeline.orchestration.planner import Waiting, assembly_run
+    from pipeline.publish import published_uri
     from pipeline.orchestration.status import SEGMENT_ASSETS, assembly_runs, video_status
 
     defs, instance = _dagster(args)
@@ -215,6 +222,12 @@ def cmd_status(args) -> int:
     assembly = assembly_run(status, assembly_runs(instance, args.video_id, status.assembly_state))
     say("assembly: " + (f"not now: {assembly}" if isinstance(assembly, Waiting) else
                         "ready (the daemon's assembly_sensor requests it; `pipeline retry` does it here)"))
+    final = read_manifest(pipeline.manifests_dir, "final_video", args.video_id)
+    if isinstance(final, FinalManifest):
+        there = pipeline.is_published(final)
+        say("final video: ", (published_uri(final), "bold"),
+            *(() if there else ((" (missing: the published video is not there any more; `pipeline render "
+                                 "SPEC` publishes it again)", "red"),)))
     failed = status.failed_or_missing
     if failed:
         say(f"segments to redo: {', '.join(failed)}; run `pipeline retry {args.video_id}` or backfill them from the UI")
@@ -300,9 +313,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="re-materialize every asset even if the video is up to date (cache hits are free)")
     p.set_defaults(func=cmd_render)
 
-    p = sub.add_parser("submit", help="drop a spec into the inbox for the Dagster daemon's sensors")
+    p = sub.add_parser("submit", help="drop a spec into the inbox for the Dagster daemon's sensors (the S3 inbox "
+                                      "prefix when S3 is configured)")
     p.add_argument("spec")
     provider_options(p)
+    p.add_argument("--to", metavar="s3://BUCKET[/PREFIX]",
+                   help="a cluster's bucket and prefix: upload the spec to its inbox/ (default: this deployment's "
+                        "inbox: PIPELINE_S3_BUCKET/PIPELINE_S3_PREFIX's inbox/, else the inbox folder)")
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("status", help="table of a video's segments x assets: materialized/failed/missing/in progress")

@@ -318,6 +318,12 @@ class FinalManifest(_Manifest):
     ledger's spend for the video when a ledger exists); ``cost_usd`` is the same number, kept for
     readers of older manifests. ``reused_usd``: the price of outputs it used but others paid for.
     Older manifests load with ``paid_usd = cost_usd`` and ``reused_usd = 0``.
+
+    Where the video was published (``pipeline.publish``): ``published_uri`` is
+    ``s3://<bucket>/<prefix>/videos/<video_id>.mp4`` with the S3 store, else the ``file://`` URI of
+    ``<data>/videos/<video_id>.mp4``; None in manifests written before it was recorded. ``path`` is
+    the local published file without S3, and the same ``s3://`` URI with it (there is no local
+    published copy then).
     """
 
     kind: Literal["final"] = "final"
@@ -331,6 +337,7 @@ class FinalManifest(_Manifest):
     paid_usd: float = 0.0
     reused_usd: float = 0.0
     mux_method: Literal["stream_copy", "reencode"] | None = None
+    published_uri: str | None = None
 
     @model_validator(mode="before")
     @classmethod

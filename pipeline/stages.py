@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -33,6 +31,7 @@ from pipeline.manifests import (
     segment_key,
     utc_now,
 )
+from pipeline.publish import publish, publish_final  # noqa: F401 (publish: re-exported, it lived here)
 from pipeline.progress import Progress, ProgressCallback, report
 from pipeline.providers import Provider
 from pipeline.spec import BeatSpec, SpecError, Truncation, fit_beats, sha256_json
@@ -470,8 +469,9 @@ def _fitting_track(plan: VideoPlan, music: MusicManifest) -> MediaManifest | Non
 
 def mux_video(plan: VideoPlan, stitched: StitchedManifest, music: MusicManifest, generator: Generator,
               workspace: Workspace, ledger: Ledger | None = None) -> FinalManifest:
-    """Mux the stitched video with the finished music and publish the result at
-    ``videos/<video_id>.mp4`` (a copy, see ``publish``).
+    """Mux the stitched video with the finished music and publish the result as
+    ``videos/<video_id>.mp4``: a local copy, or with the S3 store an S3 object
+    (``pipeline.publish.publish_final``; ``FinalManifest.published_uri`` says where).
 
     With the music manifest's finished track (made for this plan's duration) both streams are
     copied as they are (``media.mux_copy``): "stream_copy". Without one (a music manifest written
@@ -509,47 +509,9 @@ def mux_video(plan: VideoPlan, stitched: StitchedManifest, music: MusicManifest,
 
     video = generator.generate(request, call)
     method = "stream_copy" if video.model == MUX_COPY_MODEL else "reencode"
-    published = publish(generator.local_path(video), workspace.videos / f"{plan.video_id}.mp4")
+    path, uri = publish_final(video, plan.video_id, generator.store, workspace)
     lines = costs.final_costs(plan, stitched, music, ledger)
     paid, reused = costs.totals(lines)
-    return FinalManifest(video_id=plan.video_id, video=video, path=str(published), beats=len(plan.beats),
+    return FinalManifest(video_id=plan.video_id, video=video, path=path, published_uri=uri, beats=len(plan.beats),
                          chunks=sum(1 for c in lines if c.stage == "chunk_videos" and c.source == "manifest"),
                          cost_usd=paid, paid_usd=paid, reused_usd=reused, costs=lines, mux_method=method)
-
-
-def publish(src: Path, dest: Path) -> Path:
-    """Atomically place a copy of ``src`` at ``dest`` (the file people open, edit and share).
-
-    A reflink (Linux ``FICLONE``: shared blocks, copy-on-write) where the filesystem supports it,
-    else a byte copy; never a hard link, so editing the published file in place can never change
-    the media store. Nothing is written when ``dest`` already is a separate file with identical
-    bytes (same size, then same sha256). The temp file beside ``dest`` names its owner process
-    (``pipeline.housekeeping``) and is removed on any error. Returns ``dest``; raises OSError if
-    ``src`` cannot be read or ``dest`` written."""
-    import fcntl
-
-    from pipeline.housekeeping import owned_temp_path
-    from pipeline.store import sha256_file
-
-    ficlone = 0x40049409  # _IOW(0x94, 9, int), linux/fs.h
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        if (not os.path.samefile(src, dest) and os.path.getsize(src) == os.path.getsize(dest)
-                and sha256_file(src) == sha256_file(dest)):
-            return dest
-    except FileNotFoundError:
-        pass
-    tmp = owned_temp_path(dest)
-    try:
-        with open(src, "rb") as fsrc, open(tmp, "xb") as fdst:
-            try:
-                fcntl.ioctl(fdst.fileno(), ficlone, fsrc.fileno())
-            except OSError:  # no reflinks here (ext4, tmpfs, another filesystem): copy the bytes
-                shutil.copyfileobj(fsrc, fdst, 1 << 20)
-            fdst.flush()
-            os.fsync(fdst.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return dest

@@ -80,11 +80,12 @@ def _real_beat(context: dg.AssetExecutionContext, plan: VideoPlan | None):
 @dg.asset(partitions_def=videos, group_name="video", kinds={"yaml"}, retry_policy=PROVIDER_RETRY)
 def video_spec(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.Output[VideoPlan]:
     """The validated spec: beats planned from a brief if needed, truncated to ceil(duration_s / 5),
-    start times computed. Reads the spec registered for this video (``data/specs/<video_id>.json``)."""
+    start times computed. Reads the spec registered for this video (``specs/<video_id>.json`` in the
+    registry, ``PipelineResource.specs``: the data directory, or S3 when configured)."""
     from pipeline.submissions import load_submission
 
     with permanent_errors():
-        submission = load_submission(pipeline.workspace, context.partition_key)
+        submission = load_submission(pipeline.specs, context.partition_key)
         plan = stages.plan_video(submission, pipeline.provider(submission.provider, submission.models))
     if plan.truncation is not None:
         context.log.warning(stages.truncation_message(plan, plan.truncation))
@@ -240,8 +241,10 @@ def final_video(context: dg.AssetExecutionContext, pipeline: PipelineResource, v
                 stitched_video: StitchedManifest | None, music: MusicManifest | None):
     """The stitched video muxed with the music's finished track by stream copy (``mux_method``
     "stream_copy"; "reencode" when the music manifest predates finished tracks and the music is
-    faded out and loudness-normalized here), published at ``data/videos/<video_id>.mp4``. Metadata:
-    the file's path and ``file://`` link, an animated preview, a poster frame, a storyboard contact
+    faded out and loudness-normalized here), published as ``videos/<video_id>.mp4``: in the data
+    directory, or with S3 as the object ``s3://<bucket>/<prefix>/videos/<video_id>.mp4`` (a
+    server-side copy; ``FinalManifest.published_uri``). Metadata: where it is (path or URI, and a
+    link), an animated preview, a poster frame, a storyboard contact
     sheet and the cost table. Checks, recorded per video partition: storyboards match beats,
     duration matches the spec, audio present."""
     plan = _require(video_spec, "video_spec", context)
@@ -253,7 +256,7 @@ def final_video(context: dg.AssetExecutionContext, pipeline: PipelineResource, v
     found = [b for b in boards if isinstance(b, StoryboardManifest)]
     shown = previews.render_previews(plan.video_id, manifest.video, [b.image for b in found],
                                      [segment_key(b.index) for b in found], pipeline.generator)
-    info = media.probe(manifest.path, decode=False)
+    info = media.probe(pipeline.generator.local_path(manifest.video), decode=False)  # the published bytes
     table = costs.cost_frame(manifest.costs)
     yield dg.Output(manifest, metadata={
         **metadata.final_video_metadata(manifest, shown, pipeline.generator),
