@@ -97,15 +97,19 @@ class S3Inbox:
 
     def file(self, entry: InboxEntry, target: S3Object, note: str | None = None) -> None:
         """Write ``note`` as ``<target>.error.txt`` (one PUT), copy the entry to ``target``
-        server-side, then delete the entry."""
+        server-side (one CopyObject; a multipart copy over 5 GiB), then delete the entry."""
         from boto3.s3.transfer import TransferConfig
 
         s3 = self.location.s3()
         if note is not None:
             s3.put_object(Bucket=self.location.bucket, Key=f"{target.key}.error.txt", Body=note.encode("utf-8"),
                           ContentType="text/plain; charset=utf-8")
-        s3.copy({"Bucket": self.location.bucket, "Key": entry.ref}, self.location.bucket, target.key,
-                Config=TransferConfig(multipart_threshold=COPY_THRESHOLD, use_threads=False))
+        source = {"Bucket": self.location.bucket, "Key": entry.ref}
+        if entry.size is not None and entry.size <= COPY_THRESHOLD:
+            s3.copy_object(CopySource=source, Bucket=self.location.bucket, Key=target.key)
+        else:
+            s3.copy(source, self.location.bucket, target.key,
+                    Config=TransferConfig(multipart_threshold=COPY_THRESHOLD, use_threads=False))
         s3.delete_object(Bucket=self.location.bucket, Key=entry.ref)
 
     def put(self, name: str, data: bytes) -> str:

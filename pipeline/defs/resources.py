@@ -18,6 +18,7 @@ plain resource with the same typing and EnvVar support.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,6 +35,11 @@ from pipeline.manifests import FinalManifest
 from pipeline.providers import PROVIDERS, Provider, get_provider
 from pipeline.store import GenerationCache, TextObjects, Workspace
 from pipeline.submissions import ProviderDefaults, Submission, submit_spec
+
+
+CLIENT_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE",
+              "AWS_ACCESS_KEY_ID", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE")
+"""Environment variables boto3 reads when it makes a client (not the secret: the key id names it)."""
 
 
 class S3Settings(dg.Config):
@@ -65,10 +71,13 @@ class S3Settings(dg.Config):
     def location(self):
         """A ``pipeline.s3_store.S3Location`` for bucket + prefix. Its clients are made lazily, one
         per process for all locations with the same settings (boto3 clients are not fork-safe,
-        and making one takes 0.3 s or more), by ``S3Resource.get_client``."""
+        and making one takes 0.3 s or more), by ``S3Resource.get_client``. The settings include
+        the boto3 environment the client would read (CLIENT_ENV), so a process whose environment
+        changes (another endpoint) gets a client for the new one."""
         from pipeline.s3_store import S3Location, shared_client_provider
 
-        key = json.dumps([self.endpoint_url, self.region_name, self.profile_name])
+        key = json.dumps([self.endpoint_url, self.region_name, self.profile_name,
+                          *(os.environ.get(name) for name in CLIENT_ENV)])
         return S3Location(self.bucket, self.prefix, shared_client_provider(key, self.s3_resource().get_client))
 
 
