@@ -45,6 +45,7 @@ from pipeline.manifests import (
     StoryboardManifest,
     VideoPlan,
     load_manifest,
+    money,  # noqa: F401 (re-exported: costs.money is the name callers use)
     segment_key,
 )
 from pipeline.store import TextObjects, text_objects
@@ -351,11 +352,6 @@ def cost_frame(lines: Iterable[CostLine]) -> pd.DataFrame:
     """``lines`` as a DataFrame with ``COLUMNS`` and their dtypes (no total row)."""
     rows = [{c: getattr(line, c) for c in COLUMNS} for line in lines]
     return pd.DataFrame(rows, columns=list(COLUMNS)).astype(COLUMNS)
-
-
-def money(usd: float) -> str:
-    """USD as text: 4 decimals, 6 when 4 would round it ("0.0500", "0.000051")."""
-    return f"{usd:.4f}" if abs(round(usd, 4) - usd) < 1e-12 else f"{usd:.6f}"
 
 
 def _cell(column: str, value: Any) -> str:
