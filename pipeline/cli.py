@@ -24,6 +24,7 @@ call) or an unusable path exits 1 with its message, and anything unexpected exit
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -45,7 +46,17 @@ from pipeline.store import atomic_write_text
 from pipeline.spec import VIDEO_ID_PATTERN, SpecError
 from pipeline.spec_file import read_spec_bytes
 
-DEFAULT_INSTANCE_YAML = "telemetry:\n  enabled: false\n"
+DEFAULT_INSTANCE_YAML = """telemetry:
+  enabled: false
+# Dagster's SQLite storage (the files `storage: sqlite` writes under this directory), with the
+# project's event ordering and cheaper event writes: pipeline/orchestration/storage.py.
+storage:
+  custom:
+    module: pipeline.orchestration.storage
+    class: RunFirstSqliteStorage
+    config:
+      base_dir: {storage}
+"""
 
 
 def ensure_dagster_home(data_dir: str) -> str:
@@ -59,7 +70,7 @@ def ensure_dagster_home(data_dir: str) -> str:
     Path(home).mkdir(parents=True, exist_ok=True)
     yaml_path = Path(home) / "dagster.yaml"
     if not yaml_path.exists():  # several processes may get here at once: never a half-written file
-        atomic_write_text(yaml_path, DEFAULT_INSTANCE_YAML)
+        atomic_write_text(yaml_path, DEFAULT_INSTANCE_YAML.format(storage=json.dumps(str(Path(home) / "storage"))))
     return home
 
 
