@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 import io
+from collections import Counter
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -55,3 +57,33 @@ def test_a_square_spec_on_wan_gives_square_chunks_cropped_from_16_9(tmp_path):
     middle = sent.crop((left, (sent.height - last.height) // 2, left + last.width,
                         (sent.height - last.height) // 2 + last.height))
     assert np.array_equal(np.asarray(middle), np.asarray(last))
+
+
+def test_each_replicate_chunk_is_decoded_once_not_again_by_the_generator(tmp_path, monkeypatch):
+    """The download check decodes the model's output and the crop decodes its own result; the Generator
+    reuses that result (ProviderResult.verified) instead of decoding the stored file a third time."""
+    decoded: list[str] = []
+    real = media.verify_video
+
+    def counting(path, *args, **kwargs):
+        decoded.append(Path(path).name)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(media, "verify_video", counting)
+    ws = Workspace.at(tmp_path / "data")
+    spec = {"video_id": "once", "title": "Once", "duration_s": 9, "aspect_ratio": "1:1", "style": "ink wash",
+            "music": {"prompt": "calm", "bpm": 70},
+            "beats": [{"prompt": "a heron lifts off a misty lake", "duration_s": 9}]}
+    submit_spec(ws, parse_spec(spec), source="test", provider="replicate")
+    with FakeReplicate(run_seconds=0.02, render_scale=0.25) as server:
+        provider = get_provider("replicate", **provider_options(server, ws.root))
+        gen = Generator(ws)
+        plan = stages.plan_video(load_submission(ws, "once"), provider)
+        beat = stages.plan_beat(plan, plan.beats[0], provider)
+        storyboard = stages.render_storyboard(beat, provider, gen)
+        decoded.clear()
+        chunks = stages.render_chunks(beat, storyboard, provider, gen).chunks
+    # each file once: the download, its crop, and the clip conformed from it (a re-encode, checked by decoding)
+    assert len(chunks) >= 2
+    assert Counter(decoded) == {"output.mp4": len(chunks), "cropped.mp4": len(chunks),
+                                "conformed.mp4": len(chunks)}, decoded
