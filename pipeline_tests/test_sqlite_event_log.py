@@ -60,3 +60,31 @@ def test_runs_beyond_the_engine_cache_and_in_a_forked_child_keep_every_event(tmp
 
 def _script_head() -> str:
     return sqlite_event_log._script_directory().get_current_head()
+
+
+def test_a_found_dynamic_partition_is_trusted_briefly_and_a_deleted_one_is_forgotten(tmp_path, monkeypatch):
+    write_instance_yaml(tmp_path / "home")
+    with dg.DagsterInstance.from_config(str(tmp_path / "home")) as instance:
+        storage = instance.event_log_storage
+        assert not instance.has_dynamic_partition("videos", "a")
+        instance.add_dynamic_partitions("videos", ["a"])
+        assert instance.has_dynamic_partition("videos", "a")  # an absent key is asked again, not cached
+        queries = []
+        real = sqlite_event_log.SqliteEventLogStorage.has_dynamic_partition
+        monkeypatch.setattr(sqlite_event_log.SqliteEventLogStorage, "has_dynamic_partition",
+                            lambda self, *a: queries.append(a) or real(self, *a))
+        for _ in range(20):
+            assert instance.has_dynamic_partition("videos", "a")
+        assert queries == []  # answered from the cache
+        instance.delete_dynamic_partition("videos", "a")
+        assert not instance.has_dynamic_partition("videos", "a")
+        # another process's deletion is seen once the entry expires
+        instance.add_dynamic_partitions("videos", ["b"])
+        assert instance.has_dynamic_partition("videos", "b")
+        other = dg.DagsterInstance.from_config(str(tmp_path / "home"))
+        other.delete_dynamic_partition("videos", "b")
+        other.dispose()
+        assert instance.has_dynamic_partition("videos", "b")  # still trusted
+        monkeypatch.setattr(sqlite_event_log, "DYNAMIC_PARTITION_TTL_S", 0.0)
+        storage._partitions_seen.clear()
+        assert not instance.has_dynamic_partition("videos", "b")

@@ -17,6 +17,10 @@ done, never the files:
 
 - one engine per shard per process (NullPool as before, so no connection outlives its
   transaction and nothing is shared across ``fork``), kept in a small LRU and disposed on eviction;
+- ``has_table`` remembers the tables it found (Dagster opened a new engine and read the schema
+  before every dynamic-partition lookup and every asset event);
+- ``has_dynamic_partition`` trusts a partition it found for DYNAMIC_PARTITION_TTL_S (a step asked
+  the database for every partition key of every input and output: another 5 %);
 - ``_initdb`` asks the file for its alembic revision first (one ``SELECT``), exactly Dagster's
   test: a stamped file needs nothing. A new file gets Dagster's tables, WAL journaling and the head
   stamp written through alembic's ``MigrationContext.stamp`` with the script directory loaded once
@@ -28,6 +32,8 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
+import time
 from collections import OrderedDict
 from contextlib import contextmanager
 from typing import Iterator
@@ -37,8 +43,15 @@ from sqlalchemy.pool import NullPool
 
 from dagster._core.storage.event_log.schema import SqlEventLogStorageMetadata
 from dagster._core.storage.event_log.sqlite import sqlite_event_log
-from dagster._core.storage.event_log.sqlite.sqlite_event_log import SQLITE_BUSY_TIMEOUT_SECONDS, SqliteEventLogStorage
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
+    INDEX_SHARD_NAME,
+    SQLITE_BUSY_TIMEOUT_SECONDS,
+    SqliteEventLogStorage,
+)
 from dagster._core.storage.sql import get_alembic_config
+
+DYNAMIC_PARTITION_TTL_S = 10.0
+"""How long this process trusts that a dynamic partition it found still exists, seconds."""
 
 ENGINE_CACHE_SIZE = 64
 """Engines kept per process (one per run file recently written or read; the index file's too)."""
@@ -56,12 +69,19 @@ class FastSqliteEventLogStorage(SqliteEventLogStorage):
     docstring). Same constructor, same files, same transactions and locks."""
 
     def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
         self._engines: OrderedDict[tuple[int, str], db.engine.Engine] = OrderedDict()
+        self._engines_lock = threading.Lock()
+        self._tables: set[str] = set()
+        self._partitions_seen: dict[tuple[str, str], float] = {}
+        super().__init__(*args, **kwargs)
 
     def _engine(self, shard: str) -> db.engine.Engine:
         """The shard's engine for this process (made on first use; the least recently used of more
-        than ENGINE_CACHE_SIZE is disposed). Call with ``self._db_lock`` held."""
+        than ENGINE_CACHE_SIZE is disposed)."""
+        with self._engines_lock:
+            return self._engine_locked(shard)
+
+    def _engine_locked(self, shard: str) -> db.engine.Engine:
         key = (os.getpid(), shard)
         engine = self._engines.get(key)
         if engine is not None:
@@ -88,6 +108,42 @@ class FastSqliteEventLogStorage(SqliteEventLogStorage):
                 with conn.begin():
                     yield conn
 
+    def has_table(self, table_name: str) -> bool:
+        """Whether the index file has ``table_name``. Dagster asks before every dynamic-partition
+        lookup and asset event (a new engine and a schema query each time: 5 % of a local render's
+        CPU); a table that exists is remembered for the life of this object (only ``wipe`` drops
+        tables, and it forgets them)."""
+        if table_name in self._tables:
+            return True
+        with self._engine(INDEX_SHARD_NAME).connect() as conn:
+            present = bool(conn.dialect.has_table(conn, table_name))
+        if present:
+            self._tables.add(table_name)
+        return present
+
+    def has_dynamic_partition(self, partitions_def_name: str, partition_key: str) -> bool:
+        """Whether the dynamic partition exists. A step checks every partition key of its inputs and
+        outputs, one query each (dozens per segment run); a key found is trusted for
+        DYNAMIC_PARTITION_TTL_S seconds in this process (deleting a partition here forgets it; a
+        deletion by another process is seen within that time). Absent keys are always asked again."""
+        key = (partitions_def_name, partition_key)
+        now = time.monotonic()
+        if self._partitions_seen.get(key, 0.0) > now:
+            return True
+        present = super().has_dynamic_partition(partitions_def_name, partition_key)
+        if present:
+            self._partitions_seen[key] = now + DYNAMIC_PARTITION_TTL_S
+        return present
+
+    def delete_dynamic_partition(self, partitions_def_name: str, partition_key: str) -> None:
+        self._partitions_seen.pop((partitions_def_name, partition_key), None)
+        super().delete_dynamic_partition(partitions_def_name, partition_key)
+
+    def wipe(self) -> None:
+        self._tables.clear()
+        self._partitions_seen.clear()
+        super().wipe()
+
     def _initdb(self, engine: db.engine.Engine, for_index_shard: bool = False) -> None:
         from alembic.runtime.migration import MigrationContext
 
@@ -105,7 +161,8 @@ class FastSqliteEventLogStorage(SqliteEventLogStorage):
             super()._initdb(engine, for_index_shard=for_index_shard)
 
     def dispose(self) -> None:
-        for engine in self._engines.values():
-            engine.dispose()
-        self._engines.clear()
+        with self._engines_lock:
+            for engine in self._engines.values():
+                engine.dispose()
+            self._engines.clear()
         super().dispose()
