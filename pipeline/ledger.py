@@ -182,21 +182,23 @@ class Ledger:
                          .scalar_one())
 
     @staticmethod
-    def _spent(db: sa.Connection, video_id: str | None) -> float:
-        return float(db.execute(sa.select(_sum(PREDICTIONS.c.cost_usd))
-                                .where(PREDICTIONS.c.video_id.is_not_distinct_from(video_id))).scalar_one())
+    def _spent(video_id: str | None) -> sa.ScalarSelect:
+        return (sa.select(_sum(PREDICTIONS.c.cost_usd))
+                .where(PREDICTIONS.c.video_id.is_not_distinct_from(video_id)).scalar_subquery())
 
     @staticmethod
     def _committed(db: sa.Connection, video_id: str | None, exclude_key: str | None = None) -> float:
-        reserved = db.execute(sa.select(_sum(JOBS.c.estimate_usd)).where(
-            JOBS.c.video_id.is_not_distinct_from(video_id), JOBS.c.state.in_(OPEN_STATES),
-            JOBS.c.key.is_distinct_from(exclude_key))).scalar_one()
-        return Ledger._spent(db, video_id) + float(reserved)
+        # One statement, so one snapshot: a job finishing in between is counted once, either as
+        # its estimate or as its cost (PostgreSQL reads outside a transaction see each statement's).
+        reserved = (sa.select(_sum(JOBS.c.estimate_usd))
+                    .where(JOBS.c.video_id.is_not_distinct_from(video_id), JOBS.c.state.in_(OPEN_STATES),
+                           JOBS.c.key.is_distinct_from(exclude_key)).scalar_subquery())
+        return float(db.execute(sa.select(Ledger._spent(video_id) + reserved)).scalar_one())
 
     def spent_usd(self, video_id: str | None) -> float:
         """USD paid for ``video_id``'s predictions (every prediction, whether or not its output was used)."""
         with self.connect() as db:
-            return self._spent(db, video_id)
+            return float(db.execute(sa.select(self._spent(video_id))).scalar_one())
 
     def committed_usd(self, video_id: str | None) -> float:
         """Spent plus the estimates of the video's jobs still open (intent / in flight), USD."""

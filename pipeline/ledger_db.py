@@ -30,10 +30,12 @@ runs each statement in autocommit (one round trip, no BEGIN/ROLLBACK).
 **Connections.** One engine per URL per process (``engine_for``). PostgreSQL connections are
 pooled (QueuePool, ``POSTGRES_POOL``: as many kept as the process used at once, at most 10, up to
 10 more under load; ``pool_pre_ping`` so a restarted server costs one failed check, not an error),
-so a process that makes thousands of ledger calls opens a handful of connections. SQLite opens a connection per operation
-(NullPool): a file open, as cheap as a pool checkout, and a pooled connection would keep writing
-into a ledger file that was deleted or replaced while the process runs. Forked children (the
-render forks its workers) must not use the parent's sockets: an ``os.register_at_fork`` hook
+so a process that makes thousands of ledger calls opens a handful of connections. SQLite
+connections are pooled too (opening one per operation cost a connect, two PRAGMAs and, on the last
+close, a WAL checkpoint each time); a pooled connection is checked out only while the file at the
+path is still the one it opened (device and inode), so a ledger file deleted or replaced while the
+process runs is reconnected to, not written into after its unlinking. Forked children (the
+render forks its workers) must not use the parent's connections: an ``os.register_at_fork`` hook
 drops every engine's pooled connections in the child without closing them
 (``engine.dispose(close=False)``: the parent keeps using them), so the child opens its own.
 ``named_lock(name)`` is a cross-process mutex for work done outside a transaction (an upload):
@@ -100,11 +102,20 @@ _ENGINES: dict[str, sa.Engine] = {}
 _ENGINES_LOCK = threading.Lock()
 
 
+def _file_id(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def _sqlite_engine(url: sa.URL) -> sa.Engine:
-    engine = sa.create_engine(url, poolclass=sa.NullPool, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
+    engine = sa.create_engine(url, poolclass=sa.QueuePool, pool_size=5, max_overflow=10,
+                              connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
 
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn, _record) -> None:
+    def _on_connect(dbapi_conn, record) -> None:
         # SQLAlchemy emits BEGIN itself (below) instead of the sqlite3 module's legacy implicit
         # transactions, which begin only before DML: see SQLAlchemy's "Transactions with SQLite".
         dbapi_conn.isolation_level = None
@@ -112,6 +123,15 @@ def _sqlite_engine(url: sa.URL) -> sa.Engine:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.close()
+        record.info["file"] = _file_id(url.database)
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(_dbapi_conn, record, _proxy) -> None:
+        # A pooled connection to a file that was since deleted or replaced (a data directory
+        # removed and made again while this process runs) would write into the unlinked file:
+        # the pool drops it and connects again (to the file now at the path).
+        if record.info.get("file") != _file_id(url.database):
+            raise sa.exc.DisconnectionError(f"{url.database} was replaced or removed")
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: sa.Connection) -> None:
@@ -120,8 +140,22 @@ def _sqlite_engine(url: sa.URL) -> sa.Engine:
     return engine
 
 
+POSTGRES_CONNECT_ARGS = {
+    "application_name": "pipeline-ledger",
+    # The client notices a vanished server (libpq keepalives) ...
+    "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3,
+    # ... and the server a vanished client (a crashed machine, a cut network) within about a
+    # minute, ending its session and so releasing the ledger's locks it held; a transaction left
+    # idle is ended after 60 s (ledger transactions last milliseconds).
+    "options": "-c tcp_keepalives_idle=30 -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3"
+               " -c idle_in_transaction_session_timeout=60000",
+}
+"""psycopg2 connection parameters of ledger engines (a parameter given in the URL's query wins).
+Through a connection pooler, use session pooling: the advisory locks belong to a session."""
+
+
 def _postgres_engine(url: sa.URL) -> sa.Engine:
-    connect_args = {} if "application_name" in url.query else {"application_name": "pipeline-ledger"}
+    connect_args = {k: v for k, v in POSTGRES_CONNECT_ARGS.items() if k not in url.query}
     return sa.create_engine(url, isolation_level="READ COMMITTED", connect_args=connect_args, **POSTGRES_POOL)
 
 

@@ -181,3 +181,22 @@ def test_a_ledger_file_of_the_sqlite3_version_opens_unchanged_and_keeps_working(
         assert raw.execute("SELECT SUM(cost_usd) FROM predictions").fetchone()[0] == pytest.approx(0.30)
     finally:
         raw.close()
+
+
+def test_a_sqlite_ledger_deleted_and_made_again_is_written_to_afresh(tmp_path):
+    """Connections to a SQLite ledger are pooled per process; a data directory removed and made
+    again while the process runs must get the new file, not the pooled connection's unlinked one."""
+    import shutil
+
+    data = tmp_path / "data"
+    ledger = Ledger(data / "ledger.sqlite")
+    _begin(ledger, "old")
+    shutil.rmtree(data)
+    fresh = Ledger(data / "ledger.sqlite")  # the provider of a new run on the new directory
+    assert fresh.get("old") is None and ledger.get("old") is None
+    _begin(fresh, "new")
+    raw = sqlite3.connect(data / "ledger.sqlite")
+    try:
+        assert raw.execute("SELECT key FROM jobs").fetchall() == [("new",)]
+    finally:
+        raw.close()

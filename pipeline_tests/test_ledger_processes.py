@@ -134,3 +134,16 @@ def test_a_forked_child_opens_its_own_postgres_connection(postgres_url):
     with ledger.db.connect() as db:
         assert db.execute(backend).scalar_one() == parent_backend  # the parent's connection still works
     assert ledger.get("from-child").state == "intent"
+
+
+def test_postgres_sessions_end_when_their_client_vanishes(postgres_url):
+    """The ledger's sessions ask the server to probe idle clients and to end a transaction left
+    idle, so a crashed machine cannot hold the ledger's write lock or an upload lock for hours."""
+    ledger = Ledger(fresh_database(postgres_url))
+    with ledger.db.connect() as db:
+        settings = dict(db.execute(sa.text(
+            "SELECT name, setting FROM pg_settings WHERE name IN ('tcp_keepalives_idle',"
+            " 'idle_in_transaction_session_timeout')")).all())
+        name = db.execute(sa.text("SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()"))
+        assert name.scalar_one() == "pipeline-ledger"
+    assert settings == {"tcp_keepalives_idle": "30", "idle_in_transaction_session_timeout": "60000"}
