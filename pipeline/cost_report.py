@@ -112,7 +112,8 @@ def window_text(df: pd.DataFrame, since: float | None, until: float | None) -> s
 
 def cost_command(console: Console, *, data_dir: str | Path, manifests: str | Path | TextObjects,
                  video_id: str | None = None, since: str | None = None, until: str | None = None,
-                 as_markdown: bool = False, err_console: Console | None = None, ledger_url: str | None = None) -> int:
+                 as_markdown: bool = False, err_console: Console | None = None,
+                 ledger_url: str | None = None) -> int:
     """``pipeline cost VIDEO_ID`` (a video's table and totals) or ``pipeline cost [--since] [--until]``
     (what was paid in a window, per video and model; no bounds: everything), printed on ``console``:
     rich tables, or markdown text with ``as_markdown``. ``data_dir`` holds the ledger unless

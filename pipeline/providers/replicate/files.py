@@ -8,13 +8,12 @@ its file URL (``urls.get``) is the model input. Uploads are idempotent per conte
 ledger database's ``uploads`` table records sha256 -> file id, URL and expiry, and a lock per
 sha256 (``Ledger.named_lock``: a lock file beside a SQLite ledger, serializing this machine's
 processes; a PostgreSQL advisory lock, serializing every machine's) makes a retry, a resumed job
-or another process send
-the byte-identical URL (and the lookup-before-create still matches the earlier prediction). A
-record is reused while it has at least ``min_ttl_s`` left; one written by another process or an
-earlier run is checked once with ``GET /v1/files/{id}`` before use. Within a process a record
-already used is remembered by sha256, so using it again reads neither the lock nor the ledger. An
-upload whose answer was lost (timeout, dropped connection, 5xx) is looked up by its checksum
-(``find_file``) before it is sent again.
+or another process send the byte-identical URL (and the lookup-before-create still matches the
+earlier prediction). A record is reused while it has at least ``min_ttl_s`` left; one written by
+another process or an earlier run is checked once with ``GET /v1/files/{id}`` before use. Within a
+process a record already used is remembered by sha256, so using it again reads neither the lock
+nor the ledger. An upload whose answer was lost (timeout, dropped connection, 5xx) is looked up by
+its checksum (``find_file``) before it is sent again.
 
 The token goes only to the API root: uploads, file checks and lists are requests to it; the file
 URL (``urls.get``) is only passed to the model as input, never fetched here.
