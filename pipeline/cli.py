@@ -176,7 +176,7 @@ def cmd_status(args) -> int:
     from pipeline import cost_report, costs
 
     view = costs.video_costs(args.video_id, manifests=pipeline.manifests_dir,
-                             ledger=costs.open_ledger(pipeline.workspace.root))
+                             ledger=costs.open_ledger(pipeline.workspace.root, url=pipeline.ledger_target))
     by_segment = view.by_segment()
     table.add_column("paid_usd", justify="right", no_wrap=True, footer=costs.money(view.paid_usd))
     table.add_column("reused_usd", justify="right", no_wrap=True, footer=costs.money(view.reused_usd))
@@ -212,7 +212,7 @@ def cmd_cost(args) -> int:
     pipeline = defs.resources["pipeline"]
     return cost_command(console, data_dir=pipeline.workspace.root, manifests=pipeline.manifests_dir,
                         video_id=args.video_id, since=args.since, until=args.until, as_markdown=args.markdown,
-                        err_console=err_console)
+                        err_console=err_console, ledger_url=pipeline.ledger_target)
 
 
 def cmd_retry(args) -> int:

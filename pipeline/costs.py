@@ -134,12 +134,15 @@ def manifest_lines(video_id: str, *, plan: VideoPlan | None = None, chunk_sets: 
 
 # --- the ledger --------------------------------------------------------------------------------
 
-def open_ledger(data_dir: str | Path, provider: Any = None) -> Ledger | None:
+def open_ledger(data_dir: str | Path, provider: Any = None, *, url: str | None = None) -> Ledger | None:
     """The ledger costs are reconciled with: ``provider.ledger`` if the provider has one, else the
-    data directory's ledger (``<data_dir>/ledger.sqlite``) if that file exists, else None."""
+    ledger at ``url`` (the deployment's ``PipelineResource.ledger_url``, e.g. PostgreSQL) if given,
+    else the data directory's ledger (``<data_dir>/ledger.sqlite``) if that file exists, else None."""
     ledger = getattr(provider, "ledger", None)
     if isinstance(ledger, Ledger):
         return ledger
+    if url:
+        return Ledger(url)
     path = default_ledger_path(data_dir)
     return Ledger(path) if path.exists() else None
 

@@ -158,6 +158,9 @@ class PipelineResource(dg.ConfigurableResource):
     ``s3``: keep media, the generation cache index and manifests in S3 (``S3Settings``; give the
     IO manager the same settings). None (default): everything is local under ``data_dir``. Specs,
     the ledger, logs and the published ``videos/`` copies stay local either way.
+    ``ledger_url``: the prediction ledger's database, a SQLAlchemy URL (PostgreSQL in a cluster,
+    ``postgresql+psycopg2://user:password@host/db``, so every machine pays once per cache key and
+    shares the budgets: ``pipeline.ledger``); None (default): ``<data_dir>/ledger.sqlite``.
     """
 
     data_dir: str = "data"
@@ -166,6 +169,7 @@ class PipelineResource(dg.ConfigurableResource):
     replicate: ReplicateSettings = ReplicateSettings()
     local: LocalSettings = LocalSettings()
     s3: S3Settings | None = None
+    ledger_url: str | None = None
 
     _s3_location: object = PrivateAttr(default=None)
     _manifests: TextObjects | None = PrivateAttr(default=None)
@@ -175,6 +179,11 @@ class PipelineResource(dg.ConfigurableResource):
     @property
     def workspace(self) -> Workspace:
         return Workspace.at(self.data_dir)
+
+    @property
+    def ledger_target(self) -> str | None:
+        """``ledger_url`` with its EnvVar read (``configured``), or None: the data directory's SQLite ledger."""
+        return configured(self.ledger_url) or None
 
     @property
     def inbox_path(self) -> Path:
@@ -253,7 +262,8 @@ class PipelineResource(dg.ConfigurableResource):
                 hosts = configured(settings.output_hosts)
                 self._providers[key] = get_provider(
                     "replicate", api_token=configured(settings.api_token), base_url=configured(settings.base_url),
-                    workspace=self.workspace, allowed_hosts=list(hosts) if hosts else None,
+                    workspace=self.workspace, ledger_path=self.ledger_target,
+                    allowed_hosts=list(hosts) if hosts else None,
                     poll_interval_s=settings.poll_interval_s,
                     max_poll_interval_s=settings.max_poll_interval_s, lease_s=settings.lease_s,
                     deadline_s=dict(settings.deadline_s) if settings.deadline_s else None,
