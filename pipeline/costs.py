@@ -45,6 +45,7 @@ from pipeline.manifests import (
     StoryboardManifest,
     VideoPlan,
     load_manifest,
+    money,  # noqa: F401 (re-exported: costs.money is the name callers use)
     segment_key,
 )
 from pipeline.store import TextObjects, text_objects
@@ -133,12 +134,15 @@ def manifest_lines(video_id: str, *, plan: VideoPlan | None = None, chunk_sets: 
 
 # --- the ledger --------------------------------------------------------------------------------
 
-def open_ledger(data_dir: str | Path, provider: Any = None) -> Ledger | None:
+def open_ledger(data_dir: str | Path, provider: Any = None, *, url: str | None = None) -> Ledger | None:
     """The ledger costs are reconciled with: ``provider.ledger`` if the provider has one, else the
-    data directory's ledger (``<data_dir>/ledger.sqlite``) if that file exists, else None."""
+    ledger at ``url`` (the deployment's ``PipelineResource.ledger_url``, e.g. PostgreSQL) if given,
+    else the data directory's ledger (``<data_dir>/ledger.sqlite``) if that file exists, else None."""
     ledger = getattr(provider, "ledger", None)
     if isinstance(ledger, Ledger):
         return ledger
+    if url:
+        return Ledger(url)
     path = default_ledger_path(data_dir)
     return Ledger(path) if path.exists() else None
 
@@ -351,11 +355,6 @@ def cost_frame(lines: Iterable[CostLine]) -> pd.DataFrame:
     """``lines`` as a DataFrame with ``COLUMNS`` and their dtypes (no total row)."""
     rows = [{c: getattr(line, c) for c in COLUMNS} for line in lines]
     return pd.DataFrame(rows, columns=list(COLUMNS)).astype(COLUMNS)
-
-
-def money(usd: float) -> str:
-    """USD as text: 4 decimals, 6 when 4 would round it ("0.0500", "0.000051")."""
-    return f"{usd:.4f}" if abs(round(usd, 4) - usd) < 1e-12 else f"{usd:.6f}"
 
 
 def _cell(column: str, value: Any) -> str:

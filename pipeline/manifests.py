@@ -362,6 +362,11 @@ def dump_manifest(manifest: BaseModel) -> str:
     return manifest.model_dump_json(indent=2)
 
 
+def money(usd: float) -> str:
+    """USD as text: 4 decimals, 6 when 4 would round it ("0.0500", "0.000051")."""
+    return f"{usd:.4f}" if abs(round(usd, 4) - usd) < 1e-12 else f"{usd:.6f}"
+
+
 def load_manifest(text: str | bytes) -> BaseModel:
     """Parse JSON text written by ``dump_manifest`` back into its manifest class."""
     return _ADAPTER.validate_json(text)

@@ -174,8 +174,11 @@ class PipelineResource(dg.ConfigurableResource):
     ``pipeline.submissions``). ``replicate``: ``ReplicateSettings``. ``local``: ``LocalSettings``.
     ``s3``: keep media, the generation cache index and manifests in S3 (``S3Settings``; give the
     IO manager the same settings); the spec registry (``specs``), the published videos and the
-    inbox then live there too. None (default): everything is local under ``data_dir``. The
-    ledger, logs, locks and the media read-through cache stay local either way.
+    inbox then live there too. None (default): everything is local under ``data_dir``. Logs,
+    locks and the media read-through cache stay local either way.
+    ``ledger_url``: the prediction ledger's database, a SQLAlchemy URL (PostgreSQL in a cluster,
+    ``postgresql+psycopg2://user:password@host/db``, so every machine pays once per cache key and
+    shares the budgets: ``pipeline.ledger``); None (default): ``<data_dir>/ledger.sqlite``.
     """
 
     data_dir: str = "data"
@@ -184,6 +187,7 @@ class PipelineResource(dg.ConfigurableResource):
     replicate: ReplicateSettings = ReplicateSettings()
     local: LocalSettings = LocalSettings()
     s3: S3Settings | None = None
+    ledger_url: str | None = None
 
     _s3_location: object = PrivateAttr(default=None)
     _manifests: TextObjects | None = PrivateAttr(default=None)
@@ -194,6 +198,11 @@ class PipelineResource(dg.ConfigurableResource):
     @property
     def workspace(self) -> Workspace:
         return Workspace.at(self.data_dir)
+
+    @property
+    def ledger_target(self) -> str | None:
+        """``ledger_url`` with its EnvVar read (``configured``), or None: the data directory's SQLite ledger."""
+        return configured(self.ledger_url) or None
 
     @property
     def inbox_path(self) -> Path:
@@ -310,7 +319,8 @@ class PipelineResource(dg.ConfigurableResource):
                 hosts = configured(settings.output_hosts)
                 self._providers[key] = get_provider(
                     "replicate", api_token=configured(settings.api_token), base_url=configured(settings.base_url),
-                    workspace=self.workspace, allowed_hosts=list(hosts) if hosts else None,
+                    workspace=self.workspace, ledger_path=self.ledger_target,
+                    allowed_hosts=list(hosts) if hosts else None,
                     poll_interval_s=settings.poll_interval_s,
                     max_poll_interval_s=settings.max_poll_interval_s, lease_s=settings.lease_s,
                     deadline_s=dict(settings.deadline_s) if settings.deadline_s else None,

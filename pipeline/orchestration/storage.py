@@ -22,9 +22,10 @@ files on disk are the ones ``storage: sqlite`` writes.
 from __future__ import annotations
 
 from dagster._core.events.log import EventLogEntry
-from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 from dagster._core.storage.sqlite_storage import DagsterSqliteStorage, _event_logs_directory
 from dagster._time import datetime_from_timestamp
+
+from pipeline.orchestration.sqlite_event_log import FastSqliteEventLogStorage
 
 
 def apply_run_event_first(instance, event: EventLogEntry) -> None:
@@ -51,8 +52,9 @@ def apply_run_event_first(instance, event: EventLogEntry) -> None:
     instance.add_run_tags(event.run_id, {WILL_RETRY_TAG: str(will_retry).lower()})
 
 
-class RunFirstSqliteEventLogStorage(SqliteEventLogStorage):
-    """Dagster's SQLite event log storage, except that a run event is applied to the run record
+class RunFirstSqliteEventLogStorage(FastSqliteEventLogStorage):
+    """Dagster's SQLite event log storage (without its per-event set-up costs:
+    ``FastSqliteEventLogStorage``), except that a run event is applied to the run record
     (``apply_run_event_first``) before the event itself is stored. See the module docstring."""
 
     @property

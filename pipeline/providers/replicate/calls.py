@@ -98,6 +98,7 @@ def run_media(provider: "ReplicateProvider", request: GenerationRequest, model: 
         timings["upload_s"] = time.monotonic() - started
     plan = model.model_input(request, **extra)
     inp = plan.input
+    verified: dict[Path, Any] = {}  # file -> its MediaInfo, decoded once here (the Generator reuses it)
 
     def use(pred: dict[str, Any]) -> Used:
         try:
@@ -109,12 +110,14 @@ def run_media(provider: "ReplicateProvider", request: GenerationRequest, model: 
         if plan.crop_to and model.kind == "video":  # generated at another ratio: keep the requested frame
             started = time.monotonic()
             try:
-                media.centre_crop(path, scratch / f"cropped{path.suffix or '.mp4'}", plan.crop_to)
+                facts["verified"] = media.centre_crop(path, scratch / f"cropped{path.suffix or '.mp4'}", plan.crop_to)
             except media.MediaError as exc:
                 raise OutputUnusable("undecodable", f"could not centre-crop it to {plan.crop_to}: {exc}") from None
             finally:
                 timings["crop_s"] = time.monotonic() - started
             path = scratch / f"cropped{path.suffix or '.mp4'}"
+        if facts.get("verified") is not None:
+            verified[path] = facts["verified"]
         cost = model.cost(request.params, output_seconds=facts.get("seconds"), metrics=pred.get("metrics") or {})
         return Used(value=path, cost_usd=cost.usd, output={"urls": output_urls(pred.get("output"))}, info={
             "billed_units": cost.units, "billed_unit": cost.unit, "price_usd": cost.price.usd,
@@ -132,7 +135,8 @@ def run_media(provider: "ReplicateProvider", request: GenerationRequest, model: 
         price = model.price(request.params)
         info.update(price_usd=price.usd, price_source=price.source)
     return ProviderResult(path=got.value, model=model.id, prediction_id=got.prediction_id, cost_usd=got.cost_usd,
-                          reused_cost_usd=got.reused_cost_usd, paid_by=got.paid_by, extra={
+                          reused_cost_usd=got.reused_cost_usd, paid_by=got.paid_by, verified=verified.get(got.value),
+                          extra={
                               "replicate_model": model.ref, "replicate_version": model.version,
                               "obtained_by": got.how, "create_attempts": got.creates, **info,
                               **(plan.metadata() if model.kind == "video" else {}),

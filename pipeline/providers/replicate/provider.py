@@ -62,8 +62,10 @@ class ReplicateProvider(Provider):
       rerun needs none; without one a call fails with a ProviderError). Never logged or stored in outputs.
     - ``base_url``: API root; default https://api.replicate.com.
     - ``workspace`` (a pipeline.store.Workspace) or ``workspace_root`` (its directory) / ``ledger_path``:
-      the ledger is ``ledger_path``, default ``<workspace root>/ledger.sqlite``, the root defaulting to
-      ``data`` (relative to the working directory). Use the same data directory as the Generator's Workspace.
+      the ledger is ``ledger_path`` (a SQLite file path, or a database URL such as
+      ``postgresql+psycopg2://...`` shared by every machine: ``pipeline.ledger``), default
+      ``<workspace root>/ledger.sqlite``, the root defaulting to ``data`` (relative to the working
+      directory). Use the same data directory as the Generator's Workspace.
     - ``allowed_hosts``: where outputs may be downloaded from: host names (https only, subdomains
       included) and/or explicit origins such as ``"http://127.0.0.1:8765"`` (that scheme, host and
       port exactly). Default ``replicate.delivery`` (DEFAULT_OUTPUT_HOSTS).
@@ -182,7 +184,7 @@ class ReplicateProvider(Provider):
 
     def __repr__(self) -> str:  # never the token
         return (f"ReplicateProvider(base_url={self.base_url!r}, image={self.image_model!r}, video={self.video_model!r}, "
-                f"music={self.music_model!r}, chunk_seconds={self.chunk_seconds:g}, ledger={str(self.ledger.path)!r})")
+                f"music={self.music_model!r}, chunk_seconds={self.chunk_seconds:g}, ledger={self.ledger.url!r})")
 
     def close(self) -> None:
         """Close the API and download clients' connections (a later call opens new ones)."""
