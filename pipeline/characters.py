@@ -46,6 +46,7 @@ from pipeline.progress import Progress, ProgressCallback, report
 from pipeline.providers import Provider, ProviderError, local_characters
 from pipeline.spec import VideoSpec
 from pipeline.spec_characters import ReferenceImage
+from pipeline.store import Workspace
 
 SPEC_PROVIDER = "spec"
 """Provider name recorded for media taken from the spec itself (a user's reference image; free)."""
@@ -196,5 +197,20 @@ def submission_image_bytes(spec: VideoSpec) -> ImageBytes:
             raise CharacterError(f"the registered spec has no reference image {sha[:12]} any more (it changed "
                                  "since this video was planned); plan it again")
         return images[sha].image_bytes()
+
+    return get
+
+
+def registered_image_bytes(workspace: Workspace, video_id: str) -> ImageBytes:
+    """``ImageBytes`` over the video's registered spec (``pipeline.submissions``), read only when a
+    user image is needed. Raises (when called) UnknownVideoError, SpecError, CharacterError."""
+    loaded: list[ImageBytes] = []
+
+    def get(sha: str) -> bytes:
+        if not loaded:
+            from pipeline.submissions import load_submission
+
+            loaded.append(submission_image_bytes(load_submission(workspace, video_id).video_spec()))
+        return loaded[0](sha)
 
     return get

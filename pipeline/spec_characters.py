@@ -261,6 +261,14 @@ def ingest_raw(raw: dict[str, Any], folder: str | os.PathLike) -> tuple[dict[str
     return {**raw, "characters": out}, problems
 
 
+def has_reference_paths(raw: Any) -> bool:
+    """Whether a parsed spec mapping names any character reference image by path (which a copy of
+    the spec elsewhere, e.g. in the inbox, could not resolve: ``ingest_raw`` it first)."""
+    chars = raw.get("characters") if isinstance(raw, dict) else None
+    return isinstance(chars, dict) and any(isinstance(c, dict) and isinstance(c.get("reference_image"), str)
+                                           for c in chars.values())
+
+
 def folder_of(spec_path: str | os.PathLike) -> Path:
     """The folder a spec file's reference images are relative to: the folder of the path as given
     (a link to a spec is not followed for this: the images are beside the name the user gave)."""

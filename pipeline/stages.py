@@ -21,6 +21,7 @@ from pipeline.generation import GenerationRequest, Generator, ProviderResult
 from pipeline.ledger import Ledger
 from pipeline.manifests import (
     BeatManifest,
+    CharactersManifest,
     ChunkManifest,
     ChunkPlan,
     ChunkVideosManifest,
@@ -506,7 +507,8 @@ def _fitting_track(plan: VideoPlan, music: MusicManifest) -> MediaManifest | Non
 
 
 def mux_video(plan: VideoPlan, stitched: StitchedManifest, music: MusicManifest, generator: Generator,
-              workspace: Workspace, ledger: Ledger | None = None) -> FinalManifest:
+              workspace: Workspace, ledger: Ledger | None = None,
+              characters: CharactersManifest | None = None) -> FinalManifest:
     """Mux the stitched video with the finished music and publish the result at
     ``videos/<video_id>.mp4`` (a copy, see ``publish``).
 
@@ -518,7 +520,8 @@ def mux_video(plan: VideoPlan, stitched: StitchedManifest, music: MusicManifest,
 
     The manifest's cost lines (``pipeline.costs.final_costs``) are reconciled with ``ledger`` (None:
     the manifests alone): ``paid_usd`` (= ``cost_usd``) is what this video's calls paid in every
-    attempt, ``reused_usd`` the price of outputs other videos paid for (USD)."""
+    attempt, ``reused_usd`` the price of outputs other videos paid for (USD). ``characters``: the
+    video's character references (``characters`` asset), whose lines come first after the plan's."""
     labels = {"video_id": plan.video_id, "stage": "final_video"}
     track = _fitting_track(plan, music)
     if track is not None:
@@ -547,7 +550,7 @@ def mux_video(plan: VideoPlan, stitched: StitchedManifest, music: MusicManifest,
     video = generator.generate(request, call)
     method = "stream_copy" if video.model == MUX_COPY_MODEL else "reencode"
     published = publish(generator.local_path(video), workspace.videos / f"{plan.video_id}.mp4")
-    lines = costs.final_costs(plan, stitched, music, ledger)
+    lines = costs.final_costs(plan, stitched, music, ledger, characters)
     paid, reused = costs.totals(lines)
     return FinalManifest(video_id=plan.video_id, video=video, path=str(published), beats=len(plan.beats),
                          chunks=sum(1 for c in lines if c.stage == "chunk_videos" and c.source == "manifest"),

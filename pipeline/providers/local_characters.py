@@ -105,21 +105,25 @@ def draw_character_sheet(request: GenerationRequest, scratch: Path) -> Path:
 
 def dominant_colours(reference: str | Path, count: int = 2) -> list[RGB]:
     """The ``count`` most common colours of a reference image, ignoring its background (the most
-    common colour of its border) and near-black ones (outlines) when there are others: median-cut
-    on a 64x64 copy. Deterministic."""
+    common colour of its border) and near-black ones (outlines) when there are others.
+
+    The image is sampled on a 64x64 grid (nearest pixel, so flat colours stay exact), colours are
+    grouped into bins of 48 levels per channel, and each of the most populated bins gives its most
+    common exact colour. Deterministic."""
     with Image.open(reference) as im:
-        small = im.convert("RGB").resize((64, 64), Image.Resampling.BILINEAR)
-    quant = small.quantize(colors=6, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
-    palette = quant.getpalette() or []
-    px = quant.load()
+        small = im.convert("RGB").resize((64, 64), Image.Resampling.NEAREST)
+    px = small.load()
     border = [px[x, y] for x in range(64) for y in (0, 63)] + [px[x, y] for y in range(64) for x in (0, 63)]
-    background = max(set(border), key=border.count)
-    counts = sorted(((n, i) for n, i in quant.getcolors() or [] if i != background), reverse=True)
-    colours: list[RGB] = [tuple(palette[3 * i:3 * i + 3]) for _, i in counts]  # type: ignore[misc]
+    background = max(sorted(set(border)), key=border.count)
+    bins: dict[tuple[int, ...], dict[RGB, int]] = {}
+    for n, colour in small.getcolors(64 * 64) or []:
+        if colour == background:
+            continue
+        bins.setdefault(tuple(v // 48 for v in colour), {})[colour] = n
+    ranked = sorted(bins.values(), key=lambda b: (-sum(b.values()), min(b)))
+    colours = [max(sorted(b), key=b.__getitem__) for b in ranked]
     vivid = [c for c in colours if max(c) >= 60]  # outlines and shadows are not the character's colours
-    colours = vivid or colours
-    if not colours:
-        colours = [tuple(palette[3 * background:3 * background + 3])]  # type: ignore[list-item]
+    colours = vivid or colours or [background]
     while len(colours) < count:
         colours.append(colours[-1])
     return colours[:count]
