@@ -17,7 +17,10 @@ Input rules (every violation is a SpecError naming the file and the field, user 
   20,000 characters; at most 1,000 beats in the file (before truncation to ``max_beats``);
 - ``provider`` is ``local`` or ``replicate``; ``models`` (per-kind Replicate model overrides:
   ``image``, ``video``, ``music``) names registry models of that kind (``pipeline.models``) and
-  is refused beside ``provider: local``.
+  is refused beside ``provider: local``;
+- ``characters`` (1-10 names -> description and optional reference image) and a beat's optional
+  ``characters`` list and ``seed``: ``pipeline.spec_characters`` (reference image files follow a
+  spec file's safety rules and are carried in the spec once loaded).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -33,7 +37,8 @@ from pydantic import (BaseModel, ConfigDict, Field, StringConstraints, Validatio
                       model_validator)
 
 from pipeline.printable import clip, printable, quoted
-from pipeline.spec_characters import BeatCharacters, Characters, check_character_names, folder_of, ingest_raw
+from pipeline.spec_characters import (MAX_CHARACTERS, MAX_NAME_CHARS, BeatCharacters, Characters,
+                                      check_character_names, folder_of, ingest_raw)
 from pipeline.spec_file import MAX_SPEC_BYTES, SpecInputError, decode_spec_text, read_spec_bytes
 from pipeline.spec_yaml import describe_value, load_yaml
 
@@ -281,8 +286,16 @@ _EXPECTED = {
 def _problem(err: dict) -> str:
     """One ``"<field path>: <what is wrong>, got <value>"`` line for a pydantic error."""
     loc, kind, value = _format_loc(err["loc"]), err["type"], err.get("input")
-    loc = loc or ("beats/brief" if kind == "value_error" else "(top level)")
     msg = err["msg"].removeprefix("Value error, ")
+    if not loc and kind == "value_error" and re.match(r"(characters|beats\[\d+\])[.:\[]", msg):
+        return msg  # a spec-level check that names its own field (pipeline.spec_characters)
+    loc = loc or ("beats/brief" if kind == "value_error" else "(top level)")
+    if kind == "string_pattern_mismatch" and loc.startswith("characters.") and loc.endswith(".[key]"):
+        return (f"{loc.removesuffix('.[key]')}: {quoted(value, 80)} is not a valid character name: start with a "
+                f"letter, then letters, digits, spaces, '-', '_' or apostrophes (at most {MAX_NAME_CHARS})")
+    if kind in ("too_long", "too_short") and loc == "characters":
+        return (f"characters: a spec describes 1-{MAX_CHARACTERS} characters, got "
+                f"{len(value) if isinstance(value, dict) else describe_value(value)}")
     if kind == "extra_forbidden":
         msg = "unknown field (not part of the spec format; check the spelling)"
     elif kind == "missing":

@@ -36,7 +36,7 @@ import warnings
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
 from pipeline.printable import quoted
 from pipeline.spec_file import SpecInputError, read_spec_bytes
@@ -86,10 +86,12 @@ def check_reference_image(data: bytes) -> tuple[str, int, int]:
                     raise ValueError(f"is {w}x{h} pixels; a reference image is {MIN_REFERENCE_SIDE}-"
                                      f"{MAX_REFERENCE_SIDE} pixels a side")
                 im.load()  # decode every pixel: a truncated or corrupt file fails here
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ValueError(f"has far more pixels than a reference image may ({MAX_REFERENCE_SIDE}x"
+                         f"{MAX_REFERENCE_SIDE} at most); refused before decoding") from None
     except ValueError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise ValueError(f"is not a readable PNG or JPEG image ({type(exc).__name__})") from None
     return _FORMATS[fmt], w, h
 
@@ -161,6 +163,23 @@ class CharacterSpec(_Strict):
     description: Annotated[str, Field(strict=True),
                            StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_DESCRIPTION_CHARS)]
     reference_image: ReferenceImage | RelativePath | None = None
+
+    @field_validator("reference_image", mode="before")
+    @classmethod
+    def _one_form(cls, value: Any) -> Any:
+        """A path (text) or an ingested image (a mapping), with one clear message for anything else."""
+        if value is None or isinstance(value, (str, ReferenceImage)):
+            return value
+        if isinstance(value, dict):
+            try:
+                return ReferenceImage.model_validate(value)
+            except ValidationError as exc:
+                raise ValueError("; ".join(f"{'.'.join(map(str, e['loc'])) or 'image'}: "
+                                           f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors())) from None
+        from pipeline.spec_yaml import describe_value
+
+        raise ValueError(f"should be the path of a PNG or JPEG file inside the spec's folder (text), "
+                         f"got {describe_value(value)}")
 
     @field_validator("reference_image")
     @classmethod

@@ -194,15 +194,7 @@ def render_storyboard(beat: BeatManifest, provider: Provider, generator: Generat
     if missing:
         raise ProviderError(f"beat {beat.segment} names {', '.join(missing)} but got no reference image for them",
                             retryable=False)
-    request = GenerationRequest(
-        media_type="image", provider=provider.name,
-        model=reference_model(provider) if references else provider.image_model, prompt=beat.image_prompt,
-        seed=beat.seed,
-        params={"width": beat.width, "height": beat.height,
-                "caption": f"Beat {beat.index + 1} · {beat.start_s:g}-{beat.start_s + beat.duration_s:g} s"},
-        inputs={f"character:{name}": m.sha256 for name, m in references.items()},
-        labels=_labels(beat.video_id, beat.index, stage="storyboard_images"), max_cost_usd=beat.max_cost_usd,
-    )
+    request = storyboard_request(beat, provider, references)
     item = dict(stage="storyboard_images", kind="storyboard image", index=1, count=1, segment=segment_key(beat.index))
     with_refs = f" from {len(references)} character reference(s)" if references else ""
     report(progress, Progress("started", **item, detail=f"{beat.width}x{beat.height} with {request.model}{with_refs}"))
@@ -215,6 +207,23 @@ def render_storyboard(beat: BeatManifest, provider: Provider, generator: Generat
     report(progress, Progress("done", **item, medium=image, elapsed_s=time.monotonic() - started))
     return StoryboardManifest(video_id=beat.video_id, index=beat.index, fingerprint=beat.fingerprint, image=image,
                               references=dict(references))
+
+
+def storyboard_request(beat: BeatManifest, provider: Provider,
+                       references: dict[str, MediaManifest] | None = None) -> GenerationRequest:
+    """The generation request of ``beat``'s storyboard image: the image model, or with
+    ``references`` (character reference images by name) the reference model and one input
+    ``character:<name>`` = the reference's sha256 each (so they are part of its cache key)."""
+    references = references or {}
+    return GenerationRequest(
+        media_type="image", provider=provider.name,
+        model=reference_model(provider) if references else provider.image_model, prompt=beat.image_prompt,
+        seed=beat.seed,
+        params={"width": beat.width, "height": beat.height,
+                "caption": f"Beat {beat.index + 1} · {beat.start_s:g}-{beat.start_s + beat.duration_s:g} s"},
+        inputs={f"character:{name}": m.sha256 for name, m in references.items()},
+        labels=_labels(beat.video_id, beat.index, stage="storyboard_images"), max_cost_usd=beat.max_cost_usd,
+    )
 
 
 def reference_model(provider: Provider) -> str:
