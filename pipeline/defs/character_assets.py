@@ -4,7 +4,9 @@
                 beats [video × segment] ────────┴─> storyboard_images [video × segment]
 
 Partitioned like ``video_spec``, materialized with it by the ``plan_video`` job (after it), so the
-segment runs the fan-out starts find it. ``storyboard_images`` takes it as an input (per video,
+segment runs the fan-out starts find it. It declares no pool: pools are held per run, and a plan
+run must never queue behind other videos' segment runs for an ``image_api`` slot (it makes at most
+one image per character, once per spec version; everything else is a cache hit). ``storyboard_images`` takes it as an input (per video,
 like ``video_spec``) and gives the beats that name characters their references; a segment run
 that starts before this asset is done for the current plan makes (or waits for) the same cached
 reference itself (``characters.beat_references``). A video without characters gets an empty
@@ -39,7 +41,7 @@ def _sheet(manifest: CharactersManifest, pipeline: PipelineResource) -> dict:
     return {"references": dg.MetadataValue.md(f"![character references]({uri})")}
 
 
-@dg.asset(partitions_def=videos, group_name="video", kinds={"png"}, pool="image_api", retry_policy=PROVIDER_RETRY)
+@dg.asset(partitions_def=videos, group_name="video", kinds={"png"}, retry_policy=PROVIDER_RETRY)
 def characters(context: dg.AssetExecutionContext, pipeline: PipelineResource,
                video_spec: VideoPlan | None) -> dg.Output[CharactersManifest]:
     """One reference image per character of the spec: the user's reference image ingested into the
