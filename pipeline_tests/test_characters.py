@@ -223,3 +223,30 @@ def test_a_reference_bigger_than_a_data_uri_is_uploaded_once(replicate_env, tmp_
         [url] = inp["image_input"]
         assert url.startswith(server.base_url + "/v1/files/")
         assert hashlib.sha256(server.read_input_file(url)).hexdigest() == ref.sha256
+
+
+def test_a_storyboard_run_makes_its_references_when_the_characters_asset_has_not(tmp_path):
+    """The fan-out sensor may start a segment before its plan run's ``characters`` step is done:
+    ``beat_references`` then makes the same cached references itself (and never uses another plan's)."""
+    from pipeline import characters
+    from pipeline.generation import Generator
+    from pipeline.providers import get_provider
+    from pipeline.spec import load_spec
+    from pipeline.submissions import submit_spec
+
+    work = Workspace(tmp_path / "data")
+    sub, _ = submit_spec(work, load_spec(write_spec(tmp_path, "early")), source="test")
+    provider, generator = get_provider("local"), Generator(work)
+    plan = stages.plan_video(sub, provider)
+    beat = stages.plan_beat(plan, plan.beats[2], provider)
+    image_bytes = characters.registered_image_bytes(work, "early")
+    made = characters.beat_references(plan, beat, None, provider, generator, image_bytes)  # no manifest yet
+    assert {n: m.cache_key for n, m in made.items()} == beat.characters
+    later = characters.render_references(plan, provider, generator, image_bytes)
+    assert all(later.references[n].image.cache_hit and later.references[n].image.sha256 == m.sha256
+               for n, m in made.items())  # the asset then finds them in the cache
+    # A manifest of another plan (an older Hare) is not used: the beat's keys decide.
+    other = later.model_copy(update={"references": {**later.references, "Hare": later.references["Hare"].model_copy(
+        update={"image": later.references["Tortoise"].image})}})
+    again = characters.beat_references(plan, beat, other, provider, generator, image_bytes)
+    assert again["Hare"].sha256 == made["Hare"].sha256 != later.references["Tortoise"].image.sha256
