@@ -88,12 +88,13 @@ def reference_prompt(name: str, description: str, style: str) -> str:
 
 
 def storyboard_prompt(prompt: str, style: str, names: list[str], characters: dict[str, PlannedCharacter]) -> str:
-    """A storyboard image prompt: the beat's prompt, the descriptions of the characters it names
-    (when it names any), the style. Without characters it is the prompt every beat had before."""
+    """A storyboard image prompt: the beat's prompt, the characters it names with their descriptions,
+    numbered in the order of the reference images sent with it, and the style. Without characters it
+    is the prompt every beat had before."""
     if not names:
         return f"{prompt}. Style: {style}."
-    cast = "; ".join(f"{n}: {characters[n].description}" for n in names)
-    return f"{prompt}. Characters (as in their reference images): {cast}. Style: {style}."
+    cast = "; ".join(f"image {i} is {n}: {characters[n].description}" for i, n in enumerate(names, start=1))
+    return f"{prompt}. Characters, as they look in the reference images ({cast}). Style: {style}."
 
 
 def reference_request(plan: VideoPlan, name: str, provider: Provider) -> GenerationRequest:

@@ -187,3 +187,13 @@ def test_submit_carries_reference_images_into_the_inbox_copy(tmp_path, monkeypat
     ref = json.loads(copy.read_text())["characters"]["Hare"]["reference_image"]
     assert base64.b64decode(ref["data"]) == data and ref["file"] == "hare.png"
     assert load_spec(copy) == load_spec(path)  # the inbox needs no image file beside the copy
+
+
+def test_the_characters_example_loads_with_its_picture():
+    example = load_spec(EXAMPLES / "characters" / "race.yaml")
+    tortoise = example.characters["Tortoise"].reference_image
+    assert isinstance(tortoise, ReferenceImage) and tortoise.file == "tortoise.png"
+    assert example.characters["Hare"].reference_image is None
+    assert [beat_characters(b.prompt, b.characters, example.characters) for b in example.beats] == \
+        [["Hare"], ["Hare", "Tortoise"], ["Hare"], ["Tortoise"]]
+    assert example.beats[3].seed == 4242
