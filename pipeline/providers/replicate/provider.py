@@ -245,10 +245,11 @@ class ReplicateProvider(Provider):
             return 0.0
 
     def check_models(self) -> dict[str, str]:
-        """Ask the API that every configured model (and pinned version) exists. Returns
+        """Ask the API that every configured model (the reference model included) and pinned version exists. Returns
         {model id: "ok"}; raises ProviderError naming the first one that does not (or could not be asked)."""
         out = {}
-        for m in dict.fromkeys((self.image, self.reference, self.video, self.music, self.planner)):
+        models = {m.id: m for m in (self.image, self.reference, self.video, self.music, self.planner)}
+        for m in models.values():
             until = time.monotonic() + 2 * self.api.request_timeout_s
             try:  # GET /v1/models/{ref} (and .../versions/{version})
                 self.api.get_json(f"/v1/models/{m.ref}", what=f"model {m.ref}", until=until)
