@@ -74,6 +74,11 @@ def cmd_validate(args) -> int:
                       str(len(stages.chunk_plan(b.duration_s, provider.chunk_seconds))), cell(b.motion or ""),
                       cell(b.prompt))
     console.print(table)
+    # --- characters (issue 13): who appears where, and where each reference image comes from ---
+    for name, char in plan.characters.items():
+        where = ", ".join(b.segment for b in plan.beats if name in b.characters) or "no beat"
+        source = f"reference image {char.reference_file}" if char.reference_file else "generated from its description"
+        say(f"character {name} ({source}): beats ", (where, "bold"))
     return 0
 
 
