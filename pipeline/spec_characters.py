@@ -38,7 +38,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
-from pipeline.printable import quoted
+from pipeline.printable import clip, quoted
 from pipeline.spec_file import SpecInputError, read_spec_bytes
 
 MAX_CHARACTERS = 10
@@ -248,7 +248,11 @@ def read_reference_file(folder: str | os.PathLike, relative: str) -> bytes:
         if os.path.commonpath([base, target]) != base:
             raise SpecInputError("is a symbolic link to a file outside the spec's folder; refusing to follow it "
                                  "(copy the image into the spec's folder)")
-    return read_spec_bytes(path, max_bytes=MAX_REFERENCE_IMAGE_BYTES)
+    try:
+        return read_spec_bytes(path, max_bytes=MAX_REFERENCE_IMAGE_BYTES)
+    except SpecInputError as exc:  # the rules are a spec file's; the words are the image's
+        raise SpecInputError(str(exc).replace("a spec must", "a reference image must")
+                             .replace("limit for a spec", "limit for a reference image")) from None
 
 
 def ingest_reference(folder: str | os.PathLike, relative: str) -> ReferenceImage:
@@ -274,8 +278,7 @@ def ingest_raw(raw: dict[str, Any], folder: str | os.PathLike) -> tuple[dict[str
             try:
                 char = {**char, "reference_image": ingest_reference(folder, ref.strip()).model_dump(mode="json")}
             except ValueError as exc:
-                problems.append(f"characters.{quoted(name, 40) if not str(name).isidentifier() else name}"
-                                f".reference_image: {quoted(ref.strip(), 80)} {exc}")
+                problems.append(f"characters.{clip(name, 40)}.reference_image: {quoted(ref.strip(), 80)} {exc}")
         out[name] = char
     return {**raw, "characters": out}, problems
 
