@@ -41,7 +41,7 @@ from pipeline.cli_output import cell, console, err_console, error, safe_streams,
 from pipeline.cli_specs import chosen_models, cmd_submit, cmd_validate, provider_options
 from pipeline.cli_summary import print_summary, render_options, say_up_to_date
 from pipeline.printable import printable
-from pipeline.receipts import dagster_home_for, request_key, write_receipt
+from pipeline.receipts import dagster_home_for, request_key, spec_input_files, write_receipt
 from pipeline.providers.base import ProviderError
 from pipeline.store import atomic_write_text
 from pipeline.spec import VIDEO_ID_PATTERN, SpecError
@@ -100,7 +100,7 @@ def cmd_render(args) -> int:
     from pipeline.orchestration import forkserver
     from pipeline.spec import load_spec
 
-    load_spec(args.spec)  # a bad spec fails here (exit 2), before the instance is opened and progress drawn
+    spec = load_spec(args.spec)  # a bad spec fails here (exit 2), before the instance is opened and progress drawn
     spec_bytes = read_spec_bytes(args.spec)  # the version the receipt names (pipeline.receipts)
     forkserver.warm_up_in_background()  # the run workers' fork server, started while Dagster imports here
     from pipeline.orchestration.render import render_video
@@ -136,7 +136,7 @@ def cmd_render(args) -> int:
         data_dir = _data_dir(args)
         key = request_key(spec_bytes, data_dir=data_dir, dagster_home=dagster_home_for(data_dir),
                           options=render_options(args.provider, chosen_models(args)))
-        write_receipt(data_dir, key, report.video_id)
+        write_receipt(data_dir, key, report.video_id, inputs=spec_input_files(args.spec, spec))
     return _report(report)
 
 

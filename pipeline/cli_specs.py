@@ -73,6 +73,11 @@ def cmd_validate(args) -> int:
                       str(len(stages.chunk_plan(b.duration_s, provider.chunk_seconds))), cell(b.motion or ""),
                       cell(b.prompt))
     console.print(table)
+    # --- characters (issue 13): who appears where, and where each reference image comes from ---
+    for name, char in plan.characters.items():
+        where = ", ".join(b.segment for b in plan.beats if name in b.characters) or "no beat"
+        source = f"reference image {char.reference_file}" if char.reference_file else "generated from its description"
+        say(f"character {name} ({source}): beats ", (where, "bold"))
     return 0
 
 
@@ -99,21 +104,24 @@ def cmd_submit(args) -> int:
     bytes written (read once, safely), named ``<video_id>.yaml`` or ``.json``. With ``--provider``
     or a model option, the choices are written into the spec (``provider``, ``models``; they replace
     the spec's own) and the result is written as ``<video_id>.json``, so the sensor registers exactly
-    what was chosen here. Exit 2 for a bad spec or ``--to``, 1 if the upload fails."""
+    what was chosen here. So is a spec whose characters name reference images by path: the copy
+    carries the images themselves. Exit 2 for a bad spec or ``--to``, 1 if the upload fails."""
     import json
 
     from botocore.exceptions import BotoCoreError, ClientError
 
     from pipeline.cli_output import error
     from pipeline.spec import decode_spec_text, load_spec_bytes, parse_spec, read_spec_file
+    from pipeline.spec_characters import folder_of, has_reference_paths, ingest_raw
     from pipeline.spec_yaml import load_yaml
     from pipeline.submissions import resolve_provider
 
     data = read_spec_file(args.spec)
-    spec = load_spec_bytes(data, args.spec)  # fail here, not in the inbox, on a bad spec
+    spec = load_spec_bytes(data, args.spec, folder=folder_of(args.spec))  # fail here, not in the inbox
     suffix = ".json" if Path(args.spec).suffix.lower() == ".json" else ".yaml"
-    if args.provider or chosen_models(args):
-        raw = load_yaml(decode_spec_text(data))
+    paths = has_reference_paths(load_yaml(decode_spec_text(data)))  # character images by path: carry them
+    if args.provider or chosen_models(args) or paths:
+        raw, _ = ingest_raw(load_yaml(decode_spec_text(data)), folder_of(args.spec))
         if args.provider:
             raw["provider"] = args.provider
         if chosen_models(args):

@@ -37,6 +37,7 @@ from typing import Any
 import dagster as dg
 
 from pipeline.defs.assets import all_assets
+from pipeline.defs.character_assets import characters
 from pipeline.defs.io_manager import ManifestIOManager
 from pipeline.defs.jobs import all_jobs
 from pipeline.defs.resources import LocalSettings, PipelineResource, ReplicateSettings, S3Settings
@@ -158,7 +159,7 @@ def build_definitions(data_dir: str | None = None, **options: Any) -> dg.Definit
     a bad option (see ``pipeline_resources``).
     """
     defs = dg.Definitions(
-        assets=all_assets,
+        assets=[*all_assets, characters],
         jobs=all_jobs,
         sensors=all_sensors,
         # Backfills and "Materialize" from the UI run each partition's chain of steps in one process

@@ -7,7 +7,8 @@ the top of the inbox whose name looks like a spec (``*.yaml``, ``*.yml``, ``*.js
 whatever it is: in a folder a regular file, but also a FIFO, a socket, a directory or a symbolic
 link (dangling, looping, or leading out of the inbox); in S3 any object, of any size. At most
 1 MB is read (``pipeline.spec_file``: the size is checked before reading), UTF-8 only, parsed by the
-same code as every spec (``pipeline.spec.load_spec_bytes``). A valid spec is registered
+same code as every spec (``pipeline.spec.load_spec_bytes``; character reference images named by
+path are read from a local inbox's folder, and refused in S3, which has none). A valid spec is registered
 (``submissions.submit_spec``) and moved to ``processed/``; anything else is moved to ``rejected/``
 with ``<name>.error.txt`` beside it saying what is wrong (control characters escaped, never a link
 target's path or contents). Any error while reading, validating or registering one entry rejects
@@ -26,8 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from pipeline.printable import printable
-from pipeline.spec import SpecError, load_spec_bytes
+from pipeline.printable import clip, printable, quoted
+from pipeline.spec import SpecError, VideoSpec, load_spec_bytes
+from pipeline.spec_characters import folder_of
 from pipeline.spec_file import SpecInputError, read_spec_bytes
 from pipeline.store import atomic_write_text
 from pipeline.submissions import ProviderDefaults, Registry, Submission, submit_spec
@@ -110,6 +112,11 @@ class InboxSource(Protocol):
         """The entry's path or URI, for messages and as a registration's ``source``."""
         ...
 
+    def reference_folder(self, entry: InboxEntry) -> Path | None:
+        """The local folder character reference images named by path are read from (the spec's
+        own, ``spec_characters``); None where there is none (S3: such a spec is rejected)."""
+        ...
+
     def target(self, entry: InboxEntry, folder: str) -> Any:
         """A free place for ``entry`` in ``folder`` ("processed" or "rejected"; ``free_name``):
         a Path, or an ``S3Object`` URI; both have ``.name``. Nothing is moved yet."""
@@ -156,6 +163,9 @@ class LocalInbox:
     def where(self, entry: InboxEntry) -> str:
         return str(entry.ref)
 
+    def reference_folder(self, entry: InboxEntry) -> Path:
+        return folder_of(entry.ref)
+
     def target(self, entry: InboxEntry, folder: str) -> Path:
         place = self.folder / folder
         place.mkdir(parents=True, exist_ok=True)
@@ -193,6 +203,16 @@ def inbox_source(where: "str | Path | InboxSource") -> InboxSource:
 
         return S3Inbox.at(where)
     return LocalInbox(where) if isinstance(where, (str, os.PathLike)) else where
+
+
+def _carried_references(spec: VideoSpec, where: str) -> None:
+    """Raise SpecError if a character's reference image is still a path: an inbox without a local
+    folder (S3) has nothing to read it from, and a run must never look for it later."""
+    paths = [f"characters.{clip(name, 40)}.reference_image: {quoted(char.reference_image, 80)} names a file, and this "
+             "inbox has no folder to read it from; submit the spec with `pipeline submit`, which carries the image "
+             "in the spec" for name, char in (spec.characters or {}).items() if isinstance(char.reference_image, str)]
+    if paths:
+        raise SpecError(where, paths)
 
 
 def _problem(exc: BaseException) -> str:
@@ -246,7 +266,10 @@ def scan_inbox(registry: Registry, inbox: "str | Path | InboxSource", *, provide
                 data = source.read(entry)
             except SpecInputError as exc:
                 raise SpecError(where, [f"the file {exc}"]) from None
-            spec = load_spec_bytes(data, where)
+            folder = source.reference_folder(entry)
+            spec = load_spec_bytes(data, where, folder=folder)
+            if folder is None:
+                _carried_references(spec, where)
         except SpecError as exc:
             _reject(source, entry, str(exc), result)
             continue

@@ -90,6 +90,11 @@ class S3Inbox:
     def where(self, entry: InboxEntry) -> str:
         return self.location.uri(entry.ref)
 
+    def reference_folder(self, entry: InboxEntry) -> None:
+        """None: no local folder; a spec naming a character reference image by path is rejected
+        (``pipeline submit`` carries the image in the spec)."""
+        return None
+
     def target(self, entry: InboxEntry, folder: str) -> S3Object:
         """A free name in ``<inbox>/<folder>/`` (a HEAD per candidate name)."""
         name = free_name(lambda n: self.location.head(self.location.key(folder, n)) is not None, entry.name)

@@ -15,6 +15,7 @@ when nothing it would look at has changed.
 - sha256 of every manifest of the video (``manifests/<asset>/<video>[/<segment>].json``: the
   plan, every segment's beats, storyboards and chunk videos, the stitch, the music, the final) and
   of its registry entry (``specs/<video>.json``);
+- sha256 of the other files the spec reads (``spec_input_files``: its characters' reference images);
 - the published file's path, size and modification time (ns).
 
 A receipt is written only when the final video's manifest is the newest of the video's manifests
@@ -100,7 +101,18 @@ def _receipt_path(data_dir: Path, key: str) -> Path:
     return data_dir / "receipts" / f"{key}.json"
 
 
-def write_receipt(data_dir: str | Path, key: str, video_id: str) -> Path | None:
+def spec_input_files(spec_path: str | Path, spec) -> list[Path]:
+    """The files besides ``spec_path`` that the loaded ``spec`` (a VideoSpec) was read from: each
+    character's ``reference_image`` (relative to the spec's folder). A change to one of them is a
+    new version of the spec although the spec file's bytes are the same."""
+    from pipeline.spec_characters import folder_of
+
+    folder = folder_of(spec_path)
+    return [folder / c.reference_image.file for c in (getattr(spec, "characters", None) or {}).values()
+            if getattr(c, "reference_image", None) is not None]
+
+
+def write_receipt(data_dir: str | Path, key: str, video_id: str, inputs: list[Path] | tuple = ()) -> Path | None:
     """Record that request ``key`` is satisfied by ``video_id``'s current manifests and published
     file (module doc). Returns the receipt's path, or None when nothing was written: receipts are
     off (S3), the final manifest or published file is missing, or an input manifest is newer than
@@ -120,9 +132,10 @@ def write_receipt(data_dir: str | Path, key: str, video_id: str) -> Path | None:
     except (OSError, ValueError, AttributeError):
         return None
     digests = {str(f.relative_to(data_dir)): _digest(f) for f in files}
-    if None in digests.values():
+    outside = {str(Path(f).resolve()): _digest(Path(f)) for f in inputs}
+    if None in digests.values() or None in outside.values():
         return None
-    receipt = {"version": RECEIPT_VERSION, "video_id": video_id, "files": digests,
+    receipt = {"version": RECEIPT_VERSION, "video_id": video_id, "files": digests, "inputs": outside,
                "published": {"path": str(final.path), "size": published.st_size, "mtime_ns": published.st_mtime_ns}}
     path = _receipt_path(data_dir, key)
     try:
@@ -165,6 +178,9 @@ def fresh_receipt(data_dir: str | Path, key: str) -> FreshReceipt | None:
             if hashlib.sha256(data).hexdigest() != digest:
                 return None
             texts[rel] = data
+        for path, digest in receipt.get("inputs", {}).items():
+            if _digest(Path(path)) != digest:
+                return None  # a reference image changed: a new version of the spec
         published = receipt["published"]
         info = Path(published["path"]).stat()
         if (info.st_size, info.st_mtime_ns) != (published["size"], published["mtime_ns"]):

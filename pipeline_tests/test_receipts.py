@@ -128,3 +128,43 @@ def test_receipts_are_off_with_s3(monkeypatch, tmp_path):
     monkeypatch.setenv("PIPELINE_S3_BUCKET", "bucket")
     assert not receipts_enabled()
     assert write_receipt(tmp_path, "k", "v") is None and fresh_receipt(tmp_path, "k") is None
+
+
+def test_a_changed_reference_image_is_a_new_request(tmp_path):
+    """A character's reference image is part of the spec's version although the spec file is unchanged."""
+    from PIL import Image
+
+    from pipeline.receipts import fresh_receipt, write_receipt
+
+    data = tmp_path / "data"
+    (data / "manifests" / "final_video").mkdir(parents=True)
+    (data / "specs").mkdir()
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"x")
+    (data / "manifests" / "final_video" / "v.json").write_text("{}")
+    (data / "specs" / "v.json").write_text("{}")
+    ref = tmp_path / "hero.png"
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(ref)
+    import pipeline.receipts as receipts
+
+    written = receipts._receipt_path(data, "k")
+    written.parent.mkdir(parents=True)
+    # a receipt as write_receipt makes it, with the image among its inputs
+    assert write_receipt(data, "k", "v", inputs=[ref]) is None  # "{}" is no final manifest: nothing written
+    written.write_text(json.dumps({"version": receipts.RECEIPT_VERSION, "video_id": "v", "files": {
+        "manifests/final_video/v.json": receipts._digest(data / "manifests" / "final_video" / "v.json"),
+        "specs/v.json": receipts._digest(data / "specs" / "v.json")},
+        "inputs": {str(ref.resolve()): receipts._digest(ref)},
+        "published": {"path": str(video), "size": 1, "mtime_ns": video.stat().st_mtime_ns}}))
+    checked = []
+    real = receipts._digest
+    receipts_digest = lambda p: checked.append(Path(p).name) or real(p)  # noqa: E731
+    try:
+        receipts._digest = receipts_digest
+        assert fresh_receipt(data, "k") is None  # "{}" is not a plan: refused after every check
+        assert "hero.png" in checked
+        Image.new("RGB", (32, 32), (10, 200, 10)).save(ref)
+        checked.clear()
+        assert fresh_receipt(data, "k") is None and checked == ["hero.png"]  # refused at the image
+    finally:
+        receipts._digest = real

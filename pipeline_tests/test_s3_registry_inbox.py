@@ -309,3 +309,28 @@ def test_sensor_leaves_a_render_on_another_machine_its_registration_for_a_while(
         second = _tick(daemon, instance, first.cursor)
         assert [r.partition_key for r in second.run_requests] == ["kite"]
         assert second.run_requests[0].tags["pipeline/spec"] == sub.spec_sha256[:12]
+
+
+def test_character_images_travel_in_the_spec_to_the_s3_inbox(bucket, tmp_path, monkeypatch, capsys):
+    """A spec naming a character's reference image by path: dropped as is into the S3 inbox it is
+    rejected with a reason (no folder to read the image from); `pipeline submit` carries the image
+    in the uploaded spec, and the registered spec holds the image itself."""
+    from pipeline.spec_characters import ReferenceImage
+
+    race = EXAMPLES / "characters" / "race.yaml"
+    specs = S3Location(bucket, "cast/specs").text_objects()
+    _put(bucket, "cast/inbox/race.yaml", race.read_bytes())
+    scan = scan_inbox(specs, S3Inbox(S3Location(bucket, "cast/inbox")))
+    [(target, reason)] = scan.rejected
+    assert target.name == "race.yaml" and scan.accepted == []
+    assert "characters.Tortoise.reference_image" in reason and "pipeline submit" in reason
+    assert "pipeline submit" in _body(bucket, "cast/inbox/rejected/race.yaml.error.txt").decode()
+
+    monkeypatch.delenv("PIPELINE_S3_BUCKET", raising=False)
+    assert main(["--data-dir", str(tmp_path / "laptop"), "submit", str(race), "--to", f"s3://{bucket}/cast"]) == 0
+    assert f"s3://{bucket}/cast/inbox/race-with-characters.json" in capsys.readouterr().out.replace("\n", "")
+    again = scan_inbox(specs, S3Inbox(S3Location(bucket, "cast/inbox")))
+    [(sub, changed, _)] = again.accepted
+    image = sub.video_spec().characters["Tortoise"].reference_image
+    assert changed and isinstance(image, ReferenceImage)
+    assert image.image_bytes() == (EXAMPLES / "characters" / "tortoise.png").read_bytes()

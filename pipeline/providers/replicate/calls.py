@@ -74,9 +74,10 @@ def pad_to_ratio(image: Path, ratio: str, out: Path) -> Path:
 
 
 def run_media(provider: "ReplicateProvider", request: GenerationRequest, model: ReplicateModel, scratch: Path, *,
-              image: Path | None = None) -> ProviderResult:
+              image: Path | None = None, references: list[Path] | None = None) -> ProviderResult:
     """One media request as a paid call through the ledger (``Jobs.obtain``): its input (``image``
-    as a data URI or an uploaded file), download and verification of the output into ``scratch``,
+    as a data URI or an uploaded file; ``references``, character reference images, the same way),
+    download and verification of the output into ``scratch``,
     the price of what came back. Raises ProviderError / BudgetExceededError.
 
     ``extra["timings_s"]`` says where the call's wall time went, seconds (those that happened):
@@ -96,6 +97,10 @@ def run_media(provider: "ReplicateProvider", request: GenerationRequest, model: 
         started = time.monotonic()
         extra["image"] = provider.uploads.image_input(image)
         timings["upload_s"] = time.monotonic() - started
+    if references:  # character reference images, as lossless PNG (inline or uploaded once per content)
+        started = time.monotonic()
+        extra["references"] = [provider.uploads.image_input(p) for p in references]
+        timings["upload_s"] = timings.get("upload_s", 0.0) + time.monotonic() - started
     plan = model.model_input(request, **extra)
     inp = plan.input
     verified: dict[Path, Any] = {}  # file -> its MediaInfo, decoded once here (the Generator reuses it)
