@@ -14,8 +14,8 @@ chosen per deployment (hooli's pattern) by ``$PIPELINE_DEPLOYMENT``:
   ``$REPLICATE_API_TOKEN`` (a run fails at start, naming the variable, if it is unset), and the
   default provider is ``replicate``.
 
-Variables read here (see README "Configuration"): PIPELINE_DEPLOYMENT, PIPELINE_DATA_DIR,
-PIPELINE_INBOX_DIR, PIPELINE_DEFAULT_PROVIDER, PIPELINE_LOCAL_FAULTS, PIPELINE_S3_BUCKET,
+Variables read here (see README "Configuration"): PIPELINE_DEPLOYMENT, PIPELINE_EXECUTOR,
+PIPELINE_DATA_DIR, PIPELINE_INBOX_DIR, PIPELINE_DEFAULT_PROVIDER, PIPELINE_LOCAL_FAULTS, PIPELINE_S3_BUCKET,
 PIPELINE_S3_PREFIX, REPLICATE_API_TOKEN, REPLICATE_BASE_URL, REPLICATE_OUTPUT_HOSTS,
 REPLICATE_IMAGE_MODEL, REPLICATE_VIDEO_MODEL, REPLICATE_MUSIC_MODEL. The token, the base URL, the
 fault file, the default provider and the model defaults reach the resource as ``dg.EnvVar``s
@@ -46,6 +46,7 @@ from pipeline.defs.sensors import all_sensors
 from pipeline.providers import PROVIDERS
 
 DEPLOYMENTS = ("local", "production")
+EXECUTORS = ("in_process", "multiprocess", "celery")
 
 
 def default_data_dir() -> str:
@@ -68,6 +69,38 @@ def deployment_name(deployment: str | None = None) -> str:
     if name not in DEPLOYMENTS:
         raise ValueError(f"unknown deployment {name!r} ($PIPELINE_DEPLOYMENT); choose one of {', '.join(DEPLOYMENTS)}")
     return name
+
+
+def executor_def(name: str | None = None) -> dg.ExecutorDefinition:
+    """The executor of every job (and of the UI's materializations and backfills): ``name``, else
+    $PIPELINE_EXECUTOR, else ``in_process``.
+
+    - ``in_process`` (default): a run's steps execute one after another in the run's process. Each
+      job's steps form one chain (beats -> storyboard_images -> chunk_videos, stitched_video ->
+      final_video), so a process per step bought no parallelism, only a Python start per step
+      (~3 per run, seconds each on a busy 2-core machine). Step retry policies still apply.
+    - ``multiprocess``: Dagster's default, a process per step.
+    - ``celery``: dagster-celery's ``celery_executor``: each step is a Celery task (``execute_plan``)
+      on the workers, with the broker and result backend from $CELERY_BROKER_URL and
+      $CELERY_RESULT_BACKEND (read when a run starts; a run fails at start naming a variable that
+      is unset). Steps of one run may then execute on different machines: configure S3
+      (PIPELINE_S3_BUCKET), which holds the manifests they pass. Whole runs on Celery workers
+      (``CeleryRunLauncher`` in dagster.yaml, see deploy/) need no executor change.
+
+    Raises ValueError for another name, or for ``celery`` without dagster-celery installed."""
+    name = name or os.environ.get("PIPELINE_EXECUTOR") or "in_process"
+    if name == "in_process":
+        return dg.in_process_executor
+    if name == "multiprocess":
+        return dg.multiprocess_executor
+    if name == "celery":
+        try:
+            from dagster_celery import celery_executor
+        except ImportError:
+            raise ValueError("PIPELINE_EXECUTOR=celery needs dagster-celery: pip install -e '.[cluster]'") from None
+        return celery_executor.configured({"broker": {"env": "CELERY_BROKER_URL"},
+                                           "backend": {"env": "CELERY_RESULT_BACKEND"}}, name="celery")
+    raise ValueError(f"unknown executor {name!r} ($PIPELINE_EXECUTOR); choose one of {', '.join(EXECUTORS)}")
 
 
 def replicate_settings(deployment: str = "local", **values: Any) -> ReplicateSettings:
@@ -144,11 +177,13 @@ def pipeline_resources(data_dir: str | None = None, *, deployment: str | None = 
     return {"pipeline": pipeline, "io_manager": ManifestIOManager(base_dir=str(Path(root) / "manifests"), s3=s3)}
 
 
-def build_definitions(data_dir: str | None = None, **options: Any) -> dg.Definitions:
+def build_definitions(data_dir: str | None = None, *, executor: str | None = None,
+                      **options: Any) -> dg.Definitions:
     """Definitions bound to ``data_dir`` (default: $PIPELINE_DATA_DIR or ``data``).
 
-    ``options`` (each over its environment variable; None: not given): ``deployment`` ("local" or
-    "production"), ``inbox_dir``, ``default_provider`` ("local" or "replicate"), ``replicate``
+    ``executor``: the jobs' executor (``executor_def``; over $PIPELINE_EXECUTOR, default
+    ``in_process``). ``options`` (each over its environment variable; None: not given):
+    ``deployment`` ("local" or "production"), ``inbox_dir``, ``default_provider`` ("local" or "replicate"), ``replicate``
     (a whole ``ReplicateSettings``) or ``replicate_<field>`` shorthands (e.g.
     ``replicate_output_hosts=["http://127.0.0.1:8765"]``, ``replicate_poll_interval_s=0.02``,
     ``replicate_video_model="kwaivgi/kling-v2.1"``), ``local_faults_file``, ``s3``
@@ -162,13 +197,12 @@ def build_definitions(data_dir: str | None = None, **options: Any) -> dg.Definit
         assets=[*all_assets, characters],
         jobs=all_jobs,
         sensors=all_sensors,
-        # Backfills and "Materialize" from the UI run each partition's chain of steps in one process
-        # (as the jobs do): a process per step buys no parallelism on a chain and costs seconds.
-        executor=dg.in_process_executor,
+        # Every job, backfills and "Materialize" from the UI: one executor (in-process by default).
+        executor=executor_def(executor),
         schedules=all_schedules,
         resources=pipeline_resources(data_dir, **options),
     )
-    setattr(defs, _RECIPE_ATTR, DefinitionsRecipe(data_dir, dict(options)))
+    setattr(defs, _RECIPE_ATTR, DefinitionsRecipe(data_dir, {**options, **({"executor": executor} if executor else {})}))
     return defs
 
 

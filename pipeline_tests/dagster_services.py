@@ -33,11 +33,12 @@ OWNER_TAG = "pipeline/owner"
 
 
 def write_instance_yaml(home: Path, overrides: dict[str, Any] | None = None, *,
-                        source: Path | None = None) -> Path:
+                        source: Path | None = None, local_logs: bool = True) -> Path:
     """``home/dagster.yaml``: the repository's dagster.yaml (or ``source``; run launcher, run queue,
     pools, run retries, run monitoring, telemetry off) with every storage path moved inside
-    ``home`` (absolute paths) and the top-level sections in ``overrides`` replaced (a None value
-    removes the section)."""
+    ``home`` (absolute paths; a database storage such as Postgres is kept as configured) and the
+    top-level sections in ``overrides`` replaced (a None value removes the section). ``local_logs``
+    False keeps the source's compute log manager (e.g. the cluster's S3 one) instead of a local one."""
     config = yaml.safe_load((source or ROOT / "dagster.yaml").read_text())
     for key, value in (overrides or {}).items():
         if value is None:
@@ -47,11 +48,14 @@ def write_instance_yaml(home: Path, overrides: dict[str, Any] | None = None, *,
     home = home.resolve()
     storage = config.setdefault("storage", {"sqlite": {}})
     [(kind, spec)] = storage.items()  # sqlite, or custom (the repository's: run events applied first)
-    (spec.setdefault("config", {}) if kind == "custom" else spec)["base_dir"] = str(home / "storage")
+    if kind == "sqlite" or (kind == "custom" and "base_dir" in (spec.get("config") or {})):
+        (spec.setdefault("config", {}) if kind == "custom" else spec)["base_dir"] = str(home / "storage")
     config["local_artifact_storage"] = {"module": "dagster._core.storage.root", "class": "LocalArtifactStorage",
                                         "config": {"base_dir": str(home)}}
-    config["compute_logs"] = {"module": "dagster._core.storage.local_compute_log_manager",
-                              "class": "LocalComputeLogManager", "config": {"base_dir": str(home / "compute_logs")}}
+    if local_logs or "compute_logs" not in config:
+        config["compute_logs"] = {"module": "dagster._core.storage.local_compute_log_manager",
+                                  "class": "LocalComputeLogManager",
+                                  "config": {"base_dir": str(home / "compute_logs")}}
     config["telemetry"] = {"enabled": False}
     home.mkdir(parents=True, exist_ok=True)
     path = home / "dagster.yaml"
@@ -66,6 +70,21 @@ def write_instance_yaml(home: Path, overrides: dict[str, Any] | None = None, *,
         instance.event_log_storage.get_event_records(
             dg.EventRecordsFilter(event_type=dg.DagsterEventType.ASSET_MATERIALIZATION), limit=1)
     return path
+
+
+@contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    """This process's environment with ``values`` set, restored afterwards."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def free_port() -> int:
@@ -160,12 +179,16 @@ class DagsterStack:
 
     @classmethod
     def create(cls, root: Path, *, workspace: Path | None = None, instance_overrides: dict[str, Any] | None = None,
-               instance_source: Path | None = None, extra_env: dict[str, str] | None = None) -> "DagsterStack":
-        """A stack under ``root``: the instance (``instance_overrides`` / ``instance_source`` as in
-        ``write_instance_yaml``), a data directory with an inbox, a local-provider faults file, and
-        the services' environment (``extra_env`` added). ``workspace``: default the repository's."""
+               instance_source: Path | None = None, extra_env: dict[str, str] | None = None,
+               local_logs: bool = True) -> "DagsterStack":
+        """A stack under ``root``: the instance (``instance_overrides`` / ``instance_source`` /
+        ``local_logs`` as in ``write_instance_yaml``), a data directory with an inbox, a
+        local-provider faults file, and the services' environment (``extra_env`` added; the
+        instance is created with it too, so a dagster.yaml may read it with ``env:``).
+        ``workspace``: default the repository's."""
         home, data = root / "dagster_home", root / "data"
-        write_instance_yaml(home, instance_overrides, source=instance_source)
+        with _environ(extra_env or {}):
+            write_instance_yaml(home, instance_overrides, source=instance_source, local_logs=local_logs)
         (data / "inbox").mkdir(parents=True, exist_ok=True)
         faults = root / "faults.json"
         faults.write_text('{"fail": []}')

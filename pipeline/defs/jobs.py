@@ -1,4 +1,7 @@
-"""Asset jobs: the units of work the CLI, sensors and schedules request."""
+"""Asset jobs: the units of work the CLI, sensors and schedules request.
+
+The jobs name no executor: they take the ``Definitions``' executor, chosen in one place
+(``pipeline.definitions.executor_def``, ``$PIPELINE_EXECUTOR``; in-process by default)."""
 
 from __future__ import annotations
 
@@ -8,22 +11,16 @@ from pipeline.defs.assets import final_video, music, segment_assets, stitched_vi
 from pipeline.defs.character_assets import characters
 from pipeline.defs.partitions import per_segment, videos
 
-EXECUTOR = dg.in_process_executor
-"""Each job's steps form one chain (beats -> storyboard_images -> chunk_videos, stitched_video ->
-final_video), so the default multiprocess executor bought no parallelism, only a Python process
-per step (~3 per run, seconds each on a busy 2-core machine). Step retry policies still apply."""
-
 plan_video_job = dg.define_asset_job("plan_video", selection=[video_spec, characters], partitions_def=videos,
-                                     executor_def=EXECUTOR,
                                      description="Validate and plan one video (video_spec), then make its character "
                                                  "reference images (characters).")
 render_segment_job = dg.define_asset_job(
-    "render_segment", selection=segment_assets, partitions_def=per_segment, executor_def=EXECUTOR,
+    "render_segment", selection=segment_assets, partitions_def=per_segment,
     description="Render one beat: beats -> storyboard_images -> chunk_videos for one (video, segment).")
-render_music_job = dg.define_asset_job("render_music", selection=[music], partitions_def=videos, executor_def=EXECUTOR,
+render_music_job = dg.define_asset_job("render_music", selection=[music], partitions_def=videos,
                                        description="Generate one video's music track.")
 assemble_video_job = dg.define_asset_job("assemble_video", selection=[stitched_video, final_video],
-                                         partitions_def=videos, executor_def=EXECUTOR,
+                                         partitions_def=videos,
                                          description="Stitch a video's chunks and mux the music into the final video.")
 
 all_jobs = [plan_video_job, render_segment_job, render_music_job, assemble_video_job]

@@ -16,7 +16,8 @@ as Dagster computes it, and only then stores the event. It reports
 
 ``RunFirstSqliteStorage`` is Dagster's ``storage: sqlite`` with that event log storage; the
 repository's ``dagster.yaml`` selects it with ``storage: custom:`` and the same ``base_dir``, so the
-files on disk are the ones ``storage: sqlite`` writes.
+files on disk are the ones ``storage: sqlite`` writes. ``RunFirstEventLogMixin`` holds the rule;
+``pipeline.orchestration.storage_postgres`` applies it to Dagster's Postgres storage (a cluster).
 """
 
 from __future__ import annotations
@@ -52,10 +53,12 @@ def apply_run_event_first(instance, event: EventLogEntry) -> None:
     instance.add_run_tags(event.run_id, {WILL_RETRY_TAG: str(will_retry).lower()})
 
 
-class RunFirstSqliteEventLogStorage(FastSqliteEventLogStorage):
-    """Dagster's SQLite event log storage (without its per-event set-up costs:
-    ``FastSqliteEventLogStorage``), except that a run event is applied to the run record
-    (``apply_run_event_first``) before the event itself is stored. See the module docstring."""
+class RunFirstEventLogMixin:
+    """Mixin for a Dagster ``EventLogStorage`` class (put it first in the bases): a run event is
+    applied to the run record (``apply_run_event_first``) before the storage's own ``store_event``
+    stores it, and the storage reports ``handles_run_events_in_store_event`` so the instance does
+    not apply it again. Used by ``RunFirstSqliteEventLogStorage`` and, for Postgres,
+    ``pipeline.orchestration.storage_postgres.RunFirstPostgresEventLogStorage``."""
 
     @property
     def handles_run_events_in_store_event(self) -> bool:
@@ -64,7 +67,13 @@ class RunFirstSqliteEventLogStorage(FastSqliteEventLogStorage):
     def store_event(self, event: EventLogEntry) -> None:
         if self.has_instance:
             apply_run_event_first(self._instance, event)
-        super().store_event(event)
+        super().store_event(event)  # type: ignore[misc]
+
+
+class RunFirstSqliteEventLogStorage(RunFirstEventLogMixin, FastSqliteEventLogStorage):
+    """Dagster's SQLite event log storage (without its per-event set-up costs:
+    ``FastSqliteEventLogStorage``), except that a run event is applied to the run record
+    (``apply_run_event_first``) before the event itself is stored. See the module docstring."""
 
 
 class RunFirstSqliteStorage(DagsterSqliteStorage):
