@@ -34,6 +34,11 @@ for p in (str(ROOT), str(BENCH)):
 
 INSTANCE_YAML = "telemetry:\n  enabled: false\n"
 
+CLI_INSTANCE_YAML = ("telemetry:\n  enabled: false\nstorage:\n  custom:\n    module: pipeline.orchestration.storage\n"
+                     "    class: RunFirstSqliteStorage\n    config:\n      base_dir: @STORAGE@\n")
+"""What ``pipeline render`` writes for a new instance and the repository's dagster.yaml use: Dagster's
+SQLite files with the project's storage class (temp_env fills in @STORAGE@)."""
+
 
 # --- environments ------------------------------------------------------------------------------
 
@@ -53,7 +58,7 @@ def temp_env(prefix: str, *, keep: bool = False, instance_yaml: str = INSTANCE_Y
     root = Path(tempfile.mkdtemp(prefix=f"bench-{prefix}-"))
     home = root / "dagster_home"
     home.mkdir()
-    (home / "dagster.yaml").write_text(instance_yaml)
+    (home / "dagster.yaml").write_text(instance_yaml.replace("@STORAGE@", str(home / "storage")))
     (root / "data").mkdir()
     saved = {k: os.environ.get(k) for k in ("DAGSTER_HOME", "PIPELINE_DATA_DIR")}
     os.environ["DAGSTER_HOME"] = str(home)

@@ -26,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
+    CLI_INSTANCE_YAML,
     EXAMPLES,
     ORCHESTRATION_BUCKETS,
     VENV_BIN,
@@ -109,12 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     specs_dir = scratch_dir("local-specs")
     specs = local_specs(specs_dir, EXAMPLES)
     rows, results = [], {}
-    with temp_env("local-baseline") as root:
+    with temp_env("local-baseline", instance_yaml=CLI_INSTANCE_YAML) as root:
         base = import_baseline(root)
     for seconds in args.lengths:
         spec = specs[seconds]
         video_s, beats, chunks = _spec_shape(spec)
-        with temp_env(f"local-{seconds}") as root:
+        with temp_env(f"local-{seconds}", instance_yaml=CLI_INSTANCE_YAML) as root:
             cmd = [cli, "render", str(spec)]
             first = run_measured(cmd, env=subprocess_env(root), cwd=root)
             _check(first, f"render {spec.name}")
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                 # Always: it shows what each Dagster run costs when the work itself is all cache hits.
                 profile([*cmd, "--force"], root, "forced cached rerun of the 40 s spec (--force)")
             if seconds == 40 and (args.profile or missed_first):
-                with temp_env("local-40-prof") as proot:
+                with temp_env("local-40-prof", instance_yaml=CLI_INSTANCE_YAML) as proot:
                     profile(cmd, proot, "first render of the 40 s spec")
     heading("Results", 4)
     emit(table(rows))

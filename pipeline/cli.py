@@ -2,7 +2,8 @@
 
     pipeline render SPEC [--provider local|replicate] [--video-model REF ...] [--max-parallel N] [--force]
     pipeline validate SPEC [--provider ...] [--video-model REF ...]
-    pipeline submit SPEC [--provider ...] [--video-model REF ...]   (into the inbox; the daemon's sensors take it)
+    pipeline submit SPEC [--provider ...] [--video-model REF ...] [--to s3://BUCKET/PREFIX]
+                                   (into the inbox, or a cluster's S3 inbox; the daemon's sensors take it)
     pipeline status VIDEO_ID
     pipeline retry VIDEO_ID
     pipeline models [--markdown]   (the Replicate model registry and its self-check)
@@ -24,6 +25,7 @@ call) or an unusable path exits 1 with its message, and anything unexpected exit
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -37,12 +39,25 @@ from rich.text import Text
 from pipeline.cli_models import add_models_parser
 from pipeline.cli_output import cell, console, err_console, error, safe_streams, say, shout
 from pipeline.cli_specs import chosen_models, cmd_submit, cmd_validate, provider_options
+from pipeline.cli_summary import print_summary, render_options, say_up_to_date
 from pipeline.printable import printable
+from pipeline.receipts import dagster_home_for, request_key, spec_input_files, write_receipt
 from pipeline.providers.base import ProviderError
 from pipeline.store import atomic_write_text
 from pipeline.spec import VIDEO_ID_PATTERN, SpecError
+from pipeline.spec_file import read_spec_bytes
 
-DEFAULT_INSTANCE_YAML = "telemetry:\n  enabled: false\n"
+DEFAULT_INSTANCE_YAML = """telemetry:
+  enabled: false
+# Dagster's SQLite storage (the files `storage: sqlite` writes under this directory), with the
+# project's event ordering and cheaper event writes: pipeline/orchestration/storage.py.
+storage:
+  custom:
+    module: pipeline.orchestration.storage
+    class: RunFirstSqliteStorage
+    config:
+      base_dir: {storage}
+"""
 
 
 def ensure_dagster_home(data_dir: str) -> str:
@@ -50,16 +65,13 @@ def ensure_dagster_home(data_dir: str) -> str:
     is): $DAGSTER_HOME if set, else the working directory if it has a dagster.yaml (the repo root),
     else ``<data_dir>/dagster_home`` (created with telemetry off). Raises OSError if that cannot be
     created."""
-    home = os.environ.get("DAGSTER_HOME")
-    if home:
-        return str(Path(home).expanduser().resolve())
-    if Path("dagster.yaml").exists():
-        return str(Path.cwd())
-    home = str(Path(data_dir).resolve() / "dagster_home")
+    home = dagster_home_for(data_dir)
+    if os.environ.get("DAGSTER_HOME") or Path("dagster.yaml").exists():
+        return home
     Path(home).mkdir(parents=True, exist_ok=True)
     yaml_path = Path(home) / "dagster.yaml"
     if not yaml_path.exists():  # several processes may get here at once: never a half-written file
-        atomic_write_text(yaml_path, DEFAULT_INSTANCE_YAML)
+        atomic_write_text(yaml_path, DEFAULT_INSTANCE_YAML.format(storage=json.dumps(str(Path(home) / "storage"))))
     return home
 
 
@@ -88,7 +100,8 @@ def cmd_render(args) -> int:
     from pipeline.orchestration import forkserver
     from pipeline.spec import load_spec
 
-    load_spec(args.spec)  # a bad spec fails here (exit 2), before the instance is opened and progress drawn
+    spec = load_spec(args.spec)  # a bad spec fails here (exit 2), before the instance is opened and progress drawn
+    spec_bytes = read_spec_bytes(args.spec)  # the version the receipt names (pipeline.receipts)
     forkserver.warm_up_in_background()  # the run workers' fork server, started while Dagster imports here
     from pipeline.orchestration.render import render_video
 
@@ -119,54 +132,24 @@ def cmd_render(args) -> int:
         report = render_video(args.spec, defs=defs, instance=instance, provider=args.provider,
                               models=chosen_models(args), max_parallel=args.max_parallel, force=args.force,
                               on_run=on_run, on_plan=on_plan, on_wait=lambda message: say(message, stream=progress.console))
+    if report.final is not None:
+        data_dir = _data_dir(args)
+        key = request_key(spec_bytes, data_dir=data_dir, dagster_home=dagster_home_for(data_dir),
+                          options=render_options(args.provider, chosen_models(args)))
+        write_receipt(data_dir, key, report.video_id, inputs=spec_input_files(args.spec, spec))
     return _report(report)
 
 
 def _report(report) -> int:
     if report.up_to_date:
-        say(("up to date", "green"), f": {report.video_id} was already rendered from this exact spec "
-            "(use --force to re-materialize every asset from the cache)")
+        say_up_to_date(report.video_id)
     if report.final is None:
         failed = ", ".join(r.name for r in report.failed) or "unknown"
         shout((f"render of {report.video_id} failed", "red"), f" ({failed}). Fix the cause and run the "
               "same command again: finished, paid-for work is reused.")
         return 1
-    print_summary(report)
+    print_summary(report.plan, report.final, report.chunk_sets, report.seconds)
     return 0
-
-
-def print_summary(report) -> None:
-    """The per-beat table, cost and final path of a finished render."""
-    plan, final = report.plan, report.final
-    table = Table(title=cell(f"{plan.title} ({plan.video_id})"), show_footer=True)
-    by_segment = {cv.index: cv for cv in report.chunk_sets}
-    from pipeline.costs import money
-
-    costs: dict[str | None, float] = {}
-    reused: dict[str | None, float] = {}
-    for line in final.costs:
-        costs[line.segment] = costs.get(line.segment, 0.0) + line.paid_usd
-        reused[line.segment] = reused.get(line.segment, 0.0) + line.reused_usd
-    table.add_column("segment", min_width=7, footer="total", no_wrap=True)
-    table.add_column("start_s", min_width=7, justify="right", no_wrap=True)
-    table.add_column("duration_s", min_width=10, justify="right", footer=f"{plan.duration_s:g}", no_wrap=True)
-    table.add_column("chunks", min_width=6, justify="right", footer=str(final.chunks), no_wrap=True)
-    table.add_column("cached", min_width=6, justify="right", no_wrap=True)
-    table.add_column("paid_usd", min_width=8, justify="right", footer=money(final.paid_usd), no_wrap=True)
-    table.add_column("reused_usd", min_width=10, justify="right", footer=money(final.reused_usd), no_wrap=True)
-    table.add_column("prompt", no_wrap=True, overflow="ellipsis", max_width=28)
-    for b in plan.beats:
-        cv = by_segment.get(b.index)
-        table.add_row(b.segment, f"{b.start_s:g}", f"{b.duration_s:g}", str(len(cv.chunks)) if cv else "?",
-                      f"{sum(c.video.cache_hit for c in cv.chunks)}/{len(cv.chunks)}" if cv else "?",
-                      money(costs.get(b.segment, 0.0)), money(reused.get(b.segment, 0.0)), cell(b.prompt))
-    table.add_row("music", "0", f"{plan.duration_s:g}", "", "", money(costs.get(None, 0.0)),
-                  money(reused.get(None, 0.0)), cell(plan.music.prompt))
-    console.print(table)
-    say(f"{final.video.duration_s:.3f} s, {final.video.width}x{final.video.height}, {final.beats} beats, "
-        f"{final.chunks} chunks, paid ${money(final.paid_usd)}, reused ${money(final.reused_usd)}, "
-        f"rendered in {report.seconds:.1f} s")
-    say("final video: ", (str(final.path), "bold"))
 
 
 STATE_STYLE = {"materialized": "green", "in_progress": "cyan", "failed": "red", "stale": "yellow", "missing": "dim"}
@@ -178,8 +161,14 @@ def _state(value: str) -> Text:
 
 
 def cmd_status(args) -> int:
+    """``pipeline status VIDEO_ID``: segments x assets from the instance ($DAGSTER_HOME: a cluster's
+    too), manifests from the deployment's store (S3 when configured), costs, and where the final
+    video was published. Reads no local file a cluster machine would not have (but the ledger)."""
+    from pipeline.defs.io_manager import read_manifest
+    from pipeline.manifests import FinalManifest
     from pipeline.orchestration.planner import Waiting, assembly_run
     from pipeline.orchestration.status import SEGMENT_ASSETS, assembly_runs, video_status
+    from pipeline.publish import published_uri
 
     defs, instance = _dagster(args)
     pipeline = defs.resources["pipeline"]
@@ -194,7 +183,7 @@ def cmd_status(args) -> int:
     from pipeline import cost_report, costs
 
     view = costs.video_costs(args.video_id, manifests=pipeline.manifests_dir,
-                             ledger=costs.open_ledger(pipeline.workspace.root))
+                             ledger=costs.open_ledger(pipeline.workspace.root, url=pipeline.ledger_target))
     by_segment = view.by_segment()
     table.add_column("paid_usd", justify="right", no_wrap=True, footer=costs.money(view.paid_usd))
     table.add_column("reused_usd", justify="right", no_wrap=True, footer=costs.money(view.reused_usd))
@@ -215,6 +204,12 @@ def cmd_status(args) -> int:
     assembly = assembly_run(status, assembly_runs(instance, args.video_id, status.assembly_state))
     say("assembly: " + (f"not now: {assembly}" if isinstance(assembly, Waiting) else
                         "ready (the daemon's assembly_sensor requests it; `pipeline retry` does it here)"))
+    final = read_manifest(pipeline.manifests_dir, "final_video", args.video_id)
+    if isinstance(final, FinalManifest):
+        there = pipeline.is_published(final)
+        say("final video: ", (published_uri(final), "bold"),
+            *(() if there else ((" (missing: the published video is not there any more; `pipeline render "
+                                 "SPEC` publishes it again)", "red"),)))
     failed = status.failed_or_missing
     if failed:
         say(f"segments to redo: {', '.join(failed)}; run `pipeline retry {args.video_id}` or backfill them from the UI")
@@ -230,7 +225,7 @@ def cmd_cost(args) -> int:
     pipeline = defs.resources["pipeline"]
     return cost_command(console, data_dir=pipeline.workspace.root, manifests=pipeline.manifests_dir,
                         video_id=args.video_id, since=args.since, until=args.until, as_markdown=args.markdown,
-                        err_console=err_console)
+                        err_console=err_console, ledger_url=pipeline.ledger_target)
 
 
 def cmd_retry(args) -> int:
@@ -300,9 +295,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="re-materialize every asset even if the video is up to date (cache hits are free)")
     p.set_defaults(func=cmd_render)
 
-    p = sub.add_parser("submit", help="drop a spec into the inbox for the Dagster daemon's sensors")
+    p = sub.add_parser("submit", help="drop a spec into the inbox for the Dagster daemon's sensors (the S3 inbox "
+                                      "prefix when S3 is configured)")
     p.add_argument("spec")
     provider_options(p)
+    p.add_argument("--to", metavar="s3://BUCKET[/PREFIX]",
+                   help="a cluster's bucket and prefix: upload the spec to its inbox/ (default: this deployment's "
+                        "inbox: PIPELINE_S3_BUCKET/PIPELINE_S3_PREFIX's inbox/, else the inbox folder)")
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("status", help="table of a video's segments x assets: materialized/failed/missing/in progress")

@@ -8,7 +8,6 @@ defaults > ``local`` and the registry defaults. Nothing here writes an environme
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from rich.table import Table
@@ -74,27 +73,55 @@ def cmd_validate(args) -> int:
                       str(len(stages.chunk_plan(b.duration_s, provider.chunk_seconds))), cell(b.motion or ""),
                       cell(b.prompt))
     console.print(table)
+    # --- characters (issue 13): who appears where, and where each reference image comes from ---
+    for name, char in plan.characters.items():
+        where = ", ".join(b.segment for b in plan.beats if name in b.characters) or "no beat"
+        source = f"reference image {char.reference_file}" if char.reference_file else "generated from its description"
+        say(f"character {name} ({source}): beats ", (where, "bold"))
     return 0
 
 
-def cmd_submit(args) -> int:
-    """Copy a valid spec into the inbox, where the spec_inbox_sensor picks it up. Without choices on
-    the command line, the bytes that were validated are the bytes written (read once, safely), named
-    ``<video_id>.yaml`` or ``.json``. With ``--provider`` or a model option, the choices are written
-    into the spec (``provider``, ``models``; they replace the spec's own) and the result is written
-    as ``<video_id>.json``, so the sensor registers exactly what was chosen here."""
-    import json
-    import tempfile
+def submit_target(args, pipeline):
+    """Where ``pipeline submit`` puts the spec (a ``pipeline.inbox.InboxSource``): ``--to
+    s3://bucket/prefix`` (a cluster's bucket and prefix: its ``inbox/``), else the deployment's inbox
+    (``PipelineResource.inbox``: the S3 inbox prefix when S3 is configured, else the inbox folder).
+    Raises ValueError for a ``--to`` that is not an ``s3://`` location."""
+    if not args.to:
+        return pipeline.inbox
+    from pipeline.inbox_s3 import S3Inbox
 
+    if not args.to.startswith("s3://") or not args.to[len("s3://"):].split("/")[0]:
+        raise ValueError(f"--to {args.to!r}: expected s3://bucket[/prefix], the bucket and prefix the cluster keeps "
+                         "its data under (PIPELINE_S3_BUCKET / PIPELINE_S3_PREFIX there); the spec goes to its inbox/")
+    client = pipeline.s3_location.client if pipeline.s3_location is not None else None
+    return S3Inbox.at(args.to.rstrip("/") + "/inbox", client)
+
+
+def cmd_submit(args) -> int:
+    """Put a valid spec into the inbox the spec_inbox_sensor scans: the inbox folder, or with S3
+    configured (or ``--to s3://bucket/prefix``) the S3 prefix ``<prefix>/inbox/`` a cluster's sensor
+    scans (one PUT). Without choices on the command line, the bytes that were validated are the
+    bytes written (read once, safely), named ``<video_id>.yaml`` or ``.json``. With ``--provider``
+    or a model option, the choices are written into the spec (``provider``, ``models``; they replace
+    the spec's own) and the result is written as ``<video_id>.json``, so the sensor registers exactly
+    what was chosen here. So is a spec whose characters name reference images by path: the copy
+    carries the images themselves. Exit 2 for a bad spec or ``--to``, 1 if the upload fails."""
+    import json
+
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from pipeline.cli_output import error
     from pipeline.spec import decode_spec_text, load_spec_bytes, parse_spec, read_spec_file
+    from pipeline.spec_characters import folder_of, has_reference_paths, ingest_raw
     from pipeline.spec_yaml import load_yaml
     from pipeline.submissions import resolve_provider
 
     data = read_spec_file(args.spec)
-    spec = load_spec_bytes(data, args.spec)  # fail here, not in the inbox, on a bad spec
+    spec = load_spec_bytes(data, args.spec, folder=folder_of(args.spec))  # fail here, not in the inbox
     suffix = ".json" if Path(args.spec).suffix.lower() == ".json" else ".yaml"
-    if args.provider or chosen_models(args):
-        raw = load_yaml(decode_spec_text(data))
+    paths = has_reference_paths(load_yaml(decode_spec_text(data)))  # character images by path: carry them
+    if args.provider or chosen_models(args) or paths:
+        raw, _ = ingest_raw(load_yaml(decode_spec_text(data)), folder_of(args.spec))
         if args.provider:
             raw["provider"] = args.provider
         if chosen_models(args):
@@ -103,18 +130,22 @@ def cmd_submit(args) -> int:
         data, suffix = (json.dumps(raw, ensure_ascii=False, indent=2) + "\n").encode("utf-8"), ".json"
     pipeline = _definitions(args).resources["pipeline"]
     name, models = resolve_provider(spec, defaults=pipeline.provider_defaults(), source=args.spec)
-    inbox = pipeline.inbox_path
-    inbox.mkdir(parents=True, exist_ok=True)
-    target = inbox / f"{spec.video_id}{suffix}"
-    fd, tmp = tempfile.mkstemp(dir=inbox, prefix=f".{spec.video_id}.", suffix=".part")  # hidden: not scanned
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    chosen = "".join(f", {kind} {ref}" for kind, ref in models.items())
-    say(f"submitted {spec.video_id} (provider {name}{chosen}) to {target}; with `make dev` (the Dagster daemon) "
-        f"running, spec_inbox_sensor plans it within seconds. Follow it with `pipeline status {spec.video_id}`.")
+        inbox = submit_target(args, pipeline)
+    except ValueError as exc:
+        error(exc)
+        return 2
+    try:
+        where = inbox.put(f"{spec.video_id}{suffix}", data)
+    except (BotoCoreError, ClientError) as exc:
+        error(f"cannot upload the spec to {inbox}: {type(exc).__name__}: {exc}")
+        return 1
+    if args.to:
+        chosen = f" (provider {args.provider or spec.provider or 'of the cluster default'})"
+        follow = "the cluster's spec_inbox_sensor registers and plans it within seconds"
+    else:
+        chosen = f" (provider {name}{''.join(f', {kind} {ref}' for kind, ref in models.items())})"
+        follow = ("with the Dagster daemon running (`make dev`, or a cluster's), spec_inbox_sensor plans it "
+                  "within seconds")
+    say(f"submitted {spec.video_id}{chosen} to {where}; {follow}. Follow it with `pipeline status {spec.video_id}`.")
     return 0

@@ -112,11 +112,13 @@ def window_text(df: pd.DataFrame, since: float | None, until: float | None) -> s
 
 def cost_command(console: Console, *, data_dir: str | Path, manifests: str | Path | TextObjects,
                  video_id: str | None = None, since: str | None = None, until: str | None = None,
-                 as_markdown: bool = False, err_console: Console | None = None) -> int:
+                 as_markdown: bool = False, err_console: Console | None = None,
+                 ledger_url: str | None = None) -> int:
     """``pipeline cost VIDEO_ID`` (a video's table and totals) or ``pipeline cost [--since] [--until]``
     (what was paid in a window, per video and model; no bounds: everything), printed on ``console``:
-    rich tables, or markdown text with ``as_markdown``. ``data_dir`` holds the ledger, ``manifests``
-    is ``PipelineResource.manifests_dir``. Returns the exit code: 0, 1 for a video that was never
+    rich tables, or markdown text with ``as_markdown``. ``data_dir`` holds the ledger unless
+    ``ledger_url`` (``PipelineResource.ledger_url``) names another database, ``manifests`` is
+    ``PipelineResource.manifests_dir``. Returns the exit code: 0, 1 for a video that was never
     planned, 2 for a bad time or both a video and a window (the error goes to ``err_console``,
     default ``console``)."""
 
@@ -126,7 +128,7 @@ def cost_command(console: Console, *, data_dir: str | Path, manifests: str | Pat
     if video_id is not None and (since or until):
         error("give a VIDEO_ID or --since/--until, not both")
         return 2
-    ledger = open_ledger(data_dir)
+    ledger = open_ledger(data_dir, url=ledger_url)
     if video_id is not None:
         try:
             view = video_costs(video_id, manifests=manifests, ledger=ledger)

@@ -1,7 +1,7 @@
 """What a video cost: what its own calls paid, and what it reused (DESIGN.md "Cost").
 
-A video's cost table has one line per medium its manifests use (each storyboard image, each chunk,
-the music track) and one for the brief plan, if a planner made it. Each line says
+A video's cost table has one line per medium its manifests use (each character reference image,
+each storyboard image, each chunk, the music track) and one for the brief plan, if a planner made it. Each line says
 
 - ``paid_usd``: what this video's calls paid for it, in this run or an earlier attempt (a chunk paid
   by a killed attempt is a cache hit on the rerun, and still paid by this video);
@@ -36,6 +36,7 @@ import pandas as pd
 
 from pipeline.ledger import Ledger, default_ledger_path
 from pipeline.manifests import (
+    CharactersManifest,
     ChunkVideosManifest,
     CostLine,
     FinalManifest,
@@ -45,6 +46,7 @@ from pipeline.manifests import (
     StoryboardManifest,
     VideoPlan,
     load_manifest,
+    money,  # noqa: F401 (re-exported: costs.money is the name callers use)
     segment_key,
 )
 from pipeline.store import TextObjects, text_objects
@@ -101,6 +103,14 @@ def music_line(video_id: str, music: MusicManifest) -> CostLine:
                       unit="audio s")
 
 
+def character_lines(video_id: str, characters: CharactersManifest | None) -> list[CostLine]:
+    """One line per character reference image (1 image each; a user's image is free), spec order."""
+    if characters is None:
+        return []
+    return [media_line(video_id, ref.image, stage="characters", segment=None, item=f"character reference {name}",
+                       units=1, unit="image") for name, ref in characters.references.items()]
+
+
 def plan_line(plan: VideoPlan) -> CostLine | None:
     """The brief plan's line (None when the spec gave explicit beats). Paid: ``planning_cost_usd``."""
     if not plan.planned_by.startswith("planner:"):
@@ -113,12 +123,13 @@ def plan_line(plan: VideoPlan) -> CostLine | None:
 
 def manifest_lines(video_id: str, *, plan: VideoPlan | None = None, chunk_sets: Iterable[ChunkVideosManifest] = (),
                    storyboards: Iterable[StoryboardManifest] = (),
-                   music: MusicManifest | None = None) -> list[CostLine]:
-    """Lines of whatever manifests exist, in table order: plan, each segment (storyboard image, then
-    chunks; a storyboard without chunk_videos alone), music. Segments in key order."""
+                   music: MusicManifest | None = None, characters: CharactersManifest | None = None) -> list[CostLine]:
+    """Lines of whatever manifests exist, in table order: plan, character references, each segment
+    (storyboard image, then chunks; a storyboard without chunk_videos alone), music. Segments in key order."""
     lines: list[CostLine] = []
     if plan is not None and (line := plan_line(plan)) is not None:
         lines.append(line)
+    lines += character_lines(video_id, characters)
     by_segment: dict[int, list[CostLine]] = {cv.index: segment_lines(cv) for cv in chunk_sets}
     for b in storyboards:  # a segment with a storyboard image but no chunk_videos yet
         by_segment.setdefault(b.index, [media_line(video_id, b.image, stage="storyboard_images",
@@ -133,12 +144,15 @@ def manifest_lines(video_id: str, *, plan: VideoPlan | None = None, chunk_sets: 
 
 # --- the ledger --------------------------------------------------------------------------------
 
-def open_ledger(data_dir: str | Path, provider: Any = None) -> Ledger | None:
+def open_ledger(data_dir: str | Path, provider: Any = None, *, url: str | None = None) -> Ledger | None:
     """The ledger costs are reconciled with: ``provider.ledger`` if the provider has one, else the
-    data directory's ledger (``<data_dir>/ledger.sqlite``) if that file exists, else None."""
+    ledger at ``url`` (the deployment's ``PipelineResource.ledger_url``, e.g. PostgreSQL) if given,
+    else the data directory's ledger (``<data_dir>/ledger.sqlite``) if that file exists, else None."""
     ledger = getattr(provider, "ledger", None)
     if isinstance(ledger, Ledger):
         return ledger
+    if url:
+        return Ledger(url)
     path = default_ledger_path(data_dir)
     return Ledger(path) if path.exists() else None
 
@@ -224,10 +238,11 @@ def reconcile(video_id: str, lines: Iterable[CostLine], ledger: Ledger | None) -
 
 
 def final_costs(plan: VideoPlan, stitched: StitchedManifest, music: MusicManifest,
-                ledger: Ledger | None) -> list[CostLine]:
-    """The final video's cost lines: the plan, the stitched segments' lines, the music, reconciled
-    with ``ledger`` (see ``reconcile``)."""
+                ledger: Ledger | None, characters: CharactersManifest | None = None) -> list[CostLine]:
+    """The final video's cost lines: the plan, the character references, the stitched segments'
+    lines, the music, reconciled with ``ledger`` (see ``reconcile``)."""
     lines = [line for line in [plan_line(plan)] if line is not None]
+    lines += character_lines(plan.video_id, characters)
     lines += [line for line in stitched.costs if line.source == "manifest"]
     lines.append(music_line(plan.video_id, music))
     return reconcile(plan.video_id, lines, ledger)
@@ -318,8 +333,11 @@ def video_costs(video_id: str, *, manifests: str | Path | TextObjects, ledger: L
         if isinstance(board, StoryboardManifest):
             boards.append(board)
     music = _read(objects, f"music/{video_id}.json")
+    cast = _read(objects, f"characters/{video_id}.json")
     lines = manifest_lines(video_id, plan=plan, chunk_sets=chunk_sets, storyboards=boards,
-                           music=music if isinstance(music, MusicManifest) else None)
+                           music=music if isinstance(music, MusicManifest) else None,
+                           characters=cast if isinstance(cast, CharactersManifest) and
+                           cast.spec_sha256 == plan.spec_sha256 else None)
     return VideoCosts(video_id, reconcile(video_id, lines, ledger), finished, ledger_usd, missing)
 
 
@@ -351,11 +369,6 @@ def cost_frame(lines: Iterable[CostLine]) -> pd.DataFrame:
     """``lines`` as a DataFrame with ``COLUMNS`` and their dtypes (no total row)."""
     rows = [{c: getattr(line, c) for c in COLUMNS} for line in lines]
     return pd.DataFrame(rows, columns=list(COLUMNS)).astype(COLUMNS)
-
-
-def money(usd: float) -> str:
-    """USD as text: 4 decimals, 6 when 4 would round it ("0.0500", "0.000051")."""
-    return f"{usd:.4f}" if abs(round(usd, 4) - usd) < 1e-12 else f"{usd:.6f}"
 
 
 def _cell(column: str, value: Any) -> str:

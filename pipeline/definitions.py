@@ -21,6 +21,10 @@ REPLICATE_IMAGE_MODEL, REPLICATE_VIDEO_MODEL, REPLICATE_MUSIC_MODEL. The token, 
 fault file, the default provider and the model defaults reach the resource as ``dg.EnvVar``s
 (Dagster reads them when a run, sensor or schedule starts; run config and the UI show only the
 variable's name). Paths and S3 settings are plain values: the CLI uses them outside any run.
+
+PIPELINE_LEDGER_URL (the prediction ledger's database, e.g. PostgreSQL for a cluster; unset: the
+SQLite file ``<data>/ledger.sqlite``) reaches the resource as a ``dg.EnvVar`` too: a URL may hold a
+password.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from typing import Any
 import dagster as dg
 
 from pipeline.defs.assets import all_assets
+from pipeline.defs.character_assets import characters
 from pipeline.defs.io_manager import ManifestIOManager
 from pipeline.defs.jobs import all_jobs
 from pipeline.defs.resources import LocalSettings, PipelineResource, ReplicateSettings, S3Settings
@@ -141,7 +146,7 @@ def pipeline_resources(data_dir: str | None = None, *, deployment: str | None = 
                        default_provider: str | None = None, replicate: ReplicateSettings | None = None,
                        local_faults_file: str | None = None, s3: S3Settings | None = None,
                        s3_bucket: str | None = None, s3_prefix: str | None = None,
-                       **replicate_options: Any) -> dict[str, Any]:
+                       ledger_url: str | None = None, **replicate_options: Any) -> dict[str, Any]:
     """The resources of a deployment (``"pipeline"`` and ``"io_manager"``), every argument over the
     environment (None: not given). See ``build_definitions`` for the arguments. Raises ValueError
     for an unknown deployment or provider, TypeError for an unknown option."""
@@ -167,6 +172,7 @@ def pipeline_resources(data_dir: str | None = None, *, deployment: str | None = 
     pipeline = PipelineResource(
         data_dir=root, inbox_dir=inbox_dir or os.environ.get("PIPELINE_INBOX_DIR") or None,
         default_provider=provider, replicate=replicate, s3=s3,
+        ledger_url=ledger_url or _env("PIPELINE_LEDGER_URL"),
         local=LocalSettings(faults_file=local_faults_file or _env("PIPELINE_LOCAL_FAULTS")))
     return {"pipeline": pipeline, "io_manager": ManifestIOManager(base_dir=str(Path(root) / "manifests"), s3=s3)}
 
@@ -181,13 +187,14 @@ def build_definitions(data_dir: str | None = None, *, executor: str | None = Non
     (a whole ``ReplicateSettings``) or ``replicate_<field>`` shorthands (e.g.
     ``replicate_output_hosts=["http://127.0.0.1:8765"]``, ``replicate_poll_interval_s=0.02``,
     ``replicate_video_model="kwaivgi/kling-v2.1"``), ``local_faults_file``, ``s3``
-    (``S3Settings``) or ``s3_bucket`` / ``s3_prefix``. S3 endpoint, region and credentials come
+    (``S3Settings``) or ``s3_bucket`` / ``s3_prefix``, ``ledger_url`` (the ledger's database URL,
+    over $PIPELINE_LEDGER_URL; unset: ``<data_dir>/ledger.sqlite``). S3 endpoint, region and credentials come
     from boto3's environment (AWS_ENDPOINT_URL, AWS_DEFAULT_REGION, AWS_ACCESS_KEY_ID, ...,
     profiles, roles); the IO manager gets the same S3 settings. Raises ValueError / TypeError for
     a bad option (see ``pipeline_resources``).
     """
     defs = dg.Definitions(
-        assets=all_assets,
+        assets=[*all_assets, characters],
         jobs=all_jobs,
         sensors=all_sensors,
         # Every job, backfills and "Materialize" from the UI: one executor (in-process by default).

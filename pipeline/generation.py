@@ -64,6 +64,9 @@ class ProviderResult:
       packet decoded: anything a provider made), or ``"stream_copy"`` (every packet read, none
       decoded: ``media.verify_stream_copy``), only for files this pipeline wrote by stream copy from
       media already verified.
+    - ``verified``: the decoded facts of this exact file when the provider already decoded all of it
+      (a ``media.MediaInfo`` for video or audio, from ``media.verify_video`` / ``verify_audio``):
+      ``Generator`` then uses them instead of decoding the file a second time. None: decode it.
     """
 
     path: Path
@@ -74,6 +77,7 @@ class ProviderResult:
     reused_cost_usd: float = 0.0
     paid_by: str | None = None
     verify: Literal["decode", "stream_copy"] = "decode"
+    verified: Any = None
 
 
 ProviderCall = Callable[[Path], ProviderResult]
@@ -122,8 +126,12 @@ class Generator:
         started = time.monotonic()
         with self.workspace.scratch(f"gen-{key[:12]}") as scratch:
             result = call(scratch)
-            info = (media.verify_stream_copy(result.path) if result.verify == "stream_copy"
-                    else _VERIFY[request.media_type](result.path))
+            if result.verified is not None and request.media_type in ("video", "audio"):
+                info = result.verified  # decoded by the provider already (e.g. Replicate's download check)
+            elif result.verify == "stream_copy":
+                info = media.verify_stream_copy(result.path)
+            else:
+                info = _VERIFY[request.media_type](result.path)
             uri, sha, size = self.store.put(result.path)
         price, payer = _price_and_payer(request, result)
         manifest = MediaManifest(

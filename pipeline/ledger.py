@@ -1,6 +1,9 @@
 """The prediction ledger and the budget: a durable record of every paid provider job.
 
-One SQLite file (``<data dir>/ledger.sqlite`` by default) shared by every process of a run:
+One database shared by every process that may pay for the same thing: a SQLite file
+(``<data dir>/ledger.sqlite`` by default: one machine) or a PostgreSQL database (a cluster: the
+same statements through SQLAlchemy Core, see ``pipeline.ledger_db``), chosen by
+``Ledger(path_or_url)``. Tables:
 
 - ``jobs``: one row per cache key (``GenerationRequest.cache_key()``): ``intent`` (written before
   the provider's create call), ``in_flight`` (the prediction id, written the moment create returns),
@@ -15,7 +18,8 @@ while it works (``Ledger.hold``). ``Ledger.begin`` hands a job to exactly one pr
 
 - ``claim == "owner"``: a new intent; or this process already owned the open job (a retry after an
   error); or it took over an open job whose lease expired or whose owner is provably dead
-  (``ProcessIdentity.is_alive() is False``: a process on this host that is gone). ``resumed`` is
+  (``ProcessIdentity.is_alive() is False``: a process on this host that is gone; an owner on another
+host is never provably dead, so its job is taken over only after its lease expires). ``resumed`` is
   True for an open job; the caller then resumes it (an ``in_flight`` id is polled; an ``intent``
   without one is looked up on the provider before anything is created).
 - ``claim == "succeeded"``: done before; the caller adopts its output for free.
@@ -28,11 +32,13 @@ attempts, so a caller can refuse to buy the same failure again.
 **Budget** (``max_cost_usd``, per video): ``begin`` checks, in the same write transaction that
 records the intent, that the video's spend so far plus the estimates of its open jobs plus this
 call's estimate stay within the budget; otherwise it raises BudgetExceededError before anything is
-paid. A caller that waits for another owner writes nothing and reserves nothing. Concurrent
-processes serialize on SQLite's write lock, so parallel segments cannot overshoot together.
+paid. A caller that waits for another owner writes nothing and reserves nothing. Every write
+transaction holds the database's one write lock (SQLite ``BEGIN IMMEDIATE``, PostgreSQL an advisory
+transaction lock: ``pipeline.ledger_db``), so processes on any machine serialize and parallel
+segments cannot overshoot together.
 
-Writes use WAL journaling with ``synchronous=FULL``: a committed state survives a killed process.
-Ledger files written before ownership existed are migrated on open (columns added); their open
+SQLite writes use WAL journaling with ``synchronous=FULL``: a committed state survives a killed
+process. Ledgers written before ownership existed are migrated on open (columns added); their open
 jobs have no owner and are taken over by the next ``begin``.
 """
 
@@ -40,14 +46,18 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import time
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
+import sqlalchemy as sa
+
+from pipeline.ledger_db import LedgerDatabase
 from pipeline.ledger_lease import Lease
-from pipeline.ledger_schema import OPEN_STATES, Claim, Job, JobState, PredictionRecord, job_from_row, create_or_migrate  # noqa: F401 (re-exported)
+from pipeline.ledger_schema import (  # noqa: F401 (re-exported)
+    JOBS, OPEN_STATES, PREDICTIONS, Claim, Job, JobState, PredictionRecord, create_or_migrate, create_tables,
+    job_from_row)
 from pipeline.procs import ProcessIdentity
 from pipeline.providers.base import ProviderError
 
@@ -70,73 +80,93 @@ def owner_is_gone(owner: str | None) -> bool:
     return ident is not None and ident.is_alive() is False
 
 
-class Ledger:
-    """The SQLite ledger at ``path`` (created with its parent directory on first use; an older
-    file is migrated). Every method opens its own connection, so one Ledger may be used from many
-    threads, and many processes may share the file. Raises sqlite3.Error only for a broken file."""
+def _job(db: sa.Connection, key: str) -> sa.RowMapping | None:
+    return db.execute(sa.select(JOBS).where(JOBS.c.key == key)).mappings().first()
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+def _open(key: str, owner: str | None = None):
+    """WHERE ``key``'s job is open (and owned by ``owner``)."""
+    clause = sa.and_(JOBS.c.key == key, JOBS.c.state.in_(OPEN_STATES))
+    return clause if owner is None else sa.and_(clause, JOBS.c.owner == owner)
+
+
+def _sum(column: sa.Column) -> sa.ColumnElement:
+    return sa.func.coalesce(sa.func.sum(column), 0)
+
+
+class Ledger:
+    """The ledger at ``path_or_url``: a SQLite file path (created with its parent directory on
+    first use; an older file is migrated) or a SQLAlchemy URL (``sqlite:///...``,
+    ``postgresql+psycopg2://user:password@host:5432/db``; a bare ``postgresql://`` gets psycopg2).
+    Tables are created or migrated on open. One Ledger may be used from many threads, and many
+    processes (on many machines, with PostgreSQL) may share the database. ``path``: the SQLite
+    file, None for PostgreSQL; ``url``: the URL with its password hidden. Raises ValueError for an
+    unsupported URL, sqlalchemy.exc.SQLAlchemyError for an unreachable or broken database."""
+
+    def __init__(self, path_or_url: str | Path):
+        self.db = LedgerDatabase.open(path_or_url)
+        self.path: Path | None = self.db.path
         with self.transaction() as db:
             create_or_migrate(db)
 
+    @property
+    def url(self) -> str:
+        """The database: the SQLite file's path, or the URL with its password hidden."""
+        return self.db.name
+
     def __repr__(self) -> str:
-        return f"Ledger({str(self.path)!r})"
+        return f"Ledger({self.url!r})"
 
-    @contextmanager
-    def connect(self) -> Iterator[sqlite3.Connection]:
-        """A connection (autocommit, rows as sqlite3.Row) for reads; closed afterwards."""
-        db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
-        try:
-            db.row_factory = sqlite3.Row
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            yield db
-        finally:
-            db.close()
+    def connect(self) -> AbstractContextManager[sa.Connection]:
+        """A connection for reads (SQLAlchemy Core; rows by column name with ``.mappings()``),
+        returned afterwards. Takes no lock."""
+        return self.db.connect()
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction holding SQLite's write lock from the start (BEGIN IMMEDIATE),
-        committed when the block ends, rolled back if it raises."""
-        with self.connect() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+    def transaction(self) -> AbstractContextManager[sa.Connection]:
+        """A write transaction holding the database's write lock from the start (SQLite BEGIN
+        IMMEDIATE, PostgreSQL an advisory transaction lock), committed when the block ends, rolled
+        back if it raises."""
+        return self.db.transaction()
+
+    def named_lock(self, name: str) -> AbstractContextManager[None]:
+        """A cross-process mutex for work outside a transaction (see ``LedgerDatabase.named_lock``):
+        this machine's processes for SQLite, every machine's for PostgreSQL."""
+        return self.db.named_lock(name)
+
+    def create_tables(self, *tables: sa.Table) -> None:
+        """Create ``tables`` (e.g. the Replicate provider's ``uploads``) where missing, under the write lock."""
+        with self.transaction() as db:
+            create_tables(db, *tables)
 
     # --- reads ---------------------------------------------------------------------------------
 
     def get(self, key: str) -> Job | None:
         """The job of cache key ``key``, or None."""
         with self.connect() as db:
-            row = db.execute("SELECT * FROM jobs WHERE key = ?", (key,)).fetchone()
+            row = _job(db, key)
         return job_from_row(row) if row else None
 
     def jobs(self, video_id: str | None = None) -> list[Job]:
         """All jobs (of one video), oldest intent first."""
+        query = sa.select(JOBS).order_by(JOBS.c.intent_at)
+        if video_id is not None:
+            query = query.where(JOBS.c.video_id == video_id)
         with self.connect() as db:
-            if video_id is None:
-                rows = db.execute("SELECT * FROM jobs ORDER BY intent_at").fetchall()
-            else:
-                rows = db.execute("SELECT * FROM jobs WHERE video_id = ? ORDER BY intent_at", (video_id,)).fetchall()
+            rows = db.execute(query).mappings().all()
         return [job_from_row(r) for r in rows]
 
     def predictions(self, video_id: str | None = None, key: str | None = None, *, since: float | None = None,
                     until: float | None = None) -> list[PredictionRecord]:
         """Every prediction recorded (for one video and/or cache key; created in ``[since, until)``,
         Unix seconds), oldest first."""
-        sql, args = "SELECT * FROM predictions WHERE 1=1", []
-        for clause, value in (("video_id = ?", video_id), ("key = ?", key), ("created_at >= ?", since),
-                              ("created_at < ?", until)):
+        p = PREDICTIONS.c
+        query = sa.select(PREDICTIONS).order_by(p.created_at)
+        for column, op, value in ((p.video_id, "__eq__", video_id), (p.key, "__eq__", key),
+                                  (p.created_at, "__ge__", since), (p.created_at, "__lt__", until)):
             if value is not None:
-                sql, args = f"{sql} AND {clause}", args + [value]
+                query = query.where(getattr(column, op)(value))
         with self.connect() as db:
-            rows = db.execute(sql + " ORDER BY created_at", args).fetchall()
+            rows = db.execute(query).mappings().all()
         return [PredictionRecord(prediction_id=r["prediction_id"], key=r["key"], provider=r["provider"],
                                  model=r["model"], video_id=r["video_id"], status=r["status"], cost_usd=r["cost_usd"],
                                  adopted=bool(r["adopted"]), error=r["error"], created_at=r["created_at"],
@@ -146,24 +176,29 @@ class Ledger:
         """USD paid for predictions created in ``[since, until)`` (Unix seconds), over all videos:
         the sum of those ``predictions`` rows' costs, each prediction counted once however many
         callers adopted it."""
+        p = PREDICTIONS.c
         with self.connect() as db:
-            return float(db.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM predictions"
-                                    " WHERE created_at >= ? AND created_at < ?", (since, until)).fetchone()[0])
+            return float(db.execute(sa.select(_sum(p.cost_usd)).where(p.created_at >= since, p.created_at < until))
+                         .scalar_one())
 
     @staticmethod
-    def _committed(db: sqlite3.Connection, video_id: str | None, exclude_key: str | None = None) -> float:
-        spent = db.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM predictions WHERE video_id IS ?",
-                           (video_id,)).fetchone()[0]
-        reserved = db.execute(
-            "SELECT COALESCE(SUM(estimate_usd), 0) FROM jobs WHERE video_id IS ? AND state IN ('intent', 'in_flight')"
-            " AND key IS NOT ?", (video_id, exclude_key)).fetchone()[0]
-        return float(spent) + float(reserved)
+    def _spent(video_id: str | None) -> sa.ScalarSelect:
+        return (sa.select(_sum(PREDICTIONS.c.cost_usd))
+                .where(PREDICTIONS.c.video_id.is_not_distinct_from(video_id)).scalar_subquery())
+
+    @staticmethod
+    def _committed(db: sa.Connection, video_id: str | None, exclude_key: str | None = None) -> float:
+        # One statement, so one snapshot: a job finishing in between is counted once, either as
+        # its estimate or as its cost (PostgreSQL reads outside a transaction see each statement's).
+        reserved = (sa.select(_sum(JOBS.c.estimate_usd))
+                    .where(JOBS.c.video_id.is_not_distinct_from(video_id), JOBS.c.state.in_(OPEN_STATES),
+                           JOBS.c.key.is_distinct_from(exclude_key)).scalar_subquery())
+        return float(db.execute(sa.select(Ledger._spent(video_id) + reserved)).scalar_one())
 
     def spent_usd(self, video_id: str | None) -> float:
         """USD paid for ``video_id``'s predictions (every prediction, whether or not its output was used)."""
         with self.connect() as db:
-            return float(db.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM predictions WHERE video_id IS ?",
-                                    (video_id,)).fetchone()[0])
+            return float(db.execute(sa.select(self._spent(video_id))).scalar_one())
 
     def committed_usd(self, video_id: str | None) -> float:
         """Spent plus the estimates of the video's jobs still open (intent / in flight), USD."""
@@ -173,7 +208,7 @@ class Ledger:
     # --- claiming a job ------------------------------------------------------------------------
 
     @staticmethod
-    def _check_budget(db: sqlite3.Connection, key: str, model: str, video_id: str | None, estimate_usd: float,
+    def _check_budget(db: sa.Connection, key: str, model: str, video_id: str | None, estimate_usd: float,
                       max_cost_usd: float | None) -> None:
         if max_cost_usd is None:
             return
@@ -195,56 +230,51 @@ class Ledger:
           nothing; else writes a fresh ``intent`` (attempts + 1) owned by ``owner`` with a lease of
           ``lease_s`` seconds: claim "owner".
         - open and owned by ``owner``: claim "owner", ``resumed``; its lease is renewed.
-        - open, another owner, lease expired or owner dead (``owner_is_gone``), or no owner (a
-          migrated ledger): taken over, claim "owner", ``resumed``, ``took_over_from``. An ``intent``
-          (nothing paid yet) moves to the caller's video (its budget checked if that differs); an
-          ``in_flight`` job keeps its video: that video paid for the prediction.
+        - open, another owner, lease expired or owner dead (``owner_is_gone``: only a process of
+          this host can be proven dead; another host's owner is waited for until its lease
+          expires), or no owner (a migrated ledger): taken over, claim "owner", ``resumed``,
+          ``took_over_from``. An ``intent`` (nothing paid yet) moves to the caller's video (its
+          budget checked if that differs); an ``in_flight`` job keeps its video: that video paid
+          for the prediction.
         - open, another live owner within its lease: claim "busy", unchanged (nothing reserved).
         - ``succeeded``: claim "succeeded", unchanged.
         """
         owner = owner or str(ProcessIdentity.current())
+        labels_json = json.dumps(labels or {}, sort_keys=True)
         with self.transaction() as db:
             now = time.time()
-            row = db.execute("SELECT * FROM jobs WHERE key = ?", (key,)).fetchone()
+            row = _job(db, key)
             if row is not None and row["state"] == "succeeded":
                 return job_from_row(row, claim="succeeded")
             if row is not None and row["state"] in OPEN_STATES:
                 previous = row["owner"]
                 if previous == owner:
-                    db.execute("UPDATE jobs SET lease_until=? WHERE key=?", (now + lease_s, key))
-                    return job_from_row(db.execute("SELECT * FROM jobs WHERE key = ?", (key,)).fetchone(), claim="owner",
-                                resumed=True)
+                    db.execute(sa.update(JOBS).where(JOBS.c.key == key).values(lease_until=now + lease_s))
+                    return job_from_row(_job(db, key), claim="owner", resumed=True)
                 lapsed = previous is None or (row["lease_until"] or 0) <= now or owner_is_gone(previous)
                 if not lapsed:
                     return job_from_row(row, claim="busy")
-                moves = row["state"] == "intent" and row["video_id"] != video_id
-                if moves:
+                if row["state"] == "intent" and row["video_id"] != video_id:  # moves to the caller's video
                     self._check_budget(db, key, model, video_id, estimate_usd, max_cost_usd)
-                    db.execute("UPDATE jobs SET video_id=?, labels=?, estimate_usd=? WHERE key=?",
-                               (video_id, json.dumps(labels or {}, sort_keys=True), float(estimate_usd), key))
-                db.execute("UPDATE jobs SET owner=?, lease_until=?, updated_at=? WHERE key=?",
-                           (owner, now + lease_s, now, key))
+                    db.execute(sa.update(JOBS).where(JOBS.c.key == key).values(
+                        video_id=video_id, labels=labels_json, estimate_usd=float(estimate_usd)))
+                db.execute(sa.update(JOBS).where(JOBS.c.key == key).values(owner=owner, lease_until=now + lease_s,
+                                                                           updated_at=now))
                 log.warning("ledger: %s job %s taken over from %s (%s)", row["model"], key[:12], previous or "no owner",
                             "lease expired" if previous and (row["lease_until"] or 0) <= now else
                             "owner is gone" if previous else "written before owners were recorded")
-                return job_from_row(db.execute("SELECT * FROM jobs WHERE key = ?", (key,)).fetchone(), claim="owner",
-                            resumed=True, took_over_from=previous or "")
+                return job_from_row(_job(db, key), claim="owner", resumed=True, took_over_from=previous or "")
             self._check_budget(db, key, model, video_id, estimate_usd, max_cost_usd)
-            attempts = (row["attempts"] if row is not None else 0) + 1
-            db.execute(
-                "INSERT INTO jobs (key, provider, model, video_id, labels, state, prediction_id, input_sha256,"
-                " estimate_usd, cost_usd, attempts, error, output, intent_at, updated_at, owner, lease_until,"
-                " retryable, unusable)"
-                " VALUES (?, ?, ?, ?, ?, 'intent', NULL, ?, ?, 0, ?, NULL, NULL, ?, ?, ?, ?, NULL, '{}')"
-                " ON CONFLICT(key) DO UPDATE SET provider=excluded.provider, model=excluded.model,"
-                " video_id=excluded.video_id, labels=excluded.labels, state='intent', prediction_id=NULL,"
-                " input_sha256=excluded.input_sha256, estimate_usd=excluded.estimate_usd, cost_usd=0,"
-                " attempts=excluded.attempts, error=NULL, output=NULL, intent_at=excluded.intent_at,"
-                " updated_at=excluded.updated_at, owner=excluded.owner, lease_until=excluded.lease_until,"
-                " retryable=NULL",  # ``unusable`` is kept: it counts over attempts
-                (key, provider, model, video_id, json.dumps(labels or {}, sort_keys=True), input_sha256,
-                 float(estimate_usd), attempts, now, now, owner, now + lease_s))
-            row = db.execute("SELECT * FROM jobs WHERE key = ?", (key,)).fetchone()
+            fresh = {"provider": provider, "model": model, "video_id": video_id, "labels": labels_json,
+                     "state": "intent", "prediction_id": None, "input_sha256": input_sha256,
+                     "estimate_usd": float(estimate_usd), "cost_usd": 0.0,
+                     "attempts": (row["attempts"] if row is not None else 0) + 1, "error": None, "output": None,
+                     "intent_at": now, "updated_at": now, "owner": owner, "lease_until": now + lease_s,
+                     "retryable": None}
+            # ``unusable`` is kept on a new attempt: it counts over attempts ('{}' for a new key)
+            db.execute(self.db.insert(JOBS).values(key=key, unusable="{}", **fresh)
+                       .on_conflict_do_update(index_elements=[JOBS.c.key], set_=fresh))
+            row = _job(db, key)
         return job_from_row(row, claim="owner")
 
     def renew(self, key: str, owner: str, lease_s: float = DEFAULT_LEASE_S) -> Literal["renewed", "done", "lost"]:
@@ -252,21 +282,17 @@ class Ledger:
         "done" when the job is no longer open and ``owner`` finished it; "lost" when another owner
         took it over (or it was finished by someone else)."""
         with self.transaction() as db:
-            now = time.time()
-            cur = db.execute("UPDATE jobs SET lease_until=? WHERE key=? AND owner=? AND state IN ('intent', 'in_flight')",
-                             (now + lease_s, key, owner))
+            cur = db.execute(sa.update(JOBS).where(_open(key, owner)).values(lease_until=time.time() + lease_s))
             if cur.rowcount:
                 return "renewed"
-            row = db.execute("SELECT owner, state FROM jobs WHERE key = ?", (key,)).fetchone()
+            row = _job(db, key)
         return "done" if row is not None and row["owner"] == owner and row["state"] not in OPEN_STATES else "lost"
 
     def release(self, key: str, owner: str) -> bool:
         """End ``owner``'s lease on an open ``key`` now, so a waiting process takes the job over at
         once (with a lookup first) instead of waiting for the lease to run out. True if released."""
         with self.transaction() as db:
-            cur = db.execute("UPDATE jobs SET lease_until=? WHERE key=? AND owner=? AND state IN ('intent', 'in_flight')",
-                             (time.time(), key, owner))
-            return bool(cur.rowcount)
+            return bool(db.execute(sa.update(JOBS).where(_open(key, owner)).values(lease_until=time.time())).rowcount)
 
     @contextmanager
     def hold(self, job: Job, lease_s: float = DEFAULT_LEASE_S) -> Iterator[Lease]:
@@ -283,7 +309,7 @@ class Ledger:
             if not lease.lost:
                 try:
                     self.release(job.key, lease.owner)
-                except sqlite3.Error as exc:  # the lease lapses by itself
+                except sa.exc.SQLAlchemyError as exc:  # the lease lapses by itself
                     log.warning("ledger: could not release the lease on %s: %s", job.key[:12], exc)
 
     # --- transitions ---------------------------------------------------------------------------
@@ -296,20 +322,21 @@ class Ledger:
         ``owner`` is given and no longer owns it (returns False then). Raises KeyError for no job."""
         now = time.time()
         with self.transaction() as db:
-            job = db.execute("SELECT * FROM jobs WHERE key = ?", (key,)).fetchone()
+            job = _job(db, key)
             if job is None:
                 raise KeyError(f"no ledger job for key {key}")
-            db.execute(
-                "INSERT INTO predictions (prediction_id, key, provider, model, video_id, status, cost_usd, adopted,"
-                " error, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?, NULL, ?, ?)"
-                " ON CONFLICT(prediction_id) DO UPDATE SET status=excluded.status, updated_at=excluded.updated_at",
-                (prediction_id, key, job["provider"], job["model"], job["video_id"], status, int(adopted), now, now))
+            insert = self.db.insert(PREDICTIONS).values(
+                prediction_id=prediction_id, key=key, provider=job["provider"], model=job["model"],
+                video_id=job["video_id"], status=status, cost_usd=0.0, adopted=int(adopted), error=None,
+                created_at=now, updated_at=now)
+            db.execute(insert.on_conflict_do_update(index_elements=[PREDICTIONS.c.prediction_id],
+                                                    set_={"status": status, "updated_at": now}))
             if owner is not None and (job["owner"] != owner or job["state"] not in OPEN_STATES):
                 log.error("ledger: %s job %s is no longer owned by %s (owner %s, %s); prediction %s recorded only",
                           job["model"], key[:12], owner, job["owner"], job["state"], prediction_id)
                 return False
-            db.execute("UPDATE jobs SET state='in_flight', prediction_id=?, updated_at=? WHERE key=?",
-                       (prediction_id, now, key))
+            db.execute(sa.update(JOBS).where(JOBS.c.key == key).values(state="in_flight", prediction_id=prediction_id,
+                                                                       updated_at=now))
         return True
 
     def finish(self, key: str, state: Literal["succeeded", "failed", "canceled"], *, cost_usd: float = 0.0,
@@ -327,12 +354,12 @@ class Ledger:
         change (the prediction row is updated either way). Raises KeyError for no job."""
         now = time.time()
         with self.transaction() as db:
-            job = db.execute("SELECT * FROM jobs WHERE key = ?", (key,)).fetchone()
+            job = _job(db, key)
             if job is None:
                 raise KeyError(f"no ledger job for key {key}")
             if job["prediction_id"]:
-                db.execute("UPDATE predictions SET status=?, cost_usd=?, error=?, updated_at=? WHERE prediction_id=?",
-                           (status or state, float(cost_usd), error, now, job["prediction_id"]))
+                db.execute(sa.update(PREDICTIONS).where(PREDICTIONS.c.prediction_id == job["prediction_id"]).values(
+                    status=status or state, cost_usd=float(cost_usd), error=error, updated_at=now))
             if (owner is not None and job["owner"] != owner) or (expect_state is not None and job["state"] != expect_state):
                 return None
             counts = json.loads(job["unusable"] or "{}")
@@ -341,14 +368,13 @@ class Ledger:
                 entry = counts.get(cause, {})
                 counts[cause] = {**details, "count": int(entry.get("count", 0)) + 1,
                                  "predictions": [*entry.get("predictions", []), job["prediction_id"]]}
-            db.execute("UPDATE jobs SET state=?, cost_usd=?, error=?, output=?, updated_at=?, retryable=?, unusable=?"
-                       " WHERE key=?",
-                       (state, float(cost_usd), error, json.dumps(output) if output is not None else None, now,
-                        None if retryable is None else int(retryable), json.dumps(counts, sort_keys=True), key))
-            row = db.execute("SELECT * FROM jobs WHERE key = ?", (key,)).fetchone()
+            db.execute(sa.update(JOBS).where(JOBS.c.key == key).values(
+                state=state, cost_usd=float(cost_usd), error=error,
+                output=json.dumps(output) if output is not None else None, updated_at=now,
+                retryable=None if retryable is None else int(retryable), unusable=json.dumps(counts, sort_keys=True)))
+            row = _job(db, key)
         return job_from_row(row)
 
-
 def default_ledger_path(data_dir: str | Path) -> Path:
-    """Where a data directory keeps its ledger: ``<data_dir>/ledger.sqlite``."""
+    """Where a data directory keeps its ledger when no URL is configured: ``<data_dir>/ledger.sqlite``."""
     return Path(data_dir) / "ledger.sqlite"

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 from typing import TYPE_CHECKING
+
+import sqlalchemy as sa
 
 if TYPE_CHECKING:
     from pipeline.ledger import Ledger
@@ -57,5 +58,5 @@ class Lease:
                 job = self.ledger.get(self.key)
                 if job is None or job.state not in OPEN_STATES:
                     return
-            except sqlite3.Error as exc:  # a busy file: try again next period, before the lease lapses
+            except sa.exc.SQLAlchemyError as exc:  # a busy file, a lost connection: try again next period
                 log.warning("ledger: could not renew the lease on %s: %s", self.key[:12], exc)

@@ -1,68 +1,106 @@
-"""The ledger's SQLite schema, the migration of files written by older versions, and the records
-its rows are read into (``Job``, ``PredictionRecord``)."""
+"""The ledger's tables (SQLAlchemy Core, the same on SQLite and PostgreSQL), the migration of
+databases written by older versions, and the records its rows are read into (``Job``,
+``PredictionRecord``).
+
+Column types are chosen to match the SQLite files written before SQLAlchemy: TEXT, INTEGER and
+floating point (``Double``: REAL affinity in SQLite, ``double precision`` in PostgreSQL, so Unix
+seconds keep sub-millisecond precision); booleans are INTEGER 0/1 as those files have them."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
+
+import sqlalchemy as sa
 
 JobState = Literal["intent", "in_flight", "succeeded", "failed", "canceled"]
 Claim = Literal["owner", "succeeded", "busy"]
 OPEN_STATES = ("intent", "in_flight")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    key            TEXT PRIMARY KEY,
-    provider       TEXT NOT NULL,
-    model          TEXT NOT NULL,
-    video_id       TEXT,
-    labels         TEXT NOT NULL DEFAULT '{}',
-    state          TEXT NOT NULL CHECK (state IN ('intent', 'in_flight', 'succeeded', 'failed', 'canceled')),
-    prediction_id  TEXT,
-    input_sha256   TEXT,
-    estimate_usd   REAL NOT NULL DEFAULT 0,
-    cost_usd       REAL NOT NULL DEFAULT 0,
-    attempts       INTEGER NOT NULL DEFAULT 0,
-    error          TEXT,
-    output         TEXT,
-    intent_at      REAL NOT NULL,
-    updated_at     REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS jobs_video ON jobs (video_id, state);
-CREATE TABLE IF NOT EXISTS predictions (
-    prediction_id  TEXT PRIMARY KEY,
-    key            TEXT NOT NULL,
-    provider       TEXT NOT NULL,
-    model          TEXT NOT NULL,
-    video_id       TEXT,
-    status         TEXT NOT NULL,
-    cost_usd       REAL NOT NULL DEFAULT 0,
-    adopted        INTEGER NOT NULL DEFAULT 0,
-    error          TEXT,
-    created_at     REAL NOT NULL,
-    updated_at     REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS predictions_video ON predictions (video_id);
-CREATE INDEX IF NOT EXISTS predictions_created ON predictions (created_at);
-"""
+METADATA = sa.MetaData()
 
-_MIGRATIONS = {  # columns added after the first release: name -> definition
-    "jobs": {"owner": "TEXT", "lease_until": "REAL", "retryable": "INTEGER", "unusable": "TEXT NOT NULL DEFAULT '{}'"},
-}
+JOBS = sa.Table(
+    "jobs", METADATA,
+    sa.Column("key", sa.Text, primary_key=True),
+    sa.Column("provider", sa.Text, nullable=False),
+    sa.Column("model", sa.Text, nullable=False),
+    sa.Column("video_id", sa.Text),
+    sa.Column("labels", sa.Text, nullable=False, server_default="{}"),
+    sa.Column("state", sa.Text, nullable=False),
+    sa.CheckConstraint("state IN ('intent', 'in_flight', 'succeeded', 'failed', 'canceled')", name="jobs_state"),
+    sa.Column("prediction_id", sa.Text),
+    sa.Column("input_sha256", sa.Text),
+    sa.Column("estimate_usd", sa.Double, nullable=False, server_default=sa.text("0")),
+    sa.Column("cost_usd", sa.Double, nullable=False, server_default=sa.text("0")),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default=sa.text("0")),
+    sa.Column("error", sa.Text),
+    sa.Column("output", sa.Text),
+    sa.Column("intent_at", sa.Double, nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+    # added after the first release (MIGRATED_COLUMNS): older databases get them on open
+    sa.Column("owner", sa.Text),
+    sa.Column("lease_until", sa.Double),
+    sa.Column("retryable", sa.Integer),
+    sa.Column("unusable", sa.Text, nullable=False, server_default="{}"),
+)
+sa.Index("jobs_video", JOBS.c.video_id, JOBS.c.state)
+"""One row per cache key: its state, owner and lease, prediction, cost and output (JSON text)."""
+
+PREDICTIONS = sa.Table(
+    "predictions", METADATA,
+    sa.Column("prediction_id", sa.Text, primary_key=True),
+    sa.Column("key", sa.Text, nullable=False),
+    sa.Column("provider", sa.Text, nullable=False),
+    sa.Column("model", sa.Text, nullable=False),
+    sa.Column("video_id", sa.Text),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("cost_usd", sa.Double, nullable=False, server_default=sa.text("0")),
+    sa.Column("adopted", sa.Integer, nullable=False, server_default=sa.text("0")),
+    sa.Column("error", sa.Text),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+)
+sa.Index("predictions_video", PREDICTIONS.c.video_id)
+sa.Index("predictions_created", PREDICTIONS.c.created_at)
+"""One row per provider prediction created or adopted, with its cost (USD)."""
+
+MIGRATED_COLUMNS = {"jobs": ("owner", "lease_until", "retryable", "unusable")}
+"""Columns added after the first release, by table: added to older databases on open."""
 
 
-def create_or_migrate(db: sqlite3.Connection) -> None:
+def create_tables(db: sa.Connection, *tables: sa.Table) -> None:
+    """Create ``tables`` and their indexes in ``db`` where missing (inside the caller's write
+    transaction: the ledger's lock keeps two processes from creating them at once). Idempotent."""
+    for table in tables:
+        table.create(db, checkfirst=True)
+        for index in table.indexes:
+            index.create(db, checkfirst=True)
+
+
+def create_or_migrate(db: sa.Connection) -> None:
     """Create the ledger's tables in ``db`` (inside the caller's write transaction), and add the
-    columns older files lack (``ALTER TABLE ... ADD COLUMN``). Idempotent."""
-    for statement in filter(str.strip, _SCHEMA.split(";")):
-        db.execute(statement)
-    for table, columns in _MIGRATIONS.items():
-        have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
-        for name, definition in columns.items():
-            if name not in have:
-                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {definition}")
+    columns older databases lack (``ALTER TABLE ... ADD COLUMN``, each nullable or with a default,
+    so existing rows stay valid). Idempotent."""
+    create_tables(db, *METADATA.sorted_tables)
+    inspector = sa.inspect(db)
+    for name, columns in MIGRATED_COLUMNS.items():
+        have = {c["name"] for c in inspector.get_columns(name)}
+        table = METADATA.tables[name]
+        for column in (table.c[c] for c in columns if c not in have):
+            db.execute(sa.text(f"ALTER TABLE {name} ADD COLUMN {_column_ddl(db, column)}"))
+
+
+def _column_ddl(db: sa.Connection, column: sa.Column) -> str:
+    ddl = f"{column.name} {column.type.compile(dialect=db.dialect)}"
+    if column.server_default is not None:
+        default = column.server_default.arg
+        literal = "'" + str(default).replace("'", "''") + "'"
+        ddl += f" DEFAULT {default.text if isinstance(default, sa.TextClause) else literal}"
+    if not column.nullable:
+        assert column.server_default is not None, f"{column.name}: a NOT NULL column added later needs a default"
+        ddl += " NOT NULL"
+    return ddl
 
 
 @dataclass(frozen=True)
@@ -126,8 +164,8 @@ class PredictionRecord:
     updated_at: float
 
 
-def job_from_row(row: sqlite3.Row, **decided: Any) -> Job:
-    """The ``Job`` of a ``jobs`` row, plus what ``Ledger.begin`` decided (``claim``, ``resumed``, ...)."""
+def job_from_row(row: Mapping[str, Any], **decided: Any) -> Job:
+    """The ``Job`` of a ``jobs`` row (a mapping by column name), plus what ``Ledger.begin`` decided (``claim``, ``resumed``, ...)."""
     return Job(key=row["key"], provider=row["provider"], model=row["model"], video_id=row["video_id"],
                labels=json.loads(row["labels"] or "{}"), state=row["state"], prediction_id=row["prediction_id"],
                input_sha256=row["input_sha256"], estimate_usd=row["estimate_usd"], cost_usd=row["cost_usd"],

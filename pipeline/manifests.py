@@ -85,6 +85,10 @@ class PlannedBeat(_Manifest):
     motion: str | None = None
     duration_s: float
     start_s: float
+    seed: int | None = None
+    """The beat's own seed from the spec (None: derived from the video's seed and the index)."""
+    characters: list[str] = Field(default_factory=list)
+    """The spec's characters this beat names (``pipeline.spec_characters.beat_characters``)."""
 
     @property
     def segment(self) -> str:
@@ -118,6 +122,8 @@ class VideoPlan(_Manifest):
     """What planning a ``brief`` into beats cost (USD); 0 for explicit beats or a cached plan."""
     spec_sha256: str
     source: str
+    characters: dict[str, "PlannedCharacter"] = Field(default_factory=dict)
+    """The spec's characters by name, in the spec's order (empty when it has none)."""
 
     @property
     def segment_keys(self) -> list[str]:
@@ -130,6 +136,37 @@ class VideoPlan(_Manifest):
         except ValueError:
             return None
         return self.beats[index] if 0 <= index < len(self.beats) else None
+
+
+class PlannedCharacter(_Manifest):
+    """A character as the plan carries it: its ``description`` and, when the spec gave a reference
+    image, that image's ``reference_sha256`` and ``reference_file`` (the image's bytes stay in the
+    registered spec; the ``characters`` asset ingests them into the media store)."""
+
+    description: str
+    reference_sha256: str | None = None
+    reference_file: str | None = None
+
+
+class CharacterReference(_Manifest):
+    """One character's reference image (``characters`` asset): ``image`` in the media store, and
+    ``source``: "generated" (from the description with the image model) or "user" (the spec's
+    reference image, ingested as it is). ``image.cache_key`` is what storyboards record."""
+
+    name: str
+    description: str
+    source: Literal["generated", "user"]
+    image: MediaManifest
+
+
+class CharactersManifest(_Manifest):
+    """Output of ``characters``: one reference image per character of the video, by name (spec
+    order). ``spec_sha256``: the plan version it was made for."""
+
+    kind: Literal["characters"] = "characters"
+    video_id: str
+    spec_sha256: str
+    references: dict[str, CharacterReference] = Field(default_factory=dict)
 
 
 class ChunkPlan(_Manifest):
@@ -166,6 +203,9 @@ class BeatManifest(_Manifest):
     """sha256 of every parameter that shapes this beat's media; stitch checks it against the plan."""
     max_cost_usd: float | None = None
     """The video's budget (USD) from the spec; paid providers refuse calls past it. Not in the fingerprint."""
+    characters: dict[str, str] = Field(default_factory=dict)
+    """The characters this beat names: ``{name: cache key of its reference image}`` (in the fingerprint
+    when not empty); its storyboard is generated from those references."""
 
     @property
     def segment(self) -> str:
@@ -180,6 +220,9 @@ class StoryboardManifest(_Manifest):
     index: int
     fingerprint: str
     image: MediaManifest
+    references: dict[str, MediaManifest] = Field(default_factory=dict)
+    """The character references the image was generated from, by name (their sha256 are the
+    request's ``character:<name>`` inputs, so in its cache key)."""
 
 
 class ChunkManifest(_Manifest):
@@ -196,6 +239,11 @@ class ChunkManifest(_Manifest):
     start_image_sha256: str
     last_frame: MediaManifest
     conformed: MediaManifest | None = None
+    drift: dict[str, float] | None = None
+    """Colour/brightness drift from the beat's first frame (chunk 0's first frame) to this chunk's
+    last frame (``pipeline.drift.Drift``: ``delta_e``, ``delta_l``, ``delta_a``, ``delta_b`` in CIELAB
+    units, ``luma_delta`` and ``rgb_mean_delta``/``rgb_std_delta`` in 8-bit code values); None in
+    manifests written before drift was measured."""
 
 
 class ChunkVideosManifest(_Manifest):
@@ -216,6 +264,8 @@ class ChunkVideosManifest(_Manifest):
     storyboard: MediaManifest
     chunks: list[ChunkManifest]
     clip: MediaManifest | None = None
+    drift: dict[str, float] | None = None
+    """The beat's drift: its first frame to its last chunk's last frame (the last chunk's ``drift``)."""
 
     @property
     def cost_usd(self) -> float:
@@ -318,6 +368,12 @@ class FinalManifest(_Manifest):
     ledger's spend for the video when a ledger exists); ``cost_usd`` is the same number, kept for
     readers of older manifests. ``reused_usd``: the price of outputs it used but others paid for.
     Older manifests load with ``paid_usd = cost_usd`` and ``reused_usd = 0``.
+
+    Where the video was published (``pipeline.publish``): ``published_uri`` is
+    ``s3://<bucket>/<prefix>/videos/<video_id>.mp4`` with the S3 store, else the ``file://`` URI of
+    ``<data>/videos/<video_id>.mp4``; None in manifests written before it was recorded. ``path`` is
+    the local published file without S3, and the same ``s3://`` URI with it (there is no local
+    published copy then).
     """
 
     kind: Literal["final"] = "final"
@@ -331,6 +387,7 @@ class FinalManifest(_Manifest):
     paid_usd: float = 0.0
     reused_usd: float = 0.0
     mux_method: Literal["stream_copy", "reencode"] | None = None
+    published_uri: str | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -341,10 +398,11 @@ class FinalManifest(_Manifest):
 
 
 StitchedManifest.model_rebuild()
+VideoPlan.model_rebuild()
 
 AnyManifest = Annotated[
     Union[VideoPlan, BeatManifest, StoryboardManifest, ChunkVideosManifest, StitchedManifest, MusicManifest,
-          FinalManifest, MediaManifest],
+          FinalManifest, MediaManifest, CharactersManifest],
     Field(discriminator="kind"),
 ]
 _ADAPTER: TypeAdapter[AnyManifest] = TypeAdapter(AnyManifest)
@@ -353,6 +411,11 @@ _ADAPTER: TypeAdapter[AnyManifest] = TypeAdapter(AnyManifest)
 def dump_manifest(manifest: BaseModel) -> str:
     """Serialize a manifest to JSON text."""
     return manifest.model_dump_json(indent=2)
+
+
+def money(usd: float) -> str:
+    """USD as text: 4 decimals, 6 when 4 would round it ("0.0500", "0.000051")."""
+    return f"{usd:.4f}" if abs(round(usd, 4) - usd) < 1e-12 else f"{usd:.6f}"
 
 
 def load_manifest(text: str | bytes) -> BaseModel:

@@ -12,7 +12,8 @@ import datetime as dt
 from typing import Any
 
 from pipeline.model_inputs import ratio_value
-from pipeline.models import DEFAULTS, MODELS, ReplicateModel
+from pipeline.models import DEFAULTS, MODELS, REFERENCE_DEFAULT, ReplicateModel
+from pipeline.spec_characters import MAX_CHARACTERS
 
 DEFAULT_RATIO = "16:9"
 """The aspect ratio of a spec that names none (``pipeline.spec``): every image and video model must make it."""
@@ -78,6 +79,8 @@ def _model_problems(m: ReplicateModel, today: dt.date) -> list[str]:
         want = {f"{t}+interpolate" if m.interpolate_output else t for t in m.prices if t.endswith("p")}
         if "default" not in m.prices and not want <= set(m.prices):
             out.append(f"prices: no tier {sorted(want - set(m.prices))} for the resolutions it runs at")
+    if m.max_reference_images and "references" not in m.fields:
+        out.append("fields: no 'references' field for its max_reference_images")
     if m.kind == "audio" and not (m.max_duration_s or 0) > 0:
         out.append("max_duration_s: missing")
     return out
@@ -100,6 +103,10 @@ def check_registry(models: dict[str, ReplicateModel] | None = None, defaults: di
             out.append(f"DEFAULTS[{kind!r}]: {ref}: not in the registry")
         elif models[ref].kind != kind:
             out.append(f"DEFAULTS[{kind!r}]: {ref}: is a {models[ref].kind} model")
+    reference = REFERENCE_DEFAULT if models is MODELS else None
+    if reference is not None and (reference not in models or models[reference].kind != "image"
+                                  or models[reference].max_reference_images < MAX_CHARACTERS):
+        out.append(f"REFERENCE_DEFAULT: {reference}: not an image model taking {MAX_CHARACTERS} reference images")
     for ref, m in models.items():
         if m.ref != ref:
             out.append(f"{ref}: ref: registered under another name ({m.ref})")

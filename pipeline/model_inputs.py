@@ -101,6 +101,15 @@ def flux_pro(m: "ReplicateModel", r: GenerationRequest, extra: dict[str, Any], r
             "prompt_upsampling": False, **_seed(r)}
 
 
+def seedream(m: "ReplicateModel", r: GenerationRequest, extra: dict[str, Any], ratio: str) -> dict[str, Any]:
+    """Seedream 4: text-to-image, or from reference images (``extra["references"]``: data URIs or
+    uploaded file URLs, 1-10) in ``image_input``. One 1K image (the draft size is far below it);
+    the model has no seed input."""
+    refs = list(extra.get("references") or [])
+    return {"prompt": r.prompt, "aspect_ratio": ratio, "size": "1K", "max_images": 1,
+            "sequential_image_generation": "disabled", **({"image_input": refs} if refs else {})}
+
+
 def wan(m: "ReplicateModel", r: GenerationRequest, extra: dict[str, Any], ratio: str) -> dict[str, Any]:
     fps = m.fps or 16
     return {"image": extra["image"], "prompt": r.prompt, "num_frames": wan_frames(float(r.params["duration_s"]), fps),

@@ -91,6 +91,15 @@ PRICES: dict[str, dict[str, Price]] = {
             note="not flux-pro (1.0), which Replicate prices at $0.055 per image (https://replicate.com/"
                  "black-forest-labs/flux-pro)"),
     },
+    "bytedance/seedream-4": {
+        "default": Price(0.03, "image", P + "bytedance/seedream-4", evidence=(
+            "https://github.com/dwaipayanbanerjee/qwen-image-editor/blob/ad9f9146e235336039d4b46057036474900e6a46/"
+            "bytedance_seedream-4.md (a copy of the model's replicate.com page): 'Model pricing for "
+            "bytedance/seedream-4 ... $0.03 per output image or around 33 images for $1'",
+            "https://llm-stats.com/models/seedream-4: 'Seedream 4 starts at $0.0300 per generated image via "
+            "Replicate'"),
+            note="per output image whatever the number of reference images (max_images 1 is sent)"),
+    },
     "wan-video/wan-2.2-i2v-fast": {
         # Per output video by resolution x interpolate_output; see models.py (the Wan entry) for why
         # num_frames and frames_per_second do not enter the price.
@@ -160,6 +169,7 @@ of every registry model, by ``ref``."""
 
 BILLING: dict[str, Billing] = {
     **{ref: _official(ref) for ref in ("black-forest-labs/flux-schnell", "black-forest-labs/flux-1.1-pro",
+                                       "bytedance/seedream-4",
                                        "wan-video/wan-2.2-i2v-fast", "kwaivgi/kling-v2.1", "bytedance/seedance-1-lite",
                                        "stability-ai/stable-audio-2.5")},
     "meta/musicgen": Billing("time_run", LIFECYCLE, note="a public, time-billed model (is_official: false): "

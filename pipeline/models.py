@@ -10,7 +10,8 @@ prices a prediction by how it ended (canceled, failed, aborted).
 
 Prices, their sources and check dates live in :mod:`pipeline.model_prices`; every entry here names
 ``schema_source``, where its input schema was checked (checked on ``model_prices.CHECKED``).
-Defaults (:data:`DEFAULTS`): ``black-forest-labs/flux-schnell`` for storyboard images,
+Defaults (:data:`DEFAULTS`): ``black-forest-labs/flux-schnell`` for storyboard images
+(``bytedance/seedream-4``, :data:`REFERENCE_DEFAULT`, for those made from character references),
 ``wan-video/wan-2.2-i2v-fast`` for chunks (5 s chunks at 16 fps), ``stability-ai/stable-audio-2.5``
 for music and ``meta/meta-llama-3-70b-instruct`` as the planner. ``pipeline models`` prints the
 table and :func:`pipeline.model_checks.check_registry` checks it. Nothing here makes a network call.
@@ -33,6 +34,7 @@ from pipeline.model_inputs import (
     request_ratio,
     resolution_tier,
     seedance,
+    seedream,
     snap_duration,
     stable_audio,
     wan,
@@ -40,7 +42,7 @@ from pipeline.model_inputs import (
 )
 from pipeline.model_prices import BILLING, NODETOOL, PRICES, Billing, Price, PriceUnit
 
-__all__ = ["DEFAULTS", "MODELS", "Billing", "Cost", "ModelInput", "Price", "PriceUnit", "ReplicateModel",
+__all__ = ["DEFAULTS", "MODELS", "REFERENCE_DEFAULT", "Billing", "Cost", "ModelInput", "Price", "PriceUnit", "ReplicateModel",
            "charge_for", "choose_ratio", "estimate_video_usd", "get_model", "request_ratio"]
 
 Kind = Literal["image", "video", "audio", "text"]
@@ -116,6 +118,8 @@ class ReplicateModel:
     gpu_seconds_per_output_second: float = 0.0
     """For "gpu_second" prices: the estimate of predict_time per second of output (estimates only)."""
     notes: str = ""
+    max_reference_images: int = 0
+    """image: how many reference images (``fields["references"]``) one prediction takes; 0: none."""
 
     @property
     def id(self) -> str:
@@ -275,6 +279,18 @@ MODELS: dict[str, ReplicateModel] = {m.ref: m for m in [
         fields={"prompt": "prompt", "seed": "seed", "aspect_ratio": "aspect_ratio"},
         output="url", output_ext=".png", ratios=_FLUX_RATIOS),
     ReplicateModel(
+        ref="bytedance/seedream-4", kind="image", builder=seedream,
+        schema_source=NODETOOL + "image/generate.py (Seedream_4, version cf7d4319); "
+                                 "https://github.com/dwaipayanbanerjee/qwen-image-editor/blob/ad9f914/"
+                                 "bytedance_seedream-4.md (a copy of its replicate.com API page: output schema)",
+        fields={"prompt": "prompt", "aspect_ratio": "aspect_ratio", "references": "image_input"},
+        output="url_list", output_ext=".jpg", ratios=("16:9", "9:16", "1:1", "4:3", "3:4", "3:2", "2:3", "21:9"),
+        max_reference_images=10,
+        notes="Storyboards of beats that name characters: image_input takes 1-10 reference images (data URIs or "
+              "uploaded files) 'for single or multi-reference generation'. size 1K (1024 px; the output is "
+              "resized to the draft size). No seed input: a beat's seed is in the cache key (a new seed is a new "
+              "prediction, a new image) but cannot reproduce an image."),
+    ReplicateModel(
         ref="wan-video/wan-2.2-i2v-fast", kind="video", builder=wan,
         schema_source=NODETOOL + "video/generate.py (Wan_2_2_I2V_Fast, version 4eaf2b01; aspect_ratio from "
                                  "version b609b267, nodetool commit 31930bb)",
@@ -338,6 +354,10 @@ DEFAULTS: dict[str, str] = {
     "text": "meta/meta-llama-3-70b-instruct",
 }
 """Default model per kind."""
+
+REFERENCE_DEFAULT = "bytedance/seedream-4"
+"""The image model for storyboards made from character reference images, when the chosen image
+model takes none (``ReplicateModel.max_reference_images``)."""
 
 
 def get_model(ref: str, kind: Kind | None = None) -> ReplicateModel:

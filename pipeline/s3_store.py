@@ -4,7 +4,11 @@ Layout under ``s3://<bucket>/<prefix>/``:
 
 - ``media/<sha[:2]>/<sha><ext>``: content-addressed media (``S3MediaStore``), URI ``s3://...``;
 - ``cache/<key[:2]>/<key>.json``: the generation cache index (``S3TextObjects``);
-- ``manifests/<asset>/<video>[/<segment>].json``: the IO manager's manifests (``S3TextObjects``).
+- ``manifests/<asset>/<video>[/<segment>].json``: the IO manager's manifests (``S3TextObjects``,
+  ``pipeline.s3_text``);
+- ``specs/<video_id>.json``: the spec registry (``pipeline.submissions``, ``S3TextObjects``);
+- ``videos/<video_id>.mp4``: published final videos (``S3MediaStore.publish``);
+- ``inbox/``: spec files for the inbox sensor (``pipeline.inbox_s3``).
 
 Every object is written with a single PUT, which S3 makes visible atomically (readers see the
 whole old object or the whole new one, never a part). Reads of media go through a local
@@ -31,15 +35,10 @@ from typing import Any, Callable
 from botocore.exceptions import ClientError
 
 from pipeline.housekeeping import owned_mkstemp_prefix, owned_temp_path
+from pipeline.s3_text import S3TextObjects, is_missing
 from pipeline.store import CHUNK, Integrity, check_file, sha256_file, utc_stamp
 
 log = logging.getLogger("pipeline.store")
-
-_MISSING = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
-
-
-def _is_missing(exc: ClientError) -> bool:
-    return str(exc.response.get("Error", {}).get("Code")) in _MISSING
 
 
 class S3ClientProvider:
@@ -157,43 +156,12 @@ class S3Location:
         try:
             return self.s3().head_object(Bucket=bucket or self.bucket, Key=key)
         except ClientError as exc:
-            if _is_missing(exc):
+            if is_missing(exc):
                 return None
             raise
 
     def __str__(self) -> str:
         return self.uri(self.prefix) if self.prefix else f"s3://{self.bucket}"
-
-
-class S3TextObjects:
-    """Small UTF-8 text objects (JSON) under an S3 location: the S3 variant of
-    ``pipeline.store.LocalTextObjects`` (same methods). Keys are relative, "/"-separated."""
-
-    def __init__(self, root: S3Location):
-        self.root = root
-
-    def read(self, key: str) -> str | None:
-        """The text at ``key``, or None if there is no such object. Other S3 errors propagate."""
-        try:
-            body = self.root.s3().get_object(Bucket=self.root.bucket, Key=self.root.key(key))["Body"]
-        except ClientError as exc:
-            if _is_missing(exc):
-                return None
-            raise
-        with body:
-            return body.read().decode("utf-8")
-
-    def write(self, key: str, text: str) -> None:
-        """Write ``text`` at ``key`` with one PUT (atomic: readers never see a partial object)."""
-        self.root.s3().put_object(Bucket=self.root.bucket, Key=self.root.key(key),
-                                       Body=text.encode("utf-8"), ContentType="application/json")
-
-    def location(self, key: str) -> str:
-        """``s3://`` URI of ``key`` (for metadata and messages)."""
-        return self.root.uri(self.root.key(key))
-
-    def __str__(self) -> str:
-        return str(self.root)
 
 
 class S3MediaStore:
@@ -252,7 +220,7 @@ class S3MediaStore:
         try:
             obj = self.location.s3().get_object(Bucket=bucket, Key=key)
         except ClientError as exc:
-            if _is_missing(exc):
+            if is_missing(exc):
                 raise FileNotFoundError(f"media object missing from the store: {uri}") from exc
             raise
         name_sha = Path(key).name.split(".")[0]
@@ -317,7 +285,7 @@ class S3MediaStore:
                                            CopySource={"Bucket": bucket, "Key": key})
             self.location.s3().delete_object(Bucket=bucket, Key=key)
         except ClientError as exc:
-            if _is_missing(exc):
+            if is_missing(exc):
                 return None
             raise
         return self.location.uri(target)
@@ -336,6 +304,40 @@ class S3MediaStore:
     def has(self, uri: str, sha256: str, size: int) -> bool:
         """True if ``check`` says "ok": an object of ``size`` bytes at ``sha256``'s address (one HEAD)."""
         return self.check(uri, sha256, size) == "ok"
+
+    def publish(self, uri: str, sha256: str, size: int, name: str) -> str:
+        """Publish the stored medium ``uri`` as ``<prefix>/videos/<name>`` (e.g. ``<video_id>.mp4``)
+        by a server-side copy (no bytes through this machine; one CopyObject, atomic, up to 5 GiB,
+        a multipart copy beyond), with its sha256 in the object's metadata. Nothing is copied when
+        that object already holds these bytes (one HEAD). A separate object, not a reference: a
+        quarantine or clean-up of the media store never removes a published video, and a new
+        version replacing it never touches the store. Returns the ``s3://`` URI of the published
+        object; raises FileNotFoundError if ``uri`` is gone, other S3 errors as they come."""
+        from boto3.s3.transfer import TransferConfig
+
+        bucket, key = parse_s3_uri(uri)
+        dest = self.location.key("videos", name)
+        if self.published(self.location.uri(dest), sha256, size):
+            return self.location.uri(dest)
+        try:
+            self.location.s3().copy(
+                {"Bucket": bucket, "Key": key}, self.location.bucket, dest,
+                ExtraArgs={"Metadata": {"sha256": sha256}, "MetadataDirective": "REPLACE",
+                           "ContentType": "video/mp4" if name.endswith(".mp4") else "application/octet-stream"},
+                Config=TransferConfig(multipart_threshold=5 * 1024 ** 3, use_threads=False))
+        except ClientError as exc:
+            if is_missing(exc):
+                raise FileNotFoundError(f"cannot publish {uri}: the media object is gone") from exc
+            raise
+        return self.location.uri(dest)
+
+    def published(self, uri: str, sha256: str, size: int) -> bool:
+        """Whether the published object ``uri`` exists with exactly ``size`` bytes and ``sha256`` in
+        its metadata (one HEAD)."""
+        bucket, key = parse_s3_uri(uri)
+        head = self.location.head(key, bucket)
+        return (head is not None and head.get("ContentLength") == size
+                and (head.get("Metadata") or {}).get("sha256") == sha256)
 
     def _cached(self, key: str) -> Path:
         return self.cache_dir / Path(key).name

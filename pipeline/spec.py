@@ -17,7 +17,10 @@ Input rules (every violation is a SpecError naming the file and the field, user 
   20,000 characters; at most 1,000 beats in the file (before truncation to ``max_beats``);
 - ``provider`` is ``local`` or ``replicate``; ``models`` (per-kind Replicate model overrides:
   ``image``, ``video``, ``music``) names registry models of that kind (``pipeline.models``) and
-  is refused beside ``provider: local``.
+  is refused beside ``provider: local``;
+- ``characters`` (1-10 names -> description and optional reference image) and a beat's optional
+  ``characters`` list and ``seed``: ``pipeline.spec_characters`` (reference image files follow a
+  spec file's safety rules and are carried in the spec once loaded).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -33,6 +37,8 @@ from pydantic import (BaseModel, ConfigDict, Field, StringConstraints, Validatio
                       model_validator)
 
 from pipeline.printable import clip, printable, quoted
+from pipeline.spec_characters import (MAX_CHARACTERS, MAX_NAME_CHARS, BeatCharacters, Characters,
+                                      check_character_names, folder_of, ingest_raw)
 from pipeline.spec_file import MAX_SPEC_BYTES, SpecInputError, decode_spec_text, read_spec_bytes
 from pipeline.spec_yaml import describe_value, load_yaml
 
@@ -117,13 +123,25 @@ class MusicSpec(_Strict):
     bpm: Annotated[int, Field(strict=True, ge=20, le=300)]
 
 
+Seed = Annotated[int, Field(strict=True, ge=0, lt=2**31)]
+"""A generation seed: a whole number 0 .. 2**31 - 1."""
+
+
 class BeatSpec(_Strict):
     """One scene: what is shown (``prompt``, at most 2,000 characters), for how long (seconds,
-    0.1-600) and optional camera ``motion`` (at most 500 characters)."""
+    0.1-600) and optional camera ``motion`` (at most 500 characters).
+
+    Characters and re-rolls (optional; ``pipeline.spec_characters``): ``characters``, the exact
+    list of the spec's characters this beat shows (without it: those named in the prompt);
+    ``seed``, this beat's own seed (default: derived from the video's seed and the beat index), so
+    one beat can be re-rolled alone: a new seed changes only this beat's cache keys."""
 
     prompt: PromptText
     duration_s: Annotated[Seconds, Field(ge=SHORTEST_BEAT_S, le=MAX_BEAT_DURATION_S)]
     motion: MotionText | None = None
+    # --- characters and per-beat seed (issue 13) ---
+    seed: Seed | None = None
+    characters: BeatCharacters | None = None
 
 
 PROVIDER_NAMES = ("local", "replicate")
@@ -185,11 +203,19 @@ class VideoSpec(_Strict):
     """The provider to render with; None: the deployment default (``pipeline submit --provider`` wins)."""
     models: ModelChoices | None = None
     """Per-kind Replicate model overrides (replicate only)."""
+    # --- characters (issue 13) ---
+    characters: Characters | None = None
+    """Recurring characters ``{name: CharacterSpec}`` (``pipeline.spec_characters``)."""
 
     @model_validator(mode="after")
     def _beats_xor_brief(self) -> "VideoSpec":
         if (self.beats is None) == (self.brief is None):
             raise ValueError("give exactly one of 'beats' (a list of scenes) or 'brief' (free text to plan)")
+        return self
+
+    @model_validator(mode="after")
+    def _known_characters(self) -> "VideoSpec":
+        check_character_names(self.characters, [b.characters for b in self.beats or []])
         return self
 
     @field_validator("models")
@@ -214,8 +240,19 @@ class VideoSpec(_Strict):
         """sha256 of the spec's canonical JSON: equal for specs that render the same video. The
         optional ``provider`` and ``models`` count only when given, so a spec without them keeps
         the fingerprint it had before they existed."""
-        unset = {name for name in ("provider", "models") if getattr(self, name) is None}
-        return sha256_json(self.model_dump(mode="json", exclude=unset))
+        unset = {name for name in ("provider", "models", *LATER_OPTIONAL_FIELDS) if getattr(self, name) is None}
+        data = self.model_dump(mode="json", exclude=unset)
+        for beat in data.get("beats") or []:
+            for name in LATER_OPTIONAL_BEAT_FIELDS:
+                if beat.get(name) is None:
+                    beat.pop(name, None)
+        return sha256_json(data)
+
+
+LATER_OPTIONAL_FIELDS = ("characters",)
+"""Optional spec fields added after specs were registered: they count in ``fingerprint`` only when given."""
+LATER_OPTIONAL_BEAT_FIELDS = ("seed", "characters")
+"""Optional beat fields added later: in ``fingerprint`` only when given (old specs keep their version)."""
 
 
 def max_beats(duration_s: float) -> int:
@@ -249,8 +286,16 @@ _EXPECTED = {
 def _problem(err: dict) -> str:
     """One ``"<field path>: <what is wrong>, got <value>"`` line for a pydantic error."""
     loc, kind, value = _format_loc(err["loc"]), err["type"], err.get("input")
-    loc = loc or ("beats/brief" if kind == "value_error" else "(top level)")
     msg = err["msg"].removeprefix("Value error, ")
+    if not loc and kind == "value_error" and re.match(r"(characters|beats\[\d+\])[.:\[]", msg):
+        return msg  # a spec-level check that names its own field (pipeline.spec_characters)
+    loc = loc or ("beats/brief" if kind == "value_error" else "(top level)")
+    if kind == "string_pattern_mismatch" and loc.startswith("characters.") and loc.endswith(".[key]"):
+        return (f"{loc.removesuffix('.[key]')}: {quoted(value, 80)} is not a valid character name: start with a "
+                f"letter, then letters, digits, spaces, '-', '_' or apostrophes (at most {MAX_NAME_CHARS})")
+    if kind in ("too_long", "too_short") and loc == "characters":
+        return (f"characters: a spec describes 1-{MAX_CHARACTERS} characters, got "
+                f"{len(value) if isinstance(value, dict) else describe_value(value)}")
     if kind == "extra_forbidden":
         msg = "unknown field (not part of the spec format; check the spelling)"
     elif kind == "missing":
@@ -286,9 +331,11 @@ def parse_spec(data: Any, source: str = "<spec>") -> VideoSpec:
         raise SpecError(source, [_problem(err) for err in exc.errors()]) from None
 
 
-def load_spec_text(text: str, source: str = "<spec>") -> VideoSpec:
+def load_spec_text(text: str, source: str = "<spec>", *, folder: str | os.PathLike | None = None) -> VideoSpec:
     """Parse YAML or JSON text (JSON is YAML; YAML 1.2 core scalars, see ``pipeline.spec_yaml``)
-    into a VideoSpec. Raises SpecError naming ``source``, the line and the field."""
+    into a VideoSpec. ``folder``: the spec file's folder; character reference image paths are read
+    from it and carried in the spec (``pipeline.spec_characters.ingest_raw``); None leaves them as
+    paths. Raises SpecError naming ``source``, the line and the field."""
     if len(text) > MAX_SPEC_BYTES:
         raise SpecError(source, [f"the spec is {len(text):,} characters, more than the {MAX_SPEC_BYTES:,} allowed"])
     try:
@@ -297,16 +344,26 @@ def load_spec_text(text: str, source: str = "<spec>") -> VideoSpec:
         raise SpecError(source, [str(exc)]) from None
     if data is None:
         raise SpecError(source, ["the file is empty"])
-    return parse_spec(data, source)
+    problems: list[str] = []
+    if folder is not None and isinstance(data, dict):
+        data, problems = ingest_raw(data, folder)
+    try:
+        spec = parse_spec(data, source)
+    except SpecError as exc:
+        raise SpecError(source, problems + exc.problems) from None
+    if problems:
+        raise SpecError(source, problems)
+    return spec
 
 
-def load_spec_bytes(data: bytes, source: str = "<spec>") -> VideoSpec:
-    """Decode (UTF-8, optional BOM) and parse a spec file's bytes. Raises SpecError."""
+def load_spec_bytes(data: bytes, source: str = "<spec>", *, folder: str | os.PathLike | None = None) -> VideoSpec:
+    """Decode (UTF-8, optional BOM) and parse a spec file's bytes (``folder``: see
+    ``load_spec_text``). Raises SpecError."""
     try:
         text = decode_spec_text(data)
     except SpecInputError as exc:
         raise SpecError(source, [f"the file {exc}"]) from None
-    return load_spec_text(text, source)
+    return load_spec_text(text, source, folder=folder)
 
 
 def read_spec_file(path: str | os.PathLike) -> bytes:
@@ -319,9 +376,10 @@ def read_spec_file(path: str | os.PathLike) -> bytes:
 
 
 def load_spec(path: str | Path) -> VideoSpec:
-    """Load a spec file (``.yaml``, ``.yml`` or ``.json``). Raises SpecError for every problem,
-    the file's own included (missing, unreadable, not a regular file, too large, not UTF-8)."""
-    return load_spec_bytes(read_spec_file(path), os.fspath(path))
+    """Load a spec file (``.yaml``, ``.yml`` or ``.json``). Character reference images named by
+    path are read from the file's folder and carried in the spec. Raises SpecError for every
+    problem, the file's own included (missing, unreadable, not a regular file, too large, not UTF-8)."""
+    return load_spec_bytes(read_spec_file(path), os.fspath(path), folder=folder_of(path))
 
 
 class Truncation(BaseModel):

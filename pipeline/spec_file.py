@@ -77,6 +77,13 @@ def _resolve_link(path: str) -> str:
     return target
 
 
+def check_spec_size(size: int, *, max_bytes: int = MAX_SPEC_BYTES) -> None:
+    """Refuse a spec of ``size`` bytes before reading it: raises SpecInputError if it is over
+    ``max_bytes`` (default 1 MB). Used for files (their lstat size) and S3 objects (their listed size)."""
+    if size > max_bytes:
+        raise SpecInputError(f"is {size:,} bytes, larger than the {max_bytes:,}-byte limit for a spec")
+
+
 def read_spec_bytes(path: str | os.PathLike, *, max_bytes: int = MAX_SPEC_BYTES) -> bytes:
     """The bytes of the spec file at ``path`` (at most ``max_bytes``, default 1 MB).
 
@@ -102,8 +109,7 @@ def read_spec_bytes(path: str | os.PathLike, *, max_bytes: int = MAX_SPEC_BYTES)
     if kind is not None:
         via = "is a symbolic link to " if target != name else "is "
         raise SpecInputError(f"{via}{kind}, not a regular file; a spec must be a regular file")
-    if info.st_size > max_bytes:
-        raise SpecInputError(f"is {info.st_size:,} bytes, larger than the {max_bytes:,}-byte limit for a spec")
+    check_spec_size(info.st_size, max_bytes=max_bytes)
     try:
         fd = os.open(target, _READ_FLAGS)
     except OSError as exc:

@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from pipeline import costs, media
+from pipeline.characters import beat_reference_keys, plan_characters, storyboard_prompt
+from pipeline.drift import beat_drift
 from pipeline.generation import GenerationRequest, Generator, ProviderResult
 from pipeline.ledger import Ledger
 from pipeline.manifests import (
     BeatManifest,
+    CharactersManifest,
     ChunkManifest,
     ChunkPlan,
     ChunkVideosManifest,
@@ -33,9 +34,11 @@ from pipeline.manifests import (
     segment_key,
     utc_now,
 )
+from pipeline.publish import publish, publish_final  # noqa: F401 (publish: re-exported, it lived here)
 from pipeline.progress import Progress, ProgressCallback, report
-from pipeline.providers import Provider
+from pipeline.providers import Provider, ProviderError
 from pipeline.spec import BeatSpec, SpecError, Truncation, fit_beats, sha256_json
+from pipeline.spec_characters import beat_characters
 from pipeline.store import Workspace
 from pipeline.submissions import Submission
 
@@ -95,7 +98,8 @@ def plan_video(submission: Submission, provider: Provider) -> VideoPlan:
     planned, start = [], 0.0
     for i, beat in enumerate(kept):
         planned.append(PlannedBeat(index=i, prompt=beat.prompt, motion=beat.motion,
-                                   duration_s=beat.duration_s, start_s=round(start, 6)))
+                                   duration_s=beat.duration_s, start_s=round(start, 6), seed=beat.seed,
+                                   characters=beat_characters(beat.prompt, beat.characters, spec.characters)))
         start += beat.duration_s
     width, height = spec.resolution
     seed = spec.seed if spec.seed is not None else int(sha256_json(spec.video_id)[:8], 16) % 2**31
@@ -105,7 +109,7 @@ def plan_video(submission: Submission, provider: Provider) -> VideoPlan:
         fps=provider.fps, style=spec.style, music=spec.music, seed=seed, max_cost_usd=spec.max_cost_usd,
         provider=provider.name, models=dict(submission.models), beats=planned, truncation=truncation, planned_by=planned_by,
         planning_cost_usd=round(provider.planner_cost_usd - paid_before, 6),
-        spec_sha256=submission.spec_sha256, source=submission.source,
+        spec_sha256=submission.spec_sha256, source=submission.source, characters=plan_characters(spec),
     )
 
 
@@ -148,18 +152,23 @@ def chunk_plan(duration_s: float, chunk_s: float) -> list[ChunkPlan]:
 
 
 def plan_beat(plan: VideoPlan, beat: PlannedBeat, provider: Provider) -> BeatManifest:
-    """The beat record of one real beat: prompts, seed, chunk plan and a fingerprint."""
-    image_prompt = f"{beat.prompt}. Style: {plan.style}."
+    """The beat record of one real beat: prompts, seed (the beat's own, else derived from the
+    video's seed and the index), chunk plan, the characters it names with their reference cache
+    keys (``pipeline.characters``), and a fingerprint."""
+    image_prompt = storyboard_prompt(beat.prompt, plan.style, beat.characters, plan.characters)
     motion_prompt = f"{beat.prompt}. Camera: {beat.motion or 'gentle, steady camera drift'}. Style: {plan.style}."
-    seed = (plan.seed + 7919 * beat.index) % 2**31
+    seed = beat.seed if beat.seed is not None else (plan.seed + 7919 * beat.index) % 2**31
     chunks = chunk_plan(beat.duration_s, provider.chunk_seconds)
     body = dict(video_id=plan.video_id, index=beat.index, start_s=beat.start_s, duration_s=beat.duration_s,
                 image_prompt=image_prompt, motion_prompt=motion_prompt, motion=beat.motion, seed=seed,
                 width=plan.width, height=plan.height, fps=plan.fps, provider=provider.name,
                 video_model=provider.video_model)
+    cast = beat_reference_keys(plan, beat.characters, provider)
+    extra = {"characters": cast, "reference_image_model": reference_model(provider)} if cast else {}
     fingerprint = sha256_json({**body, "start_s": None, "image_model": provider.image_model,
-                               "chunks": [c.model_dump() for c in chunks]})
-    return BeatManifest(**body, chunks=chunks, fingerprint=fingerprint, max_cost_usd=plan.max_cost_usd)
+                               "chunks": [c.model_dump() for c in chunks], **extra})
+    return BeatManifest(**body, chunks=chunks, fingerprint=fingerprint, max_cost_usd=plan.max_cost_usd,
+                        characters=cast)
 
 
 # --- storyboard_images -------------------------------------------------------------------------
@@ -169,24 +178,57 @@ def _labels(video_id: str, index: int, **more: object) -> dict[str, str]:
 
 
 def render_storyboard(beat: BeatManifest, provider: Provider, generator: Generator,
-                      progress: ProgressCallback | None = None) -> StoryboardManifest:
+                      progress: ProgressCallback | None = None,
+                      references: dict[str, MediaManifest] | None = None) -> StoryboardManifest:
     """Exactly one storyboard image for ``beat``, at the beat's draft resolution (pixels).
 
-    ``progress`` receives a started and a done ``Progress`` report. Raises what the provider or
-    the store raises (ProviderError, media.MediaError)."""
-    request = GenerationRequest(
-        media_type="image", provider=provider.name, model=provider.image_model, prompt=beat.image_prompt,
+    ``references``: the reference images of the characters the beat names (``pipeline.characters.
+    beat_references``), by name. With any, the image is made by the provider's reference model
+    (``reference_model``) from them, and the request carries each one's sha256 as input
+    ``character:<name>`` (so the cache key records which references made it). ``progress``
+    receives a started and a done ``Progress`` report. Raises what the provider or the store
+    raises (ProviderError, media.MediaError)."""
+    references = references or {}
+    missing = sorted(set(beat.characters) - set(references))
+    if missing:
+        raise ProviderError(f"beat {beat.segment} names {', '.join(missing)} but got no reference image for them",
+                            retryable=False)
+    request = storyboard_request(beat, provider, references)
+    item = dict(stage="storyboard_images", kind="storyboard image", index=1, count=1, segment=segment_key(beat.index))
+    with_refs = f" from {len(references)} character reference(s)" if references else ""
+    report(progress, Progress("started", **item, detail=f"{beat.width}x{beat.height} with {request.model}{with_refs}"))
+    started = time.monotonic()
+    if references:
+        paths = [(name, generator.local_path(m)) for name, m in references.items()]
+        image = generator.generate(request, lambda scratch: provider.render_image_with_references(request, paths, scratch))
+    else:
+        image = generator.generate(request, lambda scratch: provider.render_image(request, scratch))
+    report(progress, Progress("done", **item, medium=image, elapsed_s=time.monotonic() - started))
+    return StoryboardManifest(video_id=beat.video_id, index=beat.index, fingerprint=beat.fingerprint, image=image,
+                              references=dict(references))
+
+
+def storyboard_request(beat: BeatManifest, provider: Provider,
+                       references: dict[str, MediaManifest] | None = None) -> GenerationRequest:
+    """The generation request of ``beat``'s storyboard image: the image model, or with
+    ``references`` (character reference images by name) the reference model and one input
+    ``character:<name>`` = the reference's sha256 each (so they are part of its cache key)."""
+    references = references or {}
+    return GenerationRequest(
+        media_type="image", provider=provider.name,
+        model=reference_model(provider) if references else provider.image_model, prompt=beat.image_prompt,
         seed=beat.seed,
         params={"width": beat.width, "height": beat.height,
                 "caption": f"Beat {beat.index + 1} · {beat.start_s:g}-{beat.start_s + beat.duration_s:g} s"},
+        inputs={f"character:{name}": m.sha256 for name, m in references.items()},
         labels=_labels(beat.video_id, beat.index, stage="storyboard_images"), max_cost_usd=beat.max_cost_usd,
     )
-    item = dict(stage="storyboard_images", kind="storyboard image", index=1, count=1, segment=segment_key(beat.index))
-    report(progress, Progress("started", **item, detail=f"{beat.width}x{beat.height} with {provider.image_model}"))
-    started = time.monotonic()
-    image = generator.generate(request, lambda scratch: provider.render_image(request, scratch))
-    report(progress, Progress("done", **item, medium=image, elapsed_s=time.monotonic() - started))
-    return StoryboardManifest(video_id=beat.video_id, index=beat.index, fingerprint=beat.fingerprint, image=image)
+
+
+def reference_model(provider: Provider) -> str:
+    """The model that makes storyboards from character references: the provider's
+    ``reference_image_model`` (its image model when that one takes references)."""
+    return getattr(provider, "reference_image_model", None) or provider.image_model
 
 
 # --- chunk_videos ------------------------------------------------------------------------------
@@ -217,7 +259,9 @@ def render_chunks(beat: BeatManifest, storyboard: StoryboardManifest, provider: 
     returned less video than asked), there is no clip and ``stitch_video`` reports the gap.
 
     Every finished chunk, conformed piece and clip is in the cache, so a rerun after a failure at
-    chunk k resumes at chunk k. ``progress`` receives "chunk k of n started" and "... done" reports
+    chunk k resumes at chunk k. Each chunk's ``drift`` is the colour/brightness drift from the beat's
+    first frame to its last frame (``pipeline.drift.beat_drift``), the manifest's ``drift`` the last
+    chunk's (the beat's). ``progress`` receives "chunk k of n started" and "... done" reports
     (``Progress``: chunk type, prediction id, seconds of video, USD paid and reused, cache hit) and
     a "segment clip 1 of 1 done" report whose ``elapsed_s`` is the wait after the last chunk. Raises
     what the provider or the store raises (ProviderError, media.MediaError).
@@ -261,7 +305,8 @@ def render_chunks(beat: BeatManifest, storyboard: StoryboardManifest, provider: 
         pool.shutdown(wait=True, cancel_futures=True)  # no conform outlives the step; finished ones are cached
         raise
     pool.shutdown()
-    chunks = [c.model_copy(update={"conformed": m}) for c, m in zip(chunks, conformed)]
+    drifts = beat_drift(generator.local_path(chunks[0].video), [generator.local_path(c.last_frame) for c in chunks])
+    chunks = [c.model_copy(update={"conformed": m, "drift": d}) for c, m, d in zip(chunks, conformed, drifts)]
     clip = None
     if remaining <= 0:
         pieces = [m for m in conformed if m is not None]
@@ -271,7 +316,8 @@ def render_chunks(beat: BeatManifest, storyboard: StoryboardManifest, provider: 
                                   segment=segment_key(beat.index), medium=clip,
                                   elapsed_s=time.monotonic() - waiting))
     return ChunkVideosManifest(video_id=beat.video_id, index=beat.index, fingerprint=beat.fingerprint,
-                               duration_s=beat.duration_s, storyboard=storyboard.image, chunks=chunks, clip=clip)
+                               duration_s=beat.duration_s, storyboard=storyboard.image, chunks=chunks, clip=clip,
+                               drift=drifts[-1])
 
 
 def conform_chunk(video: MediaManifest, generator: Generator, *, width: int, height: int, fps: int, frames: int,
@@ -469,9 +515,11 @@ def _fitting_track(plan: VideoPlan, music: MusicManifest) -> MediaManifest | Non
 
 
 def mux_video(plan: VideoPlan, stitched: StitchedManifest, music: MusicManifest, generator: Generator,
-              workspace: Workspace, ledger: Ledger | None = None) -> FinalManifest:
-    """Mux the stitched video with the finished music and publish the result at
-    ``videos/<video_id>.mp4`` (a copy, see ``publish``).
+              workspace: Workspace, ledger: Ledger | None = None,
+              characters: CharactersManifest | None = None) -> FinalManifest:
+    """Mux the stitched video with the finished music and publish the result as
+    ``videos/<video_id>.mp4``: a local copy, or with the S3 store an S3 object
+    (``pipeline.publish.publish_final``; ``FinalManifest.published_uri`` says where).
 
     With the music manifest's finished track (made for this plan's duration) both streams are
     copied as they are (``media.mux_copy``): "stream_copy". Without one (a music manifest written
@@ -481,7 +529,8 @@ def mux_video(plan: VideoPlan, stitched: StitchedManifest, music: MusicManifest,
 
     The manifest's cost lines (``pipeline.costs.final_costs``) are reconciled with ``ledger`` (None:
     the manifests alone): ``paid_usd`` (= ``cost_usd``) is what this video's calls paid in every
-    attempt, ``reused_usd`` the price of outputs other videos paid for (USD)."""
+    attempt, ``reused_usd`` the price of outputs other videos paid for (USD). ``characters``: the
+    video's character references (``characters`` asset), whose lines come first after the plan's."""
     labels = {"video_id": plan.video_id, "stage": "final_video"}
     track = _fitting_track(plan, music)
     if track is not None:
@@ -509,47 +558,9 @@ def mux_video(plan: VideoPlan, stitched: StitchedManifest, music: MusicManifest,
 
     video = generator.generate(request, call)
     method = "stream_copy" if video.model == MUX_COPY_MODEL else "reencode"
-    published = publish(generator.local_path(video), workspace.videos / f"{plan.video_id}.mp4")
-    lines = costs.final_costs(plan, stitched, music, ledger)
+    path, uri = publish_final(video, plan.video_id, generator.store, workspace)
+    lines = costs.final_costs(plan, stitched, music, ledger, characters)
     paid, reused = costs.totals(lines)
-    return FinalManifest(video_id=plan.video_id, video=video, path=str(published), beats=len(plan.beats),
+    return FinalManifest(video_id=plan.video_id, video=video, path=path, published_uri=uri, beats=len(plan.beats),
                          chunks=sum(1 for c in lines if c.stage == "chunk_videos" and c.source == "manifest"),
                          cost_usd=paid, paid_usd=paid, reused_usd=reused, costs=lines, mux_method=method)
-
-
-def publish(src: Path, dest: Path) -> Path:
-    """Atomically place a copy of ``src`` at ``dest`` (the file people open, edit and share).
-
-    A reflink (Linux ``FICLONE``: shared blocks, copy-on-write) where the filesystem supports it,
-    else a byte copy; never a hard link, so editing the published file in place can never change
-    the media store. Nothing is written when ``dest`` already is a separate file with identical
-    bytes (same size, then same sha256). The temp file beside ``dest`` names its owner process
-    (``pipeline.housekeeping``) and is removed on any error. Returns ``dest``; raises OSError if
-    ``src`` cannot be read or ``dest`` written."""
-    import fcntl
-
-    from pipeline.housekeeping import owned_temp_path
-    from pipeline.store import sha256_file
-
-    ficlone = 0x40049409  # _IOW(0x94, 9, int), linux/fs.h
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        if (not os.path.samefile(src, dest) and os.path.getsize(src) == os.path.getsize(dest)
-                and sha256_file(src) == sha256_file(dest)):
-            return dest
-    except FileNotFoundError:
-        pass
-    tmp = owned_temp_path(dest)
-    try:
-        with open(src, "rb") as fsrc, open(tmp, "xb") as fdst:
-            try:
-                fcntl.ioctl(fdst.fileno(), ficlone, fsrc.fileno())
-            except OSError:  # no reflinks here (ext4, tmpfs, another filesystem): copy the bytes
-                shutil.copyfileobj(fsrc, fdst, 1 << 20)
-            fdst.flush()
-            os.fsync(fdst.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return dest

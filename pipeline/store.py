@@ -1,9 +1,10 @@
 """Where the pipeline keeps things: the workspace layout, the content-addressed media store, small
 text objects (cache index, manifests), the generation cache, and atomic file writes.
 
-Two small interfaces, each with a local variant here and an S3 variant in ``pipeline.s3_store``:
-``MediaStore`` (put / local_path / has) and ``TextObjects`` (read / write / location). Which
-variant is used is configuration (``PipelineResource``); nothing else knows.
+Two small interfaces, each with a local variant and an S3 variant in ``pipeline.s3_store``:
+``MediaStore`` (put / local_path / has, here) and ``TextObjects`` (read / write / location / listing /
+compare-and-swap, in ``pipeline.text_objects``, re-exported here). Which variant is used is
+configuration (``PipelineResource``); nothing else knows.
 
 Everything is written atomically (temp file in the same directory, then ``os.replace``; one PUT on
 S3) so a crash never leaves a half-written file where a reader would find it.
@@ -26,6 +27,7 @@ from typing import Iterator, Literal, Protocol
 from pipeline.housekeeping import owned_mkstemp_prefix, owned_name, owned_temp_path
 from pipeline.manifests import MediaManifest
 from pipeline.procs import file_lock
+from pipeline.text_objects import LocalTextObjects, TextObjects, text_objects  # noqa: F401 (re-exported)
 
 log = logging.getLogger("pipeline.store")
 
@@ -142,60 +144,6 @@ class MediaStore(Protocol):
     def has(self, uri: str, sha256: str, size: int) -> bool:
         """True if ``check`` says "ok"."""
         ...
-
-
-class TextObjects(Protocol):
-    """Small UTF-8 text objects (JSON) by relative "/"-separated key: ``LocalTextObjects`` or
-    ``pipeline.s3_store.S3TextObjects``."""
-
-    def read(self, key: str) -> str | None:
-        """The text at ``key``, or None if there is none."""
-        ...
-
-    def write(self, key: str, text: str) -> None:
-        """Replace the text at ``key`` atomically."""
-        ...
-
-    def location(self, key: str) -> str:
-        """Where ``key`` lives (a local path or an ``s3://`` URI), for metadata and messages."""
-        ...
-
-
-class LocalTextObjects:
-    """Text objects as files under ``root`` (``<root>/<key>``), written with ``atomic_write_text``."""
-
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-
-    def read(self, key: str) -> str | None:
-        """The file's text, or None if it does not exist."""
-        try:
-            return (self.root / key).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return None
-
-    def write(self, key: str, text: str) -> None:
-        """Write the file atomically, creating directories."""
-        atomic_write_text(self.root / key, text)
-
-    def location(self, key: str) -> str:
-        """The file's path."""
-        return str(self.root / key)
-
-    def __str__(self) -> str:
-        return str(self.root)
-
-
-def text_objects(where: "str | Path | TextObjects") -> "TextObjects":
-    """``where`` as TextObjects: TextObjects as is; an ``s3://bucket/prefix`` string becomes
-    ``S3TextObjects`` (a boto3 client configured by the environment); any other str or Path is a
-    local directory (``LocalTextObjects``)."""
-    if isinstance(where, str) and where.startswith("s3://"):
-        from pipeline.s3_store import S3Location
-
-        bucket, _, prefix = where[len("s3://"):].partition("/")
-        return S3Location(bucket, prefix).text_objects()
-    return LocalTextObjects(where) if isinstance(where, (str, os.PathLike)) else where
 
 
 def check_file(path: str | Path, sha256: str, size: int) -> Integrity:

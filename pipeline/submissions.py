@@ -1,8 +1,11 @@
 """The spec registry: a submitted spec, per video_id, that the ``video_spec`` asset materializes.
 
 Submitting (CLI ``render``/``submit``, the inbox sensor) validates the spec, resolves the provider
-and models it renders with, and writes ``specs/<video_id>.json`` atomically. Re-submitting an
-identical spec with the same provider and models changes nothing; a changed one replaces the entry.
+and models it renders with, and writes ``specs/<video_id>.json`` atomically through the configured
+``TextObjects`` (``PipelineResource.specs``): the local ``<data>/specs/`` folder, or
+``s3://<bucket>/<prefix>/specs/`` when S3 is configured, so every machine of a cluster sees every
+registration. Re-submitting an identical spec with the same provider and models changes nothing;
+a changed one replaces the entry (compare-and-swap, so concurrent submitters never both change it).
 
 **Which provider.** An explicit choice (``pipeline render/submit --provider``) > the spec's
 ``provider`` > the deployment default (``ProviderDefaults``, from ``PipelineResource``) >
@@ -15,16 +18,21 @@ same way even after the deployment defaults changed.
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import Union
 
 from pydantic import BaseModel, Field
 
 from pipeline.manifests import utc_now
-from pipeline.procs import file_lock
+from pipeline.procs import ProcessIdentity
 from pipeline.providers import PROVIDERS
 from pipeline.spec import MODEL_KINDS, SpecError, VideoSpec, check_model_ref, load_spec, parse_spec, sha256_json
-from pipeline.store import Workspace, atomic_write_text
+from pipeline.store import Workspace
+from pipeline.text_objects import TextObjects, text_objects
 
 PROVIDER_TAG = "pipeline/provider"
 """Run tag naming the provider a video renders with (``Submission.run_tags``, ``provider_tags``)."""
@@ -59,6 +67,10 @@ class Submission(BaseModel):
     spec: dict
     spec_sha256: str
     submitted_at: str
+    registered_by: str | None = None
+    """``host:pid:start`` of the ``pipeline render`` process that registered this version and renders
+    it itself (``procs.ProcessIdentity``); None for the inbox and ``pipeline submit``. The inbox
+    sensor leaves such a registration to that process (``spec_inbox_sensor``)."""
 
     def video_spec(self) -> VideoSpec:
         """Re-validate the stored spec (raises SpecError naming the registry file)."""
@@ -71,6 +83,27 @@ class Submission(BaseModel):
 
 class UnknownVideoError(LookupError):
     """No spec is registered for a video_id."""
+
+
+RENDER_CLAIM_S = 600.0
+"""How long (seconds after registering) a ``pipeline render`` on another machine is left to plan
+its registration before the inbox sensor plans it (a render that died before planning)."""
+
+
+def render_claim(submission: Submission, now: float | None = None) -> str | None:
+    """The ``pipeline render`` process on another machine that registered ``submission`` and may
+    still be planning it: its ``host:pid:start`` while the registration is under RENDER_CLAIM_S
+    seconds old, else None. None too for a registration without ``registered_by`` and for one made
+    on this machine (there the render lock says whether it is still rendering:
+    ``orchestration.render_lock``). ``now``: Unix seconds (default: the current time)."""
+    owner = ProcessIdentity.parse(submission.registered_by)
+    if owner is None or owner.is_local:
+        return None
+    try:
+        registered = datetime.fromisoformat(submission.submitted_at).timestamp()
+    except ValueError:
+        return None
+    return str(owner) if (time.time() if now is None else now) - registered < RENDER_CLAIM_S else None
 
 
 def provider_tags(provider: str) -> dict[str, str]:
@@ -132,69 +165,116 @@ def resolve_provider(spec: VideoSpec, *, provider: str | None = None, models: di
     return name, resolved
 
 
-def _path(workspace: Workspace, video_id: str) -> Path:
-    return workspace.specs / f"{video_id}.json"
+Registry = Union[Workspace, str, Path, TextObjects]
+"""Where the registry is: a ``Workspace`` (its ``specs/`` folder), a local folder, an
+``s3://bucket/prefix`` string, or any ``TextObjects`` (``PipelineResource.specs``: the local
+``<data>/specs`` folder, or ``s3://<bucket>/<prefix>/specs`` when S3 is configured)."""
+
+MAX_REGISTER_ATTEMPTS = 20
+"""Compare-and-swap attempts of one registration before giving up (each lost one means another
+writer registered this video in between)."""
 
 
-def submit_spec(workspace: Workspace, spec: VideoSpec, *, source: str, provider: str | None = None,
-                models: dict[str, str] | None = None,
-                defaults: ProviderDefaults | None = None) -> tuple[Submission, bool]:
-    """Register ``spec`` with the provider and models ``resolve_provider`` picks from the explicit
-    ``provider`` / ``models``, the spec and the deployment ``defaults``. Returns (submission, changed).
+def registry_objects(registry: Registry) -> TextObjects:
+    """The registry's ``TextObjects`` (keys ``<video_id>.json``)."""
+    return text_objects(registry.specs if isinstance(registry, Workspace) else registry)
+
+
+def _key(video_id: str) -> str:
+    return f"{video_id}.json"
+
+
+def _parse(text: str) -> Submission | None:
+    try:
+        return Submission.model_validate_json(text)
+    except ValueError:
+        return None
+
+
+def submit_spec(registry: Registry, spec: VideoSpec, *, source: str, provider: str | None = None,
+                models: dict[str, str] | None = None, defaults: ProviderDefaults | None = None,
+                registered_by: str | None = None) -> tuple[Submission, bool]:
+    """Register ``spec`` in ``registry`` with the provider and models ``resolve_provider`` picks
+    from the explicit ``provider`` / ``models``, the spec and the deployment ``defaults``. Returns
+    (submission, changed).
 
     ``changed`` is False when the identical spec, provider and models were already registered
     (the old entry is kept untouched). A caller that knows no deployment (``models`` and
-    ``defaults`` both None) and re-submits the registered spec with its registered provider keeps
-    the registered models. Check and write happen under a per-video file lock
-    (``specs/.<video_id>.lock``), so of several processes registering the same spec at once
-    exactly one sees ``changed``. Raises ValueError for an unknown provider and SpecError for a
-    model choice that is not valid (see ``resolve_provider``).
+    ``defaults`` both None) and re-submitting the registered spec with its registered provider keeps
+    the registered models. ``registered_by``: the identity of a ``pipeline render`` process that
+    renders this registration itself (recorded when it changes the entry). An unreadable entry is
+    replaced. The entry is read and replaced by compare-and-swap (``TextObjects.write_if``: a file lock locally, a conditional PUT on S3), so of
+    several processes or machines registering the same spec at once exactly one sees ``changed``.
+    Raises ValueError for an unknown provider, SpecError for a model choice that is not valid (see
+    ``resolve_provider``), RuntimeError if other writers kept replacing the entry
+    (MAX_REGISTER_ATTEMPTS times), and the store's errors (OSError, S3 client errors).
     """
     name, chosen = resolve_provider(spec, provider=provider, models=models, defaults=defaults, source=source)
-    with file_lock(workspace.specs / f".{spec.video_id}.lock"):
-        try:
-            current = load_submission(workspace, spec.video_id)
-        except UnknownVideoError:
-            current = None
-        if (current is not None and models is None and defaults is None and current.provider == name
-                and current.spec == spec.model_dump(mode="json", exclude_none=True)):
-            return current, False
-        sha = registration_sha256(spec, name, chosen)
-        if current is not None and current.spec_sha256 == sha and current.provider == name and current.models == chosen:
-            return current, False
-        submission = Submission(video_id=spec.video_id, provider=name, models=chosen, source=source,
-                                spec=spec.model_dump(mode="json", exclude_none=True), spec_sha256=sha,
-                                submitted_at=utc_now())
-        atomic_write_text(_path(workspace, spec.video_id), submission.model_dump_json(indent=2))
-    return submission, True
+    objects, key = registry_objects(registry), _key(spec.video_id)
+    dumped = spec.model_dump(mode="json", exclude_none=True)
+    sha = registration_sha256(spec, name, chosen)
+    for _ in range(MAX_REGISTER_ATTEMPTS):
+        found = objects.read_versioned(key)
+        current, version = (_parse(found[0]), found[1]) if found is not None else (None, None)
+        if current is not None:
+            if models is None and defaults is None and current.provider == name and current.spec == dumped:
+                return current, False
+            if current.spec_sha256 == sha and current.provider == name and current.models == chosen:
+                return current, False
+        submission = Submission(video_id=spec.video_id, provider=name, models=chosen, source=source, spec=dumped,
+                                spec_sha256=sha, submitted_at=utc_now(), registered_by=registered_by)
+        if objects.write_if(key, submission.model_dump_json(indent=2), version):
+            return submission, True
+    raise RuntimeError(f"could not register {spec.video_id} at {objects.location(key)}: other writers replaced it "
+                       f"{MAX_REGISTER_ATTEMPTS} times in a row; submit it again")
 
 
-def submit_file(workspace: Workspace, path: str | Path, *, provider: str | None = None,
+def submit_file(registry: Registry, path: str | Path, *, provider: str | None = None,
                 models: dict[str, str] | None = None,
                 defaults: ProviderDefaults | None = None) -> tuple[Submission, bool]:
     """Load, validate and register a spec file (``submit_spec``). Raises SpecError / ValueError."""
     spec = load_spec(path)
-    return submit_spec(workspace, spec, source=str(path), provider=provider, models=models, defaults=defaults)
+    return submit_spec(registry, spec, source=str(path), provider=provider, models=models, defaults=defaults)
 
 
-def load_submission(workspace: Workspace, video_id: str) -> Submission:
-    """The registered submission of ``video_id``. Raises UnknownVideoError if there is none."""
-    path = _path(workspace, video_id)
-    try:
-        return Submission.model_validate_json(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+def load_submission(registry: Registry, video_id: str) -> Submission:
+    """The registered submission of ``video_id``. Raises UnknownVideoError if there is none,
+    pydantic's ValidationError (a ValueError) for an unreadable entry."""
+    objects = registry_objects(registry)
+    text = objects.read(_key(video_id))
+    if text is None:
         raise UnknownVideoError(
-            f"no spec is registered for video {video_id!r} (expected {path}); submit one with "
-            f"`pipeline submit SPEC` or `pipeline render SPEC`") from None
+            f"no spec is registered for video {video_id!r} (expected {objects.location(_key(video_id))}); submit "
+            f"one with `pipeline submit SPEC` or `pipeline render SPEC`")
+    return Submission.model_validate_json(text)
 
 
-def list_submissions(workspace: Workspace) -> list[Submission]:
+_LISTED: dict[tuple[str, str], tuple[str, Submission]] = {}
+"""``{(registry, name): (version, submission)}``: entries parsed before, reused while the listing
+shows the same version (S3: the ETag), so a sensor tick costs one LIST plus a GET per changed entry."""
+_LISTED_LOCK = threading.Lock()
+
+
+def list_submissions(registry: Registry) -> list[Submission]:
     """Every registered submission, by video_id. Unreadable entries are skipped (and reported by
     ``load_submission`` when that video is materialized)."""
+    objects = registry_objects(registry)
     out = []
-    for path in sorted(workspace.specs.glob("*.json")):
-        try:
-            out.append(Submission.model_validate_json(path.read_text(encoding="utf-8")))
-        except (OSError, ValueError):
+    for name, listed_version in objects.listing().items():
+        if not name.endswith(".json"):
             continue
+        cache_key = (str(objects), name)
+        with _LISTED_LOCK:
+            cached = _LISTED.get(cache_key)
+        if listed_version is not None and cached is not None and cached[0] == listed_version:
+            out.append(cached[1])
+            continue
+        found = objects.read_versioned(name)
+        submission = _parse(found[0]) if found is not None else None
+        if submission is None:
+            continue
+        if listed_version is not None:
+            with _LISTED_LOCK:
+                _LISTED[cache_key] = (found[1], submission)
+        out.append(submission)
     return out

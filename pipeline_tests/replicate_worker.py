@@ -3,13 +3,15 @@
 got (one JSON object per request) to ``--out``.
 
 ``python -m pipeline_tests.replicate_worker --data DIR --base-url URL --video VIDEO --out FILE
-[--go FILE] [--only NAME ...] [--plan] [--lease S]``
+[--go FILE] [--only NAME ...] [--plan] [--lease S] [--ledger PATH_OR_URL]``
 
 The requests (the same in every process, so they share cache keys): ``image0..2`` (flux-schnell
 storyboards), ``chunk0``/``chunk1`` (wan chunks starting on image0/image1) and ``noisy`` (a wan chunk
 starting on a deterministic noise PNG over 256 KB, so its input goes through the Files API).
 ``--plan`` runs the planner on a fixed brief instead. ``--go``: wait until that file exists before
-starting (so processes start together). The API token comes from ``$REPLICATE_API_TOKEN``.
+starting (so processes start together). ``--ledger``: the ledger's database (default
+``DIR/ledger.sqlite``; a PostgreSQL URL lets processes with data directories of their own share
+it, like machines). The API token comes from ``$REPLICATE_API_TOKEN``.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--only", nargs="*", default=list(ALL))
     ap.add_argument("--plan", action="store_true")
     ap.add_argument("--lease", type=float, default=30.0)
+    ap.add_argument("--ledger")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
 
@@ -65,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     gen = Generator(ws)
     provider = get_provider("replicate", api_token=os.environ["REPLICATE_API_TOKEN"], base_url=args.base_url,
                             allowed_hosts=[args.base_url],
-                            workspace_root=str(ws.root), poll_interval_s=0.05, max_poll_interval_s=0.25,
+                            workspace_root=str(ws.root), ledger_path=args.ledger, poll_interval_s=0.05, max_poll_interval_s=0.25,
                             backoff_initial_s=0.05, max_backoff_s=0.5, request_timeout_s=60.0, deadline_s=120.0,
                             lease_s=args.lease)
     print("ready", flush=True)

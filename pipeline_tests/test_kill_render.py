@@ -77,10 +77,13 @@ def test_sigkill_of_the_render_parent_stops_everything_and_is_cleaned_up(tmp_pat
         os.kill(render.proc.pid, signal.SIGKILL)
         render.proc.wait(timeout=60)
         killed_at = time.monotonic()
-        wait_until(lambda: not marked_processes(render.marker), timeout=5.0, interval=0.05,
+        # A bound, not a speed target (0.9 s idle): at load 20 on 2 cores a dying process can wait
+        # several seconds for the CPU (seen: 5 s exceeded in a full suite beside three other test runs).
+        wait_until(lambda: not marked_processes(render.marker), timeout=60.0, interval=0.05,
                    what="every process of the killed render to be gone",
                    on_timeout=lambda: f"still running: {marked_processes(render.marker)} (before: {before})")
-        assert time.monotonic() - killed_at <= 5.0
+        gone_after_s = time.monotonic() - killed_at
+        print(f"every process of the killed render gone {gone_after_s:.2f} s after the SIGKILL")
     finally:
         render.kill()
 

@@ -26,6 +26,7 @@ from pipeline.models import charge_for, choose_ratio, get_model
 
 WAN, KLING, SEEDANCE = "wan-video/wan-2.2-i2v-fast", "kwaivgi/kling-v2.1", "bytedance/seedance-1-lite"
 MUSICGEN, LLAMA, FLUX = "meta/musicgen", "meta/meta-llama-3-70b-instruct", "black-forest-labs/flux-schnell"
+SEEDREAM = "bytedance/seedream-4"
 
 # Each model's published input fields, with bounds the pipeline can hit (see each entry's schema_source).
 SCHEMAS: dict[str, dict[str, object]] = {
@@ -37,6 +38,10 @@ SCHEMAS: dict[str, dict[str, object]] = {
         "prompt": str, "image_prompt": str, "width": int, "height": int, "seed": int, "prompt_upsampling": bool,
         "aspect_ratio": {"custom", "1:1", "16:9", "3:2", "2:3", "4:5", "5:4", "9:16", "3:4", "4:3"},
         "safety_tolerance": range(1, 7), "output_format": {"webp", "jpg", "png"}, "output_quality": range(0, 101)},
+    SEEDREAM: {"size": {"1K", "2K", "4K", "custom"}, "width": range(1024, 4097), "height": range(1024, 4097),
+               "prompt": str, "max_images": range(1, 16), "image_input": list, "enhance_prompt": bool,
+               "aspect_ratio": {"match_input_image", "1:1", "4:3", "3:4", "16:9", "9:16", "3:2", "2:3", "21:9"},
+               "sequential_image_generation": {"disabled", "auto"}},
     WAN: {"seed": int, "image": str, "prompt": str, "go_fast": bool, "last_image": str, "num_frames": range(81, 122),
           "resolution": {"480p", "720p"}, "sample_shift": float, "frames_per_second": range(5, 31),
           "interpolate_output": bool, "disable_safety_checker": bool, "aspect_ratio": {"16:9", "9:16"},
@@ -104,6 +109,19 @@ def test_wan_gets_interpolation_fps_frames_resolution_and_ratio_explicitly(size,
     assert _input(smooth, _request(smooth, *size, seconds=seconds))["interpolate_output"] is True
     assert smooth.tier({"width": size[0], "height": size[1]}) == f"{resolution}+interpolate"
     assert smooth.price({"width": size[0], "height": size[1]}).usd > wan.price({"width": size[0], "height": size[1]}).usd
+
+
+@pytest.mark.parametrize("refs", [1, 3, 10])
+def test_the_reference_model_gets_its_reference_images_in_image_input(refs):
+    seedream = get_model(SEEDREAM)
+    assert models.REFERENCE_DEFAULT == SEEDREAM and seedream.max_reference_images == 10
+    uris = [f"data:image/png;base64,AAA{i}" for i in range(refs)]
+    inp = seedream.build_input(_request(seedream), references=uris)
+    assert inp["image_input"] == uris and inp["max_images"] == 1 and inp["sequential_image_generation"] == "disabled"
+    assert inp["aspect_ratio"] == "16:9" and "seed" not in inp  # the schema has no seed
+    assert set(inp) <= set(SCHEMAS[SEEDREAM])
+    assert "image_input" not in seedream.build_input(_request(seedream))  # text-to-image: no empty list sent
+    assert seedream.estimate_usd(_request(seedream)) == 0.03 and seedream.billing.canceled == "nothing"
 
 
 def test_the_ratio_a_model_generates_at():
@@ -213,7 +231,7 @@ def test_pipeline_models_prints_the_registry(capsys):
     out = capsys.readouterr().out
     for ref, model in models.MODELS.items():
         assert f"{ref}{':' + model.version[:8] if model.version else ''}: https://replicate.com/{ref}" in out
-    assert "registry ok: 8 models" in out and model_prices.CHECKED in out
+    assert f"registry ok: {len(models.MODELS)} models" in out and len(models.MODELS) == 9 and model_prices.CHECKED in out
     assert main(["models", "--markdown"]) == 0
     md = capsys.readouterr().out
     wan = [line for line in md.splitlines() if line.startswith("| wan-video/wan-2.2-i2v-fast ")]

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 import io
+from collections import Counter
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -26,7 +28,9 @@ def _image(uri: str) -> Image.Image:
     return Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("RGB")
 
 
-def test_a_square_spec_on_wan_gives_square_chunks_cropped_from_16_9(tmp_path):
+def _square_beat_on_wan(tmp_path, before_chunks=lambda: None):
+    """Render the chunks of one 9 s square beat on Wan (fake server). ``before_chunks`` runs after the
+    storyboard. Returns (generator, chunk manifests, the Wan inputs the server received)."""
     ws = Workspace.at(tmp_path / "data")
     spec = {"video_id": "sq", "title": "Square", "duration_s": 9, "aspect_ratio": "1:1", "style": "ink wash",
             "music": {"prompt": "calm", "bpm": 70},
@@ -38,8 +42,13 @@ def test_a_square_spec_on_wan_gives_square_chunks_cropped_from_16_9(tmp_path):
         plan = stages.plan_video(load_submission(ws, "sq"), provider)
         beat = stages.plan_beat(plan, plan.beats[0], provider)
         storyboard = stages.render_storyboard(beat, provider, gen)
+        before_chunks()
         chunks = stages.render_chunks(beat, storyboard, provider, gen).chunks
-        inputs = server.inputs(WAN)
+        return gen, chunks, server.inputs(WAN)
+
+
+def test_a_square_spec_on_wan_gives_square_chunks_cropped_from_16_9(tmp_path):
+    gen, chunks, inputs = _square_beat_on_wan(tmp_path)
     assert len(chunks) >= 2 and len(inputs) == len(chunks)
     for chunk, inp in zip(chunks, inputs):
         info = media.verify_video(gen.local_path(chunk.video))
@@ -55,3 +64,21 @@ def test_a_square_spec_on_wan_gives_square_chunks_cropped_from_16_9(tmp_path):
     middle = sent.crop((left, (sent.height - last.height) // 2, left + last.width,
                         (sent.height - last.height) // 2 + last.height))
     assert np.array_equal(np.asarray(middle), np.asarray(last))
+
+
+def test_each_replicate_chunk_is_decoded_once_not_again_by_the_generator(tmp_path, monkeypatch):
+    """The download check decodes the model's output and the crop decodes its own result; the Generator
+    reuses that result (ProviderResult.verified) instead of decoding the stored file a third time."""
+    decoded: list[str] = []
+    real = media.verify_video
+
+    def counting(path, *args, **kwargs):
+        decoded.append(Path(path).name)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(media, "verify_video", counting)
+    _gen, chunks, _inputs = _square_beat_on_wan(tmp_path, before_chunks=decoded.clear)
+    # each file once: the download, its crop, and the clip conformed from it (a re-encode, checked by decoding)
+    assert len(chunks) >= 2
+    assert Counter(decoded) == {"output.mp4": len(chunks), "cropped.mp4": len(chunks),
+                                "conformed.mp4": len(chunks)}, decoded

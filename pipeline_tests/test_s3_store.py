@@ -211,8 +211,8 @@ def test_render_with_s3_media_cache_and_manifests(bucket, tmp_path, monkeypatch)
         # Manifests are in S3 (none locally), and every medium they name is an object there.
         manifest_keys = _keys(bucket, f"{prefix}/manifests/")
         assets = {key[len(prefix) + 1:].split("/")[1] for key in manifest_keys}
-        assert assets == {"video_spec", "beats", "storyboard_images", "chunk_videos", "stitched_video", "music",
-                          "final_video"}
+        assert assets == {"video_spec", "characters", "beats", "storyboard_images", "chunk_videos", "stitched_video",
+                          "music", "final_video"}
         stored = [load_manifest(s3.get_object(Bucket=bucket, Key=k)["Body"].read()) for k in manifest_keys]
         media_refs = [m for manifest in stored for m in _media(manifest)]
         assert len(media_refs) >= 2 * 3 + 3  # storyboards, chunks + last frames, stitched, music, final
@@ -223,8 +223,9 @@ def test_render_with_s3_media_cache_and_manifests(bucket, tmp_path, monkeypatch)
         final = read_manifest(manifests, "final_video", "s3-video")
         assert isinstance(final, FinalManifest) and final == report.final
         assert read_manifest(f"s3://{bucket}/{prefix}/manifests", "final_video", "s3-video") == final
-        for local in ("manifests", "media", "cache"):
+        for local in ("manifests", "media", "cache", "specs", "videos"):
             assert not (data / local).exists(), local
+        assert _keys(bucket, f"{prefix}/specs/") == [f"{prefix}/specs/s3-video.json"]
 
         # The cache index is in S3: one entry per generation that was not a cache hit.
         calls = read_call_log(Workspace.at(data))
@@ -235,7 +236,9 @@ def test_render_with_s3_media_cache_and_manifests(bucket, tmp_path, monkeypatch)
         download.write_bytes(s3.get_object(Bucket=bucket, Key=final.video.uri.split("/", 3)[3])["Body"].read())
         info = media.probe(download)
         assert abs(info.duration_s - 10) <= 1 / 24 and info.has_audio
-        assert (data / "videos" / "s3-video.mp4").read_bytes() == download.read_bytes()
+        # Published as videos/<id>.mp4 in S3 (a server-side copy), its URI in the manifest.
+        assert final.published_uri == final.path == f"s3://{bucket}/{prefix}/videos/s3-video.mp4"
+        assert s3.get_object(Bucket=bucket, Key=f"{prefix}/videos/s3-video.mp4")["Body"].read() == download.read_bytes()
 
         # Forced rerun with an empty local read-through cache: everything from S3, all cache hits.
         shutil.rmtree(data / "s3cache")
@@ -246,4 +249,4 @@ def test_render_with_s3_media_cache_and_manifests(bucket, tmp_path, monkeypatch)
         for chunk_set in again.chunk_sets:
             assert chunk_set.storyboard.cache_hit
             assert all(c.video.cache_hit and c.last_frame.cache_hit for c in chunk_set.chunks)
-        assert media.probe(data / "videos" / "s3-video.mp4").duration_s == pytest.approx(info.duration_s)
+        assert again.final.published_uri == final.published_uri and not (data / "videos").exists()

@@ -24,8 +24,10 @@ from pipeline.defs import checks, metadata, run_log
 from pipeline.defs.io_manager import read_manifest
 from pipeline.defs.partitions import BY_VIDEO, per_segment, segment_beat, segment_partition_key, split_key, videos
 from pipeline.defs.resources import PipelineResource
+from pipeline.characters import beat_references, registered_image_bytes
 from pipeline.manifests import (
     BeatManifest,
+    CharactersManifest,
     ChunkVideosManifest,
     FinalManifest,
     MusicManifest,
@@ -43,6 +45,8 @@ PROVIDER_RETRY = dg.RetryPolicy(max_retries=3, delay=2.0, backoff=dg.Backoff.EXP
 """Step retries for assets that call providers: 2 s, 4 s, 8 s (±jitter). Permanent errors skip it."""
 
 SPEC_IN = dg.AssetIn("video_spec", partition_mapping=BY_VIDEO)
+CHARACTERS_IN = dg.AssetIn("characters", partition_mapping=BY_VIDEO)
+"""A segment's video's character references (``pipeline.defs.character_assets``)."""
 
 
 @contextmanager
@@ -80,11 +84,12 @@ def _real_beat(context: dg.AssetExecutionContext, plan: VideoPlan | None):
 @dg.asset(partitions_def=videos, group_name="video", kinds={"yaml"}, retry_policy=PROVIDER_RETRY)
 def video_spec(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.Output[VideoPlan]:
     """The validated spec: beats planned from a brief if needed, truncated to ceil(duration_s / 5),
-    start times computed. Reads the spec registered for this video (``data/specs/<video_id>.json``)."""
+    start times computed. Reads the spec registered for this video (``specs/<video_id>.json`` in the
+    registry, ``PipelineResource.specs``: the data directory, or S3 when configured)."""
     from pipeline.submissions import load_submission
 
     with permanent_errors():
-        submission = load_submission(pipeline.workspace, context.partition_key)
+        submission = load_submission(pipeline.specs, context.partition_key)
         plan = stages.plan_video(submission, pipeline.provider(submission.provider, submission.models))
     if plan.truncation is not None:
         context.log.warning(stages.truncation_message(plan, plan.truncation))
@@ -124,22 +129,29 @@ def beats(context: dg.AssetExecutionContext, pipeline: PipelineResource, video_s
     })
 
 
-@dg.asset(partitions_def=per_segment, ins={"video_spec": SPEC_IN}, output_required=False, group_name="segments",
-          kinds={"png"}, pool="image_api", retry_policy=PROVIDER_RETRY)
+@dg.asset(partitions_def=per_segment, ins={"video_spec": SPEC_IN, "characters": CHARACTERS_IN}, output_required=False,
+          group_name="segments", kinds={"png"}, pool="image_api", retry_policy=PROVIDER_RETRY)
 def storyboard_images(context: dg.AssetExecutionContext, pipeline: PipelineResource, video_spec: VideoPlan | None,
-                      beats: BeatManifest | None):
-    """Exactly one storyboard image per beat, at the aspect ratio's draft resolution."""
+                      beats: BeatManifest | None, characters: CharactersManifest | None):
+    """Exactly one storyboard image per beat, at the aspect ratio's draft resolution. A beat that
+    names characters gets its image generated from their reference images (``characters``; made
+    here through the same cache if that asset is not done for this plan yet): the request's inputs
+    ``character:<name>`` hold their sha256 (metadata ``characters``)."""
     if _real_beat(context, video_spec) is None:
         return
     beat = _require(beats, "beats", context)
+    provider = pipeline.provider(beat.provider, video_spec.models)
     with permanent_errors(), run_log.provider_logs(context):
-        manifest = stages.render_storyboard(beat, pipeline.provider(beat.provider, video_spec.models),
-                                            pipeline.generator, progress=run_log.progress_logger(context))
+        refs = beat_references(video_spec, beat, characters, provider, pipeline.generator,
+                               registered_image_bytes(pipeline.specs, beat.video_id)) if beat.characters else {}
+        manifest = stages.render_storyboard(beat, provider, pipeline.generator,
+                                            progress=run_log.progress_logger(context), references=refs)
     image = manifest.image
     yield dg.Output(manifest, metadata={
         "path": dg.MetadataValue.path(str(pipeline.generator.local_path(image))),
         "size": f"{image.width}x{image.height}", "cache_hit": image.cache_hit, "cost_usd": image.cost_usd,
         "model": image.model, **run_log.tag_run_cost(context, *run_cost([image])),
+        "characters": dg.MetadataValue.json({name: m.sha256 for name, m in refs.items()}),
     })
 
 
@@ -152,8 +164,9 @@ def chunk_videos(context: dg.AssetExecutionContext, pipeline: PipelineResource, 
     to the plan (fps, size, H.264 settings; a stream copy when the chunk already matches) in a
     background thread while the next chunk generates, then joined by stream copy into the segment
     clip that ``stitched_video`` joins. Finished chunks, conformed pieces and clips are cached, so a
-    retry resumes at the chunk that failed. Metadata: the clip's frames and how each chunk was
-    conformed."""
+    retry resumes at the chunk that failed. Metadata: the clip's frames, how each chunk was
+    conformed, and the colour/brightness drift from the beat's first frame to each chunk's last
+    frame (``drift_metadata``)."""
     if _real_beat(context, video_spec) is None:
         return
     beat = _require(beats, "beats", context)
@@ -180,10 +193,26 @@ def chunk_videos(context: dg.AssetExecutionContext, pipeline: PipelineResource, 
              "conform": c.conformed.extra.get("method", "") if c.conformed else "",
              "cache_hit": "yes" if c.video.cache_hit else "no", "this_run_usd": costs.money(c.video.cost_usd),
              "paid_usd": costs.money(line.paid_usd), "reused_usd": costs.money(line.reused_usd),
-             "paid_by": line.paid_by or "", "sha256": c.video.sha256[:12]}
+             "paid_by": line.paid_by or "", "sha256": c.video.sha256[:12],
+             "drift_delta_e": (c.drift or {}).get("delta_e", ""), "drift_luma": (c.drift or {}).get("luma_delta", "")}
             for c, line in zip(manifest.chunks, lines)]),
+        **drift_metadata(manifest),
         **run_log.tag_run_cost(context, *run_cost(c.video for c in manifest.chunks)),
     })
+
+
+def drift_metadata(manifest: ChunkVideosManifest) -> dict:
+    """chunk_videos' drift metadata (``pipeline.drift``): the beat's drift (its first frame to its
+    last frame) as ``drift_delta_e`` (CIE76 ΔE*ab of the mean colours) and ``drift_luma_delta``
+    (mean BT.601 luma, 8-bit code values), and every chunk's drift record under ``drift``."""
+    beat = manifest.drift or {}
+    return {
+        "drift_delta_e": float(beat.get("delta_e", float("nan"))),
+        "drift_luma_delta": float(beat.get("luma_delta", float("nan"))),
+        "drift": dg.MetadataValue.json({"beat": beat, "chunks": [c.drift for c in manifest.chunks],
+                                        "units": "delta_e/delta_l/delta_a/delta_b: CIELAB; luma_delta, "
+                                                 "rgb_mean_delta, rgb_std_delta: 8-bit code values (0-255)"}),
+    }
 
 
 @dg.asset(partitions_def=videos, group_name="video", kinds={"mp4"},
@@ -240,20 +269,25 @@ def final_video(context: dg.AssetExecutionContext, pipeline: PipelineResource, v
                 stitched_video: StitchedManifest | None, music: MusicManifest | None):
     """The stitched video muxed with the music's finished track by stream copy (``mux_method``
     "stream_copy"; "reencode" when the music manifest predates finished tracks and the music is
-    faded out and loudness-normalized here), published at ``data/videos/<video_id>.mp4``. Metadata:
-    the file's path and ``file://`` link, an animated preview, a poster frame, a storyboard contact
+    faded out and loudness-normalized here), published as ``videos/<video_id>.mp4``: in the data
+    directory, or with S3 as the object ``s3://<bucket>/<prefix>/videos/<video_id>.mp4`` (a
+    server-side copy; ``FinalManifest.published_uri``). Metadata: where it is (path or URI, and a
+    link), an animated preview, a poster frame, a storyboard contact
     sheet and the cost table. Checks, recorded per video partition: storyboards match beats,
     duration matches the spec, audio present."""
     plan = _require(video_spec, "video_spec", context)
     ledger = costs.open_ledger(pipeline.workspace.root, pipeline.provider(plan.provider, plan.models))
+    cast = read_manifest(pipeline.manifests_dir, "characters", plan.video_id)
+    cast = cast if isinstance(cast, CharactersManifest) and cast.spec_sha256 == plan.spec_sha256 else None
     manifest = stages.mux_video(plan, _require(stitched_video, "stitched_video", context),
-                                _require(music, "music", context), pipeline.generator, pipeline.workspace, ledger)
+                                _require(music, "music", context), pipeline.generator, pipeline.workspace, ledger,
+                                characters=cast)
     boards = [read_manifest(pipeline.manifests_dir, "storyboard_images", str(segment_partition_key(plan.video_id, b.index)))
               for b in plan.beats]
     found = [b for b in boards if isinstance(b, StoryboardManifest)]
     shown = previews.render_previews(plan.video_id, manifest.video, [b.image for b in found],
                                      [segment_key(b.index) for b in found], pipeline.generator)
-    info = media.probe(manifest.path, decode=False)
+    info = media.probe(pipeline.generator.local_path(manifest.video), decode=False)  # the published bytes
     table = costs.cost_frame(manifest.costs)
     yield dg.Output(manifest, metadata={
         **metadata.final_video_metadata(manifest, shown, pipeline.generator),

@@ -8,10 +8,12 @@ from __future__ import annotations
 import dagster as dg
 
 from pipeline.defs.assets import final_video, music, segment_assets, stitched_video, video_spec
+from pipeline.defs.character_assets import characters
 from pipeline.defs.partitions import per_segment, videos
 
-plan_video_job = dg.define_asset_job("plan_video", selection=[video_spec], partitions_def=videos,
-                                     description="Validate and plan one video (video_spec).")
+plan_video_job = dg.define_asset_job("plan_video", selection=[video_spec, characters], partitions_def=videos,
+                                     description="Validate and plan one video (video_spec), then make its character "
+                                                 "reference images (characters).")
 render_segment_job = dg.define_asset_job(
     "render_segment", selection=segment_assets, partitions_def=per_segment,
     description="Render one beat: beats -> storyboard_images -> chunk_videos for one (video, segment).")

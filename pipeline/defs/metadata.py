@@ -1,5 +1,6 @@
 """Metadata a person reads on an asset's page in the Dagster UI: markdown tables, the cost table,
-and on ``final_video`` the published file (path and ``file://`` link) with inline previews.
+and on ``final_video`` the published video (path and ``file://`` link, or its ``s3://`` URI) with
+inline previews.
 
 Previews are small stored images (``pipeline.previews``) inlined as ``data:`` URIs in markdown,
 which the UI renders as images; each is at most ``previews.MAX_INLINE_BYTES`` bytes, because
@@ -16,6 +17,7 @@ import pandas as pd
 from pipeline import costs, previews
 from pipeline.generation import Generator
 from pipeline.manifests import FinalManifest
+from pipeline.publish import published_uri
 
 COST_TABLE_COLUMNS = ["stage", "segment", "item", "provider", "model", "units", "unit", "paid_usd", "reused_usd",
                       "paid_by", "cache_hit", "note"]
@@ -40,14 +42,16 @@ def cost_table(table: pd.DataFrame) -> dg.MetadataValue:
 def final_video_metadata(manifest: FinalManifest, shown: previews.Previews, generator: Generator) -> dict:
     """The published video's path and ``file://`` URL (opens the file from a browser on the same
     machine: paste it into the address bar, browsers do not follow file links from an http page),
-    the animated preview, the poster frame and the storyboard contact sheet as inline images."""
-    path = Path(manifest.path).resolve()
+    the animated preview, the poster frame and the storyboard contact sheet as inline images. With
+    S3 the path and URL are the published object's ``s3://`` URI."""
+    uri = published_uri(manifest)
+    path = uri if uri.startswith("s3://") else str(Path(manifest.path).resolve())
     strip = shown.strip
     frames, shown_s = previews.STRIP["frames"], previews.STRIP["frame_ms"] / 1000
     every_s = (manifest.video.duration_s or 0) / frames
     out = {
-        "path": dg.MetadataValue.path(str(path)),
-        "video_url": dg.MetadataValue.url(path.as_uri()),
+        "path": dg.MetadataValue.path(path),
+        "video_url": dg.MetadataValue.url(uri),
         "preview": dg.MetadataValue.md(
             f"![{manifest.video_id}: {frames} frames of the final video]"
             f"({previews.data_uri(generator.local_path(strip))})\n\n"

@@ -2,9 +2,10 @@
 
 One resource, ``PipelineResource``, with typed sections: ``ReplicateSettings`` (token, API root,
 output hosts, model defaults, polling, lease), ``LocalSettings`` (the fault-injection drill) and
-``S3Settings`` (media store, cache index, manifests). ``pipeline.definitions`` fills them per
-deployment, reading the environment there and only there (the token and other variables as
-``dg.EnvVar``, so run config and the UI show the variable's name, never its value).
+``S3Settings`` (media store, cache index, manifests, specs, published videos, inbox).
+``pipeline.definitions`` fills them per deployment, reading the environment there and only there
+(the token and other variables as ``dg.EnvVar``, so run config and the UI show the variable's name,
+never its value).
 
 The sections are ``dg.Config`` objects, not nested ``dg.ConfigurableResource``s, on purpose: a
 resource with a nested resource becomes a context-manager resource in Dagster, so every
@@ -17,26 +18,38 @@ plain resource with the same typing and EnvVar support.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 from pydantic import PrivateAttr, field_validator
 
+if TYPE_CHECKING:
+    from pipeline.inbox import InboxSource
+
 from pipeline.generation import Generator
 from pipeline.ledger import DEFAULT_LEASE_S
+from pipeline.manifests import FinalManifest
 from pipeline.providers import PROVIDERS, Provider, get_provider
 from pipeline.store import GenerationCache, TextObjects, Workspace
 from pipeline.submissions import ProviderDefaults, Submission, submit_spec
 
 
+CLIENT_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE",
+              "AWS_ACCESS_KEY_ID", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE")
+"""Environment variables boto3 reads when it makes a client (not the secret: the key id names it)."""
+
+
 class S3Settings(dg.Config):
-    """Where and how to reach the S3 side of the pipeline (media store, cache index, manifests).
+    """Where and how to reach the S3 side of the pipeline (media store, cache index, manifests,
+    spec registry, published videos, inbox).
 
     ``bucket`` (required) and ``prefix`` ("" for the bucket root): objects live under
-    ``s3://<bucket>/<prefix>/{media,cache,manifests}/``. ``endpoint_url``, ``region_name``,
-    ``profile_name``: optional overrides for dagster-aws ``S3Resource``, which makes the clients;
-    left None, boto3 reads its environment (AWS_ENDPOINT_URL, AWS_DEFAULT_REGION, AWS_PROFILE,
+    ``s3://<bucket>/<prefix>/{media,cache,manifests,specs,videos,inbox}/``. ``endpoint_url``,
+    ``region_name``, ``profile_name``: optional overrides for dagster-aws ``S3Resource``, which makes
+    the clients; left None, boto3 reads its environment (AWS_ENDPOINT_URL, AWS_DEFAULT_REGION, AWS_PROFILE,
     AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, instance roles, ...).
 
     A plain config object rather than a nested S3Resource on purpose: a resource with a nested
@@ -58,10 +71,13 @@ class S3Settings(dg.Config):
     def location(self):
         """A ``pipeline.s3_store.S3Location`` for bucket + prefix. Its clients are made lazily, one
         per process for all locations with the same settings (boto3 clients are not fork-safe,
-        and making one takes 0.3 s or more), by ``S3Resource.get_client``."""
+        and making one takes 0.3 s or more), by ``S3Resource.get_client``. The settings include
+        the boto3 environment the client would read (CLIENT_ENV), so a process whose environment
+        changes (another endpoint) gets a client for the new one."""
         from pipeline.s3_store import S3Location, shared_client_provider
 
-        key = json.dumps([self.endpoint_url, self.region_name, self.profile_name])
+        key = json.dumps([self.endpoint_url, self.region_name, self.profile_name,
+                          *(os.environ.get(name) for name in CLIENT_ENV)])
         return S3Location(self.bucket, self.prefix, shared_client_provider(key, self.s3_resource().get_client))
 
 
@@ -151,13 +167,18 @@ class PipelineResource(dg.ConfigurableResource):
     """The pipeline's data directory and provider settings.
 
     ``data_dir``: root of media store, cache, manifests, spec registry and logs (see data/README.md).
-    ``inbox_dir``: the folder the inbox sensor watches (default ``<data_dir>/inbox``).
+    ``inbox_dir``: where the inbox sensor looks for spec files: a folder, or an ``s3://bucket/prefix``
+    inbox prefix (default: ``<prefix>/inbox`` in the S3 bucket when ``s3`` is set, else ``<data_dir>/inbox``).
     ``default_provider``: the deployment's provider for specs that name none ("local" or
     "replicate"; an explicit ``--provider`` and a spec's ``provider`` win, see
     ``pipeline.submissions``). ``replicate``: ``ReplicateSettings``. ``local``: ``LocalSettings``.
     ``s3``: keep media, the generation cache index and manifests in S3 (``S3Settings``; give the
-    IO manager the same settings). None (default): everything is local under ``data_dir``. Specs,
-    the ledger, logs and the published ``videos/`` copies stay local either way.
+    IO manager the same settings); the spec registry (``specs``), the published videos and the
+    inbox then live there too. None (default): everything is local under ``data_dir``. Logs,
+    locks and the media read-through cache stay local either way.
+    ``ledger_url``: the prediction ledger's database, a SQLAlchemy URL (PostgreSQL in a cluster,
+    ``postgresql+psycopg2://user:password@host/db``, so every machine pays once per cache key and
+    shares the budgets: ``pipeline.ledger``); None (default): ``<data_dir>/ledger.sqlite``.
     """
 
     data_dir: str = "data"
@@ -166,9 +187,11 @@ class PipelineResource(dg.ConfigurableResource):
     replicate: ReplicateSettings = ReplicateSettings()
     local: LocalSettings = LocalSettings()
     s3: S3Settings | None = None
+    ledger_url: str | None = None
 
     _s3_location: object = PrivateAttr(default=None)
     _manifests: TextObjects | None = PrivateAttr(default=None)
+    _specs: TextObjects | None = PrivateAttr(default=None)
     _generator: Generator | None = PrivateAttr(default=None)
     _providers: dict = PrivateAttr(default_factory=dict)
 
@@ -177,9 +200,42 @@ class PipelineResource(dg.ConfigurableResource):
         return Workspace.at(self.data_dir)
 
     @property
+    def ledger_target(self) -> str | None:
+        """``ledger_url`` with its EnvVar read (``configured``), or None: the data directory's SQLite ledger."""
+        return configured(self.ledger_url) or None
+
+    @property
     def inbox_path(self) -> Path:
-        """Where the inbox sensor looks for spec files: ``inbox_dir``, default ``<data_dir>/inbox``."""
-        return Path(self.inbox_dir) if self.inbox_dir else self.workspace.root / "inbox"
+        """The local inbox folder: ``inbox_dir``, default ``<data_dir>/inbox`` (see ``inbox`` for
+        where the sensor looks when S3 is configured)."""
+        return Path(self.inbox_dir) if self.inbox_dir and not self.inbox_dir.startswith("s3://") \
+            else self.workspace.root / "inbox"
+
+    @property
+    def inbox(self) -> "InboxSource":
+        """Where the inbox sensor looks for spec files and ``pipeline submit`` puts them
+        (``pipeline.inbox.InboxSource``): ``inbox_dir`` if set (a folder, or an ``s3://`` inbox
+        prefix), else the S3 prefix ``<prefix>/inbox`` when S3 is configured, else ``<data_dir>/inbox``."""
+        from pipeline.inbox import LocalInbox, inbox_source
+
+        if self.inbox_dir:
+            return inbox_source(self.inbox_dir)
+        if self.s3_location is not None:
+            from pipeline.inbox_s3 import S3Inbox
+
+            return S3Inbox(self.s3_location.child("inbox"))
+        return LocalInbox(self.inbox_path)
+
+    @property
+    def specs(self) -> Path | TextObjects:
+        """The spec registry (``pipeline.submissions``), like ``manifests_dir``: ``<data_dir>/specs``
+        (a Path), or the S3 text objects under ``<prefix>/specs`` when S3 is configured, so every
+        machine (sensor, CLI, run worker) reads and writes the same registry."""
+        if self.s3_location is None:
+            return self.workspace.specs
+        if self._specs is None:
+            self._specs = self.s3_location.child("specs").text_objects()
+        return self._specs
 
     @property
     def s3_location(self):
@@ -232,12 +288,22 @@ class PipelineResource(dg.ConfigurableResource):
         return ProviderDefaults(provider=name, models=self.replicate.model_defaults(), sources=sources)
 
     def submit_spec(self, spec, *, source: str, provider: str | None = None,
-                    models: dict[str, str] | None = None) -> tuple[Submission, bool]:
-        """Register ``spec`` (``pipeline.submissions.submit_spec``) with this deployment's defaults:
-        an explicit ``provider`` / ``models`` > the spec's > ``provider_defaults()``. Returns
-        (submission, changed); raises SpecError for a bad model choice, ValueError for an unknown provider."""
-        return submit_spec(self.workspace, spec, source=source, provider=provider, models=models,
-                           defaults=self.provider_defaults())
+                    models: dict[str, str] | None = None,
+                    registered_by: str | None = None) -> tuple[Submission, bool]:
+        """Register ``spec`` in ``specs`` (``pipeline.submissions.submit_spec``) with this
+        deployment's defaults: an explicit ``provider`` / ``models`` > the spec's >
+        ``provider_defaults()``; ``registered_by``: a ``pipeline render`` process's identity.
+        Returns (submission, changed); raises SpecError for a bad model choice, ValueError for an
+        unknown provider."""
+        return submit_spec(self.specs, spec, source=source, provider=provider, models=models,
+                           defaults=self.provider_defaults(), registered_by=registered_by)
+
+    def is_published(self, final: FinalManifest) -> bool:
+        """Whether ``final``'s published video is there (``pipeline.publish.is_published``: the S3
+        object with its size and sha256, or the local file), checkable from any machine."""
+        from pipeline.publish import is_published
+
+        return is_published(final, self.generator.store)
 
     def provider(self, name: str, models: dict[str, str] | None = None) -> Provider:
         """The provider called ``name``, with ``models`` (``{kind: registry ref}``, kinds image,
@@ -253,7 +319,8 @@ class PipelineResource(dg.ConfigurableResource):
                 hosts = configured(settings.output_hosts)
                 self._providers[key] = get_provider(
                     "replicate", api_token=configured(settings.api_token), base_url=configured(settings.base_url),
-                    workspace=self.workspace, allowed_hosts=list(hosts) if hosts else None,
+                    workspace=self.workspace, ledger_path=self.ledger_target,
+                    allowed_hosts=list(hosts) if hosts else None,
                     poll_interval_s=settings.poll_interval_s,
                     max_poll_interval_s=settings.max_poll_interval_s, lease_s=settings.lease_s,
                     deadline_s=dict(settings.deadline_s) if settings.deadline_s else None,

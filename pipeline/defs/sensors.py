@@ -2,9 +2,9 @@
 order, with which tags and run keys is ``pipeline.orchestration.planner``'s; these wrap its
 ``PlannedRun``s in ``dg.RunRequest``s (``run_request``).
 
-- ``spec_inbox_sensor``: spec files dropped into the inbox are validated and registered; a new or
-  changed spec adds its ``videos`` partition and requests ``video_spec`` (``planner.plan_run``),
-  unless ``pipeline render`` registered it and renders it itself.
+- ``spec_inbox_sensor``: spec files dropped into the inbox (a folder, or an S3 prefix) are validated
+  and registered; a new or changed spec adds its ``videos`` partition and requests ``video_spec``
+  (``planner.plan_run``), unless ``pipeline render`` registered it and renders it itself.
 - ``segment_fanout_sensor``: each new ``video_spec`` materialization adds the ``segments`` keys its
   plan needs and requests one ``render_segment`` run per real segment, plus ``render_music``, all at
   once, longest beats first (``planner.fanout_runs``); none for a plan ``pipeline render`` made (it
@@ -34,7 +34,7 @@ from pipeline.orchestration.render_lock import render_lock_holder
 from pipeline.orchestration.planner import LAUNCHED_BY_TAG, PlannedRun, Waiting, assembly_run, fanout_runs, plan_run
 from pipeline.orchestration.status import assembly_runs, video_status
 from pipeline.printable import printable
-from pipeline.submissions import list_submissions
+from pipeline.submissions import list_submissions, render_claim
 
 TICK_S = 1
 """Minimum seconds between two evaluations of a sensor. The sensor daemon loops every 5 s
@@ -56,16 +56,20 @@ def run_request(run: PlannedRun) -> dg.RunRequest:
 
 @dg.sensor(job=plan_video_job, minimum_interval_seconds=TICK_S, default_status=dg.DefaultSensorStatus.RUNNING)
 def spec_inbox_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResource) -> dg.SensorResult:
-    """Validate spec files dropped into the inbox (``<data>/inbox`` unless configured): valid ones
-    are registered and moved to ``processed/``, invalid ones to ``rejected/`` with a ``.error.txt``.
+    """Validate spec files dropped into the inbox (``PipelineResource.inbox``: ``<data>/inbox``, or
+    ``s3://<bucket>/<prefix>/inbox/`` with S3, unless configured): valid ones are registered (in
+    ``PipelineResource.specs``) and moved to ``processed/``, invalid ones to ``rejected/`` with a
+    ``.error.txt``.
     Every registered spec whose version was not requested yet gets its ``videos`` partition and a
     ``video_spec`` run; an identical re-drop starts nothing, a changed spec re-plans the video.
     A registration ``pipeline render`` made is that process's: while a ``pipeline`` process holds
     the video's render lock it is not requested (looked at again next tick), and a version that is
-    already the video's latest plan is not planned again (recorded as requested).
+    already the video's latest plan is not planned again (recorded as requested). A registration a
+    ``pipeline render`` on another machine made (a cluster's shared registry) is left to it for
+    ``submissions.RENDER_CLAIM_S`` seconds (``render_claim``), then planned here if it is not.
     Never raises because of a file: any entry that cannot be read, validated or registered is
     rejected alone (``scan_inbox``), and the valid specs beside it are still requested."""
-    scan = scan_inbox(pipeline.workspace, pipeline.inbox_path, defaults=pipeline.provider_defaults())
+    scan = scan_inbox(pipeline.specs, pipeline.inbox, defaults=pipeline.provider_defaults())
     for path, error in scan.rejected:  # error: already escaped by scan_inbox
         context.log.warning(f"rejected {printable(path.name)}: {error}")
     for problem in scan.errors:
@@ -73,7 +77,7 @@ def spec_inbox_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineRes
     requested: dict[str, str] = _cursor(context)
     runs, new_partitions = [], []
     existing = set(context.instance.get_dynamic_partitions(videos.name))
-    pending = [sub for sub in list_submissions(pipeline.workspace) if requested.get(sub.video_id) != sub.spec_sha256]
+    pending = [sub for sub in list_submissions(pipeline.specs) if requested.get(sub.video_id) != sub.spec_sha256]
     planned = planned_videos(context.instance, [s.video_id for s in pending if s.video_id in existing]) if pending else {}
     for sub in pending:
         if (holder := render_lock_holder(pipeline.workspace, sub.video_id)) is not None:
@@ -84,6 +88,10 @@ def spec_inbox_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineRes
             context.log.info(f"{sub.video_id}: version {sub.spec_sha256[:12]} is its latest plan already "
                              "(e.g. by `pipeline render`); not requested")
             requested[sub.video_id] = sub.spec_sha256
+            continue
+        if (claim := render_claim(sub)) is not None:
+            context.log.info(f"{sub.video_id}: registered by `pipeline render` on another machine ({printable(claim)}) "
+                             "a moment ago, which plans it; looked at again next tick")
             continue
         if sub.video_id not in existing:
             new_partitions.append(sub.video_id)

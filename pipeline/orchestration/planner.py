@@ -2,7 +2,8 @@
 when it is up to date. One planner for every launcher (DESIGN.md "Orchestration"): the sensors
 and the retry schedule wrap its ``PlannedRun``s in ``dg.RunRequest``s, the CLI executes them
 in-process (``pipeline.orchestration.render``). Plain functions over plans, submissions and
-statuses; no Dagster import, no I/O except ``up_to_date``'s check that the published file exists.
+statuses; no Dagster import, no I/O except ``up_to_date``'s check that the published video exists
+(done by the caller's ``published`` check, or on the local file).
 
 - ``plan_run(submission)``: ``plan_video`` for a registered spec version.
 - ``fanout_runs(plan, spec_storage_id)``: one ``render_segment`` run per real segment, longest beat
@@ -26,7 +27,7 @@ names and job names are ``pipeline.orchestration.tags``' (re-exported here).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -229,15 +230,19 @@ def assembly_run(status: VideoStatus, runs: Sequence[RunSummary] = (), **extra_t
                       video_tags(status.plan, **{ASSEMBLY_STATE_TAG: str(state), **extra_tags}), "assemble")
 
 
-def up_to_date(status: VideoStatus, final: FinalManifest | None, submission: Submission | None) -> bool:
+def up_to_date(status: VideoStatus, final: FinalManifest | None, submission: Submission | None,
+               published: Callable[[FinalManifest], bool] | None = None) -> bool:
     """Whether the video needs nothing for ``submission`` (its registered version): the
     materialized plan is of that version (``spec_sha256``), every real segment and the music are
     materialized after it, ``final_video`` is materialized after all of them, and its published
-    file exists."""
+    video is there: ``published(final)`` (``PipelineResource.is_published``: the S3 object, or the
+    local file), by default the local file ``final.path`` exists."""
     plan = status.plan
     if plan is None or submission is None or plan.spec_sha256 != submission.spec_sha256:
         return False
     state = status.assembly_state
     if state is None or (status.final_storage_id or 0) <= state:
         return False
-    return isinstance(final, FinalManifest) and Path(final.path).exists()
+    if not isinstance(final, FinalManifest):
+        return False
+    return published(final) if published is not None else Path(final.path).exists()

@@ -318,11 +318,12 @@ def up_to_date_report(instance: dg.DagsterInstance, pipeline: PipelineResource, 
                       started: float) -> RenderReport | None:
     """A report from stored manifests if ``submission``'s video is up to date (``planner.up_to_date``:
     its plan is of this version, its final video newer than every real segment and the music, and
-    the file is there); else None."""
+    the published video is there: ``PipelineResource.is_published``, the S3 object or the local
+    file, so any machine can tell); else None."""
     video_id = submission.video_id
     status = video_status(instance, pipeline.manifests_dir, video_id)
     final = read_manifest(pipeline.manifests_dir, "final_video", video_id)
-    if not up_to_date(status, final, submission):
+    if not up_to_date(status, final, submission, pipeline.is_published):
         return None
     sets = [read_manifest(pipeline.manifests_dir, "chunk_videos", str(segment_partition_key(video_id, b.index)))
             for b in status.plan.beats]
@@ -351,7 +352,8 @@ def render_video(spec_path: str | Path, *, defs: dg.Definitions, instance: dg.Da
     pipeline: PipelineResource = defs.resources["pipeline"]
     spec = load_spec(spec_path)
     with video_lock(pipeline.workspace, spec.video_id, on_wait):
-        submission, changed = pipeline.submit_spec(spec, source=str(spec_path), provider=provider, models=models)
+        submission, changed = pipeline.submit_spec(spec, source=str(spec_path), provider=provider, models=models,
+                                                   registered_by=str(ProcessIdentity.current()))
         add_partitions(instance, videos, [submission.video_id])
         if not changed and not force:
             report = up_to_date_report(instance, pipeline, submission, started)

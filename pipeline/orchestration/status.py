@@ -32,6 +32,7 @@ from pipeline.manifests import ChunkVideosManifest, VideoPlan
 from pipeline.orchestration.planner import RunSummary
 from pipeline.orchestration.tags import ASSEMBLY_STATE_TAG, RETRY_TAG, VIDEO_TAG
 from pipeline.submissions import SPEC_TAG
+from pipeline.text_objects import TextObjects
 
 SEGMENT_ASSETS = ("beats", "storyboard_images", "chunk_videos")
 VIDEO_LEVEL_JOBS = {"music": "render_music", "stitched_video": "assemble_video", "final_video": "assemble_video"}
@@ -142,9 +143,12 @@ def _with_run(states: dict[str, str], run: dg.DagsterRun | None) -> dict[str, st
     return states
 
 
-def video_status(instance: dg.DagsterInstance, manifests_dir: str | Path, video_id: str) -> VideoStatus:
+def video_status(instance: dg.DagsterInstance, manifests_dir: "str | Path | TextObjects",
+                 video_id: str) -> VideoStatus:
     """The status of ``video_id`` (see module doc). ``plan`` is None until video_spec materialized.
-    Reads the instance (a few queries) and the manifests of the video's real segments."""
+    Reads the instance (a few queries; a cluster's Postgres storage as well) and the manifests of
+    the video's real segments from ``manifests_dir`` (``PipelineResource.manifests_dir``: S3 when
+    configured); no other file, so any machine with the instance and the store can ask."""
     spec_ids = latest_real_storage_ids(instance, "video_spec", {video_id})
     plan = read_manifest(manifests_dir, "video_spec", video_id)
     status = VideoStatus(video_id, plan if isinstance(plan, VideoPlan) else None, spec_ids.get(video_id))

@@ -23,9 +23,10 @@ files on disk are the ones ``storage: sqlite`` writes. ``RunFirstEventLogMixin``
 from __future__ import annotations
 
 from dagster._core.events.log import EventLogEntry
-from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 from dagster._core.storage.sqlite_storage import DagsterSqliteStorage, _event_logs_directory
 from dagster._time import datetime_from_timestamp
+
+from pipeline.orchestration.sqlite_event_log import FastSqliteEventLogStorage
 
 
 def apply_run_event_first(instance, event: EventLogEntry) -> None:
@@ -69,8 +70,9 @@ class RunFirstEventLogMixin:
         super().store_event(event)  # type: ignore[misc]
 
 
-class RunFirstSqliteEventLogStorage(RunFirstEventLogMixin, SqliteEventLogStorage):
-    """Dagster's SQLite event log storage, except that a run event is applied to the run record
+class RunFirstSqliteEventLogStorage(RunFirstEventLogMixin, FastSqliteEventLogStorage):
+    """Dagster's SQLite event log storage (without its per-event set-up costs:
+    ``FastSqliteEventLogStorage``), except that a run event is applied to the run record
     (``apply_run_event_first``) before the event itself is stored. See the module docstring."""
 
 

@@ -25,7 +25,8 @@ class Provider(ABC):
     """A generation backend.
 
     Attributes: ``name``; the model ids it uses (``image_model``, ``video_model``, ``music_model``,
-    ``planner_model``); ``chunk_seconds``, the clip length its video model generates per call
+    ``planner_model``, and ``reference_image_model`` for storyboards made from character reference
+    images, when the provider can make them); ``chunk_seconds``, the clip length its video model generates per call
     (drives the chunk plan); ``fps``, its video model's frame rate.
     """
 
@@ -42,6 +43,16 @@ class Provider(ABC):
     @abstractmethod
     def render_image(self, request: GenerationRequest, scratch: Path) -> ProviderResult:
         """Generate a storyboard image for ``request`` (params: width, height in pixels) into ``scratch``."""
+
+    def render_image_with_references(self, request: GenerationRequest, references: list[tuple[str, Path]],
+                                     scratch: Path) -> ProviderResult:
+        """Generate a storyboard image for ``request`` that shows the named characters as they look
+        in their reference images (``references``: ``(name, image file)`` pairs, at most
+        ``pipeline.spec_characters.MAX_CHARACTERS``), made by ``reference_image_model``. Providers
+        that cannot raise ProviderError (not retryable): a storyboard that ignored its references
+        would break the promise its cache key makes."""
+        raise ProviderError(f"the {self.name} provider cannot generate images from character reference images",
+                            retryable=False)
 
     @abstractmethod
     def render_chunk(self, request: GenerationRequest, start_image: Path, scratch: Path) -> ProviderResult:

@@ -1,7 +1,9 @@
 """The ``local`` provider: an offline, free, deterministic procedural animatic.
 
 - Storyboard images: Pillow cards (a scene drawn from the prompt's hash and the seed, with the beat
-  caption and prompt written on it) at the requested draft resolution.
+  caption and prompt written on it) at the requested draft resolution; with character references,
+  each character drawn on the card the same way every time (``local_characters``), and character
+  reference sheets drawn from the description.
 - Chunk videos: ffmpeg camera moves (push-in, pan, tilt, drift picked from the beat's motion text)
   over the start image; a continuous chunk starts on the exact frame it is given.
 - Music: a numpy synthesizer (pad chords, bass, pentatonic melody, light percussion) at the spec's
@@ -27,6 +29,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from pipeline import media
 from pipeline.generation import GenerationRequest, ProviderResult
 from pipeline.providers.base import Provider, ProviderError
+from pipeline.providers.local_characters import REFERENCE_ROLE, add_characters, draw_character_sheet
 from pipeline.spec import MAX_PROMPT_CHARS, MIN_BEAT_S, BeatSpec
 
 SAMPLE_RATE = 44_100
@@ -54,6 +57,8 @@ class LocalProvider(Provider):
 
     name = "local"
     image_model = "local/storyboard-card-v1"
+    reference_image_model = image_model
+    """Cards with characters are the same cards with the characters drawn on (their references are inputs)."""
     video_model = "local/camera-move-v1"
     music_model = "local/synth-v1"
     planner_model = "local/sentence-planner-v1"
@@ -66,6 +71,8 @@ class LocalProvider(Provider):
     # --- images --------------------------------------------------------------------------------
 
     def render_image(self, request: GenerationRequest, scratch: Path) -> ProviderResult:
+        if request.params.get("role") == REFERENCE_ROLE:  # a character's reference sheet (characters asset)
+            return ProviderResult(path=draw_character_sheet(request, scratch), model=self.image_model)
         width, height = int(request.params["width"]), int(request.params["height"])
         rng = _rng(request.prompt, request.seed)
         palette = rng.integers(30, 226, size=(4, 3))
@@ -116,6 +123,14 @@ class LocalProvider(Provider):
         out = scratch / "storyboard.png"
         img.save(out, format="PNG", optimize=False)
         return ProviderResult(path=out, model=self.image_model)
+
+    def render_image_with_references(self, request: GenerationRequest, references: list[tuple[str, Path]],
+                                     scratch: Path) -> ProviderResult:
+        """The card of ``render_image`` with each referenced character drawn on it: a badge of its
+        reference image and a figure in its colours (``pipeline.providers.local_characters``)."""
+        result = self.render_image(request, scratch)
+        add_characters(result.path, references)
+        return result
 
     # --- video ---------------------------------------------------------------------------------
 

@@ -33,7 +33,9 @@ another model name and a ``dp-`` version. Knobs, defaults and the server clock: 
 Predictions have realistic JSON (id, model, version, input, status, output, error, logs, metrics,
 created_at/started_at/completed_at, urls) and go ``starting`` -> ``processing`` -> terminal in a
 worker thread that renders *real* media with the local renderer (``render``). Every input is
-checked for the model's required fields.
+checked for the model's required fields. A reference model (``bytedance/seedream-4``) checks its
+reference images (``image_input``: a list of 1-10 image data URIs or live uploaded files that
+decode as images; 422 otherwise) and draws them on its card, as the local provider does.
 
 Fault injection (``FakeReplicate.inject(kind, times=1, model=None, **options)``):
 

@@ -32,7 +32,10 @@ def input_schema(ref: str) -> dict[str, Any]:
         props[spec["format_field"]] = {"type": "string", "default": spec["format"]}
     if spec["kind"] == "image":
         props.update({"aspect_ratio": {"type": "string", "default": "1:1"},
-                      "output_format": {"type": "string", "default": "webp"}})
+                      "output_format": {"type": "string", "default": spec.get("format", "webp")}})
+    if "references" in spec:
+        props[spec["references"][0]] = {"type": "array", "items": {"type": "string", "format": "uri"},
+                                        "maxItems": spec["references"][1]}
     props.setdefault("seed", {"type": "integer"})
     return {"type": "object", "title": "Input", "required": list(spec["required"]), "properties": props}
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlencode
 
 from pipeline_tests.fake_replicate.limits import parse_duration, parse_prefer_wait, throttled
+from pipeline_tests.fake_replicate.render import reference_problems
 from pipeline_tests.fake_replicate.state import FAKE_MODELS, FAULT_KINDS, is_official
 
 if TYPE_CHECKING:
@@ -67,6 +68,9 @@ def create(h: "Handler", server: "FakeReplicate", ref: str, version: str, body: 
     if unknown:
         return h._problem(422, "Input validation failed",
                           "\n".join(f"- input.{k}: file not found (not uploaded, deleted or expired)" for k in unknown))
+    refused = reference_problems(server, ref, inp)
+    if refused:
+        return h._problem(422, "Input validation failed", "\n".join(f"- {p}" for p in refused))
     cancel_after = None
     if h.headers.get("Cancel-After") is not None:
         try:

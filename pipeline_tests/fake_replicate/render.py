@@ -60,6 +60,32 @@ def plan_text(prompt: str) -> str:
     return json.dumps({"beats": [{"prompt": b.prompt, "duration_s": b.duration_s, "motion": b.motion} for b in beats]})
 
 
+def reference_problems(server: "FakeReplicate", ref: str, inp: dict[str, Any]) -> list[str]:
+    """Why a create's reference images (a model's ``references`` field) are refused (422), one line
+    each: not a list of 1..max items, an item neither an image data URI nor a live uploaded file, or
+    one that does not decode as an image. Empty when they are fine or the model takes none."""
+    spec = FAKE_MODELS[ref]
+    if "references" not in spec or spec["references"][0] not in inp:
+        return []
+    field, most = spec["references"]
+    value = inp[field]
+    if not isinstance(value, list) or not 1 <= len(value) <= most:
+        return [f"input.{field}: must be a list of 1-{most} images"]
+    problems = []
+    with tempfile.TemporaryDirectory(dir=server._tmp.name) as work:
+        for i, item in enumerate(value):
+            try:
+                path = decode_image_input(server, str(item), Path(work))
+                with Image.open(path) as im:
+                    im.load()
+            except (ValueError, OSError) as exc:
+                problems.append(f"input.{field}[{i}]: not a usable image ({type(exc).__name__}: {exc})")
+            finally:
+                for f in Path(work).iterdir():
+                    f.unlink()
+    return problems
+
+
 def render(server: "FakeReplicate", pred: FakePrediction) -> tuple[Any, dict[str, Any]]:
     """(output, metrics) of ``pred``: output file URLs (or planner tokens) and model metrics."""
     spec = FAKE_MODELS[pred.model]
@@ -90,8 +116,17 @@ def _image(server: "FakeReplicate", pred: FakePrediction, spec: dict[str, Any], 
     w, h = even(w * server.render_scale), even(h * server.render_scale)
     req = GenerationRequest(media_type="image", provider="fake", model=pred.model, prompt=str(inp["prompt"]),
                             seed=inp.get("seed"), params={"width": w, "height": h})
-    png = LocalProvider().render_image(req, work).path
-    fmt = str(inp.get("output_format", "webp"))
+    refs = inp.get(spec["references"][0]) if "references" in spec else None
+    if refs:  # a reference model: the characters drawn from the images it was given
+        paths = []
+        for i, item in enumerate(refs):
+            sub = work / f"ref{i}"
+            sub.mkdir()
+            paths.append((str(i + 1), decode_image_input(server, str(item), sub)))
+        png = LocalProvider().render_image_with_references(req, paths, work).path
+    else:
+        png = LocalProvider().render_image(req, work).path
+    fmt = str(inp.get("output_format", spec.get("format", "webp")))
     with Image.open(png) as im:
         buf = io.BytesIO()
         im.convert("RGB").save(buf, format={"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}[fmt])

@@ -19,6 +19,8 @@ MUSICGEN_VERSION = "671ac645ce5e552cc63a54a2bbff63fcf798043055d2dac5fc9e36a837ee
 FAKE_MODELS: dict[str, dict[str, Any]] = {
     "black-forest-labs/flux-schnell": {"kind": "image", "required": ["prompt"], "output": "list"},
     "black-forest-labs/flux-1.1-pro": {"kind": "image", "required": ["prompt"], "output": "single"},
+    "bytedance/seedream-4": {"kind": "image", "required": ["prompt"], "output": "list", "format": "jpg",
+                             "references": ("image_input", 10)},
     "wan-video/wan-2.2-i2v-fast": {"kind": "video", "required": ["image", "prompt"], "image": "image",
                                    "frames": ("num_frames", 81), "fps": ("frames_per_second", 16),
                                    "resolution": ("resolution", "480p"), "grid": 16, "aspect_ratio": True},

@@ -81,10 +81,12 @@ class UploadsMixin:
             return f["data"] if f is not None and self.now() <= f["expires_at"] else None
 
     def unknown_file_inputs(self: "FakeReplicate", inp: dict[str, Any]) -> list[str]:
-        """Input fields that reference this server's Files API but no live uploaded file."""
+        """Input fields that reference this server's Files API but no live uploaded file (a list
+        field, such as reference images, if any of its items does)."""
         prefix = f"{self.base_url}/v1/files/"
         return [k for k, v in inp.items()
-                if isinstance(v, str) and v.startswith(prefix) and self.read_input_file(v) is None]
+                if any(isinstance(x, str) and x.startswith(prefix) and self.read_input_file(x) is None
+                       for x in (v if isinstance(v, list) else [v]))]
 
     def _add_file(self: "FakeReplicate", pred: FakePrediction, name: str, data: bytes, content_type: str) -> str:
         """Register an output file of ``pred`` (after its output faults); its URL."""

@@ -74,9 +74,10 @@ def pad_to_ratio(image: Path, ratio: str, out: Path) -> Path:
 
 
 def run_media(provider: "ReplicateProvider", request: GenerationRequest, model: ReplicateModel, scratch: Path, *,
-              image: Path | None = None) -> ProviderResult:
+              image: Path | None = None, references: list[Path] | None = None) -> ProviderResult:
     """One media request as a paid call through the ledger (``Jobs.obtain``): its input (``image``
-    as a data URI or an uploaded file), download and verification of the output into ``scratch``,
+    as a data URI or an uploaded file; ``references``, character reference images, the same way),
+    download and verification of the output into ``scratch``,
     the price of what came back. Raises ProviderError / BudgetExceededError.
 
     ``extra["timings_s"]`` says where the call's wall time went, seconds (those that happened):
@@ -96,8 +97,13 @@ def run_media(provider: "ReplicateProvider", request: GenerationRequest, model: 
         started = time.monotonic()
         extra["image"] = provider.uploads.image_input(image)
         timings["upload_s"] = time.monotonic() - started
+    if references:  # character reference images, as lossless PNG (inline or uploaded once per content)
+        started = time.monotonic()
+        extra["references"] = [provider.uploads.image_input(p) for p in references]
+        timings["upload_s"] = timings.get("upload_s", 0.0) + time.monotonic() - started
     plan = model.model_input(request, **extra)
     inp = plan.input
+    verified: dict[Path, Any] = {}  # file -> its MediaInfo, decoded once here (the Generator reuses it)
 
     def use(pred: dict[str, Any]) -> Used:
         try:
@@ -109,12 +115,14 @@ def run_media(provider: "ReplicateProvider", request: GenerationRequest, model: 
         if plan.crop_to and model.kind == "video":  # generated at another ratio: keep the requested frame
             started = time.monotonic()
             try:
-                media.centre_crop(path, scratch / f"cropped{path.suffix or '.mp4'}", plan.crop_to)
+                facts["verified"] = media.centre_crop(path, scratch / f"cropped{path.suffix or '.mp4'}", plan.crop_to)
             except media.MediaError as exc:
                 raise OutputUnusable("undecodable", f"could not centre-crop it to {plan.crop_to}: {exc}") from None
             finally:
                 timings["crop_s"] = time.monotonic() - started
             path = scratch / f"cropped{path.suffix or '.mp4'}"
+        if facts.get("verified") is not None:
+            verified[path] = facts["verified"]
         cost = model.cost(request.params, output_seconds=facts.get("seconds"), metrics=pred.get("metrics") or {})
         return Used(value=path, cost_usd=cost.usd, output={"urls": output_urls(pred.get("output"))}, info={
             "billed_units": cost.units, "billed_unit": cost.unit, "price_usd": cost.price.usd,
@@ -132,7 +140,8 @@ def run_media(provider: "ReplicateProvider", request: GenerationRequest, model: 
         price = model.price(request.params)
         info.update(price_usd=price.usd, price_source=price.source)
     return ProviderResult(path=got.value, model=model.id, prediction_id=got.prediction_id, cost_usd=got.cost_usd,
-                          reused_cost_usd=got.reused_cost_usd, paid_by=got.paid_by, extra={
+                          reused_cost_usd=got.reused_cost_usd, paid_by=got.paid_by, verified=verified.get(got.value),
+                          extra={
                               "replicate_model": model.ref, "replicate_version": model.version,
                               "obtained_by": got.how, "create_attempts": got.creates, **info,
                               **(plan.metadata() if model.kind == "video" else {}),

@@ -197,7 +197,8 @@ def fetch_output(pred: dict[str, Any], model: ReplicateModel, request: Generatio
                  timings: dict[str, float] | None = None) -> tuple[Path, dict[str, Any]]:
     """Download and verify a succeeded prediction's media output into ``scratch``. Images are
     resized and center-cropped to the request's ``width`` x ``height`` (pixels) as PNG. Returns
-    (file, {"seconds": video/audio seconds, "extra": {source size, fps}}). ``timings``, if given,
+    (file, {"seconds": video/audio seconds, "verified": the file's media.MediaInfo (video/audio),
+    "extra": {source size, fps}}). ``timings``, if given,
     receives ``download_s`` and ``verify_s`` (decoding, and an image's resize), seconds. Raises
     OutputUnusable, or Transient when the download keeps failing transiently."""
     timings = {} if timings is None else timings
@@ -235,10 +236,10 @@ def _verify(raw: Path, model: ReplicateModel, request: GenerationRequest, scratc
             return out, {"extra": {"source_width": w, "source_height": h}}
         if model.kind == "video":
             info = media.verify_video(raw)
-            return raw, {"seconds": info.duration_s,
+            return raw, {"seconds": info.duration_s, "verified": info,
                          "extra": {"source_width": info.width, "source_height": info.height, "source_fps": info.fps}}
         info = media.verify_audio(raw)
-        return raw, {"seconds": info.audio_duration_s, "extra": {}}
+        return raw, {"seconds": info.audio_duration_s, "verified": info, "extra": {}}
     except media.MediaError as exc:
         raise OutputUnusable("undecodable", f"downloaded output ({size} bytes) does not decode as {model.kind}: "
                                             f"{str(exc).replace(str(scratch), '')}", size=size) from None

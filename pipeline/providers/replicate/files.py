@@ -5,14 +5,15 @@ chained chunk's start frame must be the previous chunk's last frame exactly.)
 A data URI over a few hundred KB bloats every create request (and every prediction listing the
 lookup reads): 1.1 MB at 854x480, 22 MB at 4K. So a PNG over MAX_DATA_URI_PNG_BYTES is uploaded and
 its file URL (``urls.get``) is the model input. Uploads are idempotent per content sha256: the
-ledger file's ``uploads`` table records sha256 -> file id, URL and expiry, and a file lock per
-sha256 serializes processes on this machine, so a retry, a resumed job or another process sends
-the byte-identical URL (and the lookup-before-create still matches the earlier prediction). A
-record is reused while it has at least ``min_ttl_s`` left; one written by another process or an
-earlier run is checked once with ``GET /v1/files/{id}`` before use. Within a process a record
-already used is remembered by sha256, so using it again reads neither the lock nor the ledger. An
-upload whose answer was lost (timeout, dropped connection, 5xx) is looked up by its checksum
-(``find_file``) before it is sent again.
+ledger database's ``uploads`` table records sha256 -> file id, URL and expiry, and a lock per
+sha256 (``Ledger.named_lock``: a lock file beside a SQLite ledger, serializing this machine's
+processes; a PostgreSQL advisory lock, serializing every machine's) makes a retry, a resumed job
+or another process send the byte-identical URL (and the lookup-before-create still matches the
+earlier prediction). A record is reused while it has at least ``min_ttl_s`` left; one written by
+another process or an earlier run is checked once with ``GET /v1/files/{id}`` before use. Within a
+process a record already used is remembered by sha256, so using it again reads neither the lock
+nor the ledger. An upload whose answer was lost (timeout, dropped connection, 5xx) is looked up by
+its checksum (``find_file``) before it is sent again.
 
 The token goes only to the API root: uploads, file checks and lists are requests to it; the file
 URL (``urls.get``) is only passed to the model as input, never fetched here.
@@ -31,11 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import sqlalchemy as sa
 from PIL import Image
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from pipeline.ledger import Ledger
-from pipeline.procs import file_lock
 from pipeline.providers.base import ProviderError
 from pipeline.providers.replicate.client import NotFound, ReplicateApi, Transient, parse_time, wait_for_server
 
@@ -44,20 +45,20 @@ log = logging.getLogger("pipeline.providers.replicate")
 MAX_DATA_URI_PNG_BYTES = 256 << 10
 """Input images whose PNG is at most this many bytes go inline as data URIs; larger ones are uploaded."""
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS uploads (
-    file_id      TEXT PRIMARY KEY,
-    sha256       TEXT NOT NULL,
-    url          TEXT NOT NULL,
-    size         INTEGER NOT NULL,
-    content_type TEXT NOT NULL,
-    expires_at   REAL,
-    created_at   REAL NOT NULL,
-    gone         INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS uploads_sha ON uploads (sha256, created_at);
-CREATE INDEX IF NOT EXISTS uploads_url ON uploads (url)
-"""
+UPLOADS = sa.Table(
+    "uploads", sa.MetaData(),
+    sa.Column("file_id", sa.Text, primary_key=True),
+    sa.Column("sha256", sa.Text, nullable=False),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("content_type", sa.Text, nullable=False),
+    sa.Column("expires_at", sa.Double),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("gone", sa.Integer, nullable=False, server_default=sa.text("0")),
+)
+sa.Index("uploads_sha", UPLOADS.c.sha256, UPLOADS.c.created_at)
+sa.Index("uploads_url", UPLOADS.c.url)
+"""The ledger database's table of uploaded files (times in Unix seconds, ``gone`` 0/1)."""
 
 
 def image_data_uri(path: str | Path) -> str:
@@ -184,9 +185,7 @@ class Uploads:
         self._checked: set[str] = set()
         self._known: dict[str, UploadRecord] = {}  # sha256 -> a record this process used or made
         self._lock = threading.Lock()
-        with ledger.transaction() as db:
-            for statement in _SCHEMA.split(";"):
-                db.execute(statement)
+        ledger.create_tables(UPLOADS)
 
     def image_input(self, path: str | Path) -> str:
         """The model input for the image at ``path``: a PNG data URI up to MAX_DATA_URI_PNG_BYTES,
@@ -203,7 +202,7 @@ class Uploads:
         known = self._usable_known(sha)
         if known is not None:
             return known.url
-        with file_lock(self.ledger.path.parent / "locks" / f"upload-{sha[:40]}.lock"):
+        with self.ledger.named_lock(f"upload-{sha[:40]}"):
             record = self.record(sha)
             if record is not None and self._still_there(record):
                 self._remember(record)
@@ -215,10 +214,11 @@ class Uploads:
                                      retryable=True)
             now = time.time()
             expires_at = parse_time(info.get("expires_at"))
+            row = {"sha256": sha, "url": url, "size": len(data), "content_type": content_type,
+                   "expires_at": expires_at, "created_at": now, "gone": 0}
             with self.ledger.transaction() as db:
-                db.execute("INSERT OR REPLACE INTO uploads (file_id, sha256, url, size, content_type, expires_at,"
-                           " created_at, gone) VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
-                           (info["id"], sha, url, len(data), content_type, expires_at, now))
+                db.execute(self.ledger.db.insert(UPLOADS).values(file_id=info["id"], **row)
+                           .on_conflict_do_update(index_elements=[UPLOADS.c.file_id], set_=row))
             with self._lock:
                 self._checked.add(info["id"])
             self._remember(UploadRecord(file_id=info["id"], sha256=sha, url=url, size=len(data),
@@ -241,16 +241,18 @@ class Uploads:
     def record(self, sha256: str) -> UploadRecord | None:
         """The newest recorded upload of ``sha256`` with at least ``min_ttl_s`` left, or None."""
         floor = time.time() + self.min_ttl_s
+        u = UPLOADS.c
+        query = (sa.select(UPLOADS).where(u.sha256 == sha256, u.gone == 0,
+                                          sa.or_(u.expires_at.is_(None), u.expires_at > floor))
+                 .order_by(u.created_at.desc()).limit(1))
         with self.ledger.connect() as db:
-            row = db.execute("SELECT * FROM uploads WHERE sha256 = ? AND gone = 0 AND (expires_at IS NULL OR"
-                             " expires_at > ?) ORDER BY created_at DESC LIMIT 1", (sha256, floor)).fetchone()
+            row = db.execute(query).mappings().first()
         return _record(row) if row else None
 
     def sha_for_url(self, url: str) -> str | None:
         """The content sha256 of an uploaded file's ``url`` (any upload ever recorded), or None."""
         with self.ledger.connect() as db:
-            row = db.execute("SELECT sha256 FROM uploads WHERE url = ? LIMIT 1", (url,)).fetchone()
-        return row["sha256"] if row else None
+            return db.execute(sa.select(UPLOADS.c.sha256).where(UPLOADS.c.url == url).limit(1)).scalar()
 
     def normalize(self, value: Any) -> Any:
         """``value`` with recorded upload URLs replaced by ``"sha256:<hex>"`` (for comparing inputs
@@ -272,7 +274,7 @@ class Uploads:
         if found is None:
             log.info("uploaded file %s is gone; uploading its content again", record.file_id)
             with self.ledger.transaction() as db:
-                db.execute("UPDATE uploads SET gone = 1 WHERE file_id = ?", (record.file_id,))
+                db.execute(sa.update(UPLOADS).where(UPLOADS.c.file_id == record.file_id).values(gone=1))
             with self._lock:
                 if self._known.get(record.sha256) == record:
                     del self._known[record.sha256]

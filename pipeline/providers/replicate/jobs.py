@@ -120,7 +120,7 @@ class _KeyLock:
     so two threads must not both act as it."""
 
     def __init__(self, ledger: Ledger, key: str):
-        self.id = (str(ledger.path), key)
+        self.id = (ledger.url, key)
 
     def __enter__(self) -> None:
         with _KEY_LOCKS_GUARD:

@@ -174,13 +174,19 @@ class Predictions:
         for k, v in inp.items():
             if k not in got:
                 return False
-            g = got[k]
-            if g == v or (isinstance(v, str) and isinstance(g, str) and self.normalize(g) == self.normalize(v)):
-                continue
-            if isinstance(v, str) and v.startswith("data:") and isinstance(g, str) and g.startswith(("https://", "http://")):
-                continue
-            return False
+            if not self._same(got[k], v):
+                return False
         return True
+
+    def _same(self, g: Any, v: Any) -> bool:
+        """Whether the echoed input value ``g`` is the value ``v`` sent: equal, the same uploaded
+        content, a data URI shown as a URL; lists (reference images) element by element."""
+        if g == v or (isinstance(v, str) and isinstance(g, str) and self.normalize(g) == self.normalize(v)):
+            return True
+        if isinstance(v, str) and v.startswith("data:") and isinstance(g, str) and g.startswith(("https://", "http://")):
+            return True
+        return (isinstance(v, list) and isinstance(g, list) and len(g) == len(v)
+                and all(self._same(a, b) for a, b in zip(g, v)))
 
     def lookup(self, model: ReplicateModel, inp: dict[str, Any], *, since: float) -> str | None:
         """The id of a prediction matching ``model`` and ``inp`` (``matches``) created between ``since``

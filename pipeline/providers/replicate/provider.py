@@ -13,7 +13,7 @@ import httpx
 
 from pipeline.generation import GenerationRequest, ProviderResult
 from pipeline.ledger import DEFAULT_LEASE_S, Ledger, default_ledger_path
-from pipeline.models import DEFAULTS, get_model
+from pipeline.models import DEFAULTS, REFERENCE_DEFAULT, get_model
 from pipeline.providers.base import Provider, ProviderError
 from pipeline.providers.replicate.calls import run_media, run_text
 from pipeline.providers.replicate.client import DEFAULT_BASE_URL, NotFound, ReplicateApi, Transient
@@ -62,8 +62,10 @@ class ReplicateProvider(Provider):
       rerun needs none; without one a call fails with a ProviderError). Never logged or stored in outputs.
     - ``base_url``: API root; default https://api.replicate.com.
     - ``workspace`` (a pipeline.store.Workspace) or ``workspace_root`` (its directory) / ``ledger_path``:
-      the ledger is ``ledger_path``, default ``<workspace root>/ledger.sqlite``, the root defaulting to
-      ``data`` (relative to the working directory). Use the same data directory as the Generator's Workspace.
+      the ledger is ``ledger_path`` (a SQLite file path, or a database URL such as
+      ``postgresql+psycopg2://...`` shared by every machine: ``pipeline.ledger``), default
+      ``<workspace root>/ledger.sqlite``, the root defaulting to ``data`` (relative to the working
+      directory). Use the same data directory as the Generator's Workspace.
     - ``allowed_hosts``: where outputs may be downloaded from: host names (https only, subdomains
       included) and/or explicit origins such as ``"http://127.0.0.1:8765"`` (that scheme, host and
       port exactly). Default ``replicate.delivery`` (DEFAULT_OUTPUT_HOSTS).
@@ -143,6 +145,9 @@ class ReplicateProvider(Provider):
         self.music = get_model(music_model or DEFAULTS["audio"], "audio")
         self.planner = get_model(planner_model or DEFAULTS["text"], "text")
         self.image_model, self.video_model = self.image.id, self.video.id
+        self.reference = self.image if self.image.max_reference_images else get_model(REFERENCE_DEFAULT, "image")
+        self.reference_image_model = self.reference.id
+        """Makes storyboards from character references: the image model if it takes them, else REFERENCE_DEFAULT."""
         self.music_model, self.planner_model = self.music.id, self.planner.id
         if chunk_seconds is None:
             chunk_seconds = self.video.chunk_seconds[0]
@@ -182,7 +187,7 @@ class ReplicateProvider(Provider):
 
     def __repr__(self) -> str:  # never the token
         return (f"ReplicateProvider(base_url={self.base_url!r}, image={self.image_model!r}, video={self.video_model!r}, "
-                f"music={self.music_model!r}, chunk_seconds={self.chunk_seconds:g}, ledger={str(self.ledger.path)!r})")
+                f"music={self.music_model!r}, chunk_seconds={self.chunk_seconds:g}, ledger={self.ledger.url!r})")
 
     def close(self) -> None:
         """Close the API and download clients' connections (a later call opens new ones)."""
@@ -201,6 +206,20 @@ class ReplicateProvider(Provider):
         """A storyboard image from the image model, resized and center-cropped to the request's
         ``width`` x ``height`` (pixels) as PNG. Raises ProviderError / BudgetExceededError."""
         return run_media(self, request, get_model(request.model, "image"), scratch)
+
+    def render_image_with_references(self, request: GenerationRequest, references: list[tuple[str, Path]],
+                                     scratch: Path) -> ProviderResult:
+        """A storyboard image from the reference model (``request.model``, normally
+        ``reference_image_model``) given the characters' reference images (``references``, in
+        order: each a PNG data URI up to 256 KB, else an uploaded file's URL, in the model's
+        ``references`` field), resized and center-cropped to the request's size as PNG. Raises
+        ProviderError (not retryable) when the model takes no or fewer reference images."""
+        model = get_model(request.model, "image")
+        if len(references) > model.max_reference_images:
+            raise ProviderError(f"{model.ref} takes at most {model.max_reference_images} reference images; this "
+                                f"storyboard has {len(references)} ({', '.join(n for n, _ in references)})",
+                                retryable=False)
+        return run_media(self, request, model, scratch, references=[path for _, path in references])
 
     def render_chunk(self, request: GenerationRequest, start_image: Path, scratch: Path) -> ProviderResult:
         """A video chunk from the image-to-video model, starting on ``start_image`` (a PNG data URI
@@ -228,10 +247,11 @@ class ReplicateProvider(Provider):
             return 0.0
 
     def check_models(self) -> dict[str, str]:
-        """Ask the API that every configured model (and pinned version) exists. Returns
+        """Ask the API that every configured model (the reference model included) and pinned version exists. Returns
         {model id: "ok"}; raises ProviderError naming the first one that does not (or could not be asked)."""
         out = {}
-        for m in (self.image, self.video, self.music, self.planner):
+        models = {m.id: m for m in (self.image, self.reference, self.video, self.music, self.planner)}
+        for m in models.values():
             until = time.monotonic() + 2 * self.api.request_timeout_s
             try:  # GET /v1/models/{ref} (and .../versions/{version})
                 self.api.get_json(f"/v1/models/{m.ref}", what=f"model {m.ref}", until=until)
