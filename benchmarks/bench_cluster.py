@@ -3,9 +3,9 @@ against the fake server with scaled latencies) from submission to the three publ
 
 - ``cluster``: pipeline_tests/cluster_stack.py: Postgres storage (deploy/dagster.yaml), Celery
   run launcher, two workers x ``--concurrency`` 2, each with its own empty data directory; S3 on
-  moto; specs into the S3 inbox (or, before the S3 inbox exists, the daemon's inbox).
+  moto; specs with `pipeline submit` into the S3 inbox.
 - ``one machine``: the repository's dagster.yaml (SQLite, ForkServerRunLauncher) with the daemon
-  and the same S3, specs dropped into the daemon's inbox.
+  and the same S3, specs put into the S3 inbox.
 
 Both on this machine (2 cores shared by everything), so the cluster's numbers measure its
 overhead, not a speed-up: its workers compete for the same cores. Wall time from the first
@@ -76,23 +76,13 @@ def run_one_machine(root: Path) -> dict:
         with stack.running(daemon=True):
             stack.wait_daemon_ready(stack.services[0])
             t0 = time.monotonic()
-            for video_id in tc.VIDEOS:
-                if tc.S3_REGISTRY:  # with S3 configured, the inbox is the S3 prefix <prefix>/inbox
-                    boto3.client("s3", endpoint_url=endpoint).put_object(
-                        Bucket=bucket, Key=f"one/inbox/{video_id}.yaml", Body=tc.spec_text(video_id).encode())
-                    continue
-                path = stack.data_dir / "inbox" / f"{video_id}.yaml"
-                staged = path.with_suffix(".tmp")
-                staged.write_text(tc.spec_text(video_id))
-                os.utime(staged, (time.time() - 30,) * 2)
-                os.replace(staged, path)
+            s3 = boto3.client("s3", endpoint_url=endpoint)
+            for video_id in tc.VIDEOS:  # with S3 configured, the inbox is the S3 prefix <prefix>/inbox
+                s3.put_object(Bucket=bucket, Key=f"one/inbox/{video_id}.yaml", Body=tc.spec_text(video_id).encode())
 
             def done() -> bool:
-                if tc.S3_REGISTRY:
-                    s3 = boto3.client("s3", endpoint_url=endpoint)
-                    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="one/videos/").get("Contents", [])}
-                    return all(f"one/videos/{v}.mp4" in keys for v in tc.VIDEOS)
-                return all((stack.data_dir / "videos" / f"{v}.mp4").is_file() for v in tc.VIDEOS)
+                keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="one/videos/").get("Contents", [])}
+                return all(f"one/videos/{v}.mp4" in keys for v in tc.VIDEOS)
 
             wait_until(done, timeout=900, interval=1.0, what="three published videos", on_timeout=stack.tails)
             wall = time.monotonic() - t0

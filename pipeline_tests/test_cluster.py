@@ -20,7 +20,6 @@ directory).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import subprocess
@@ -51,15 +50,6 @@ MIN_CREATES = sum(2 * len(beats) + 1 for beats in VIDEOS.values())
 """One storyboard image and one 5 s chunk per beat, one music track per video."""
 RENDER_TIMEOUT_S = 1200.0
 
-# TODO(lead, issue 12): the S3 spec registry / inbox / published videos come with i12-s3 and the
-# shared ledger (PIPELINE_LEDGER_URL) with i12-ledger. Until both are merged this test registers
-# the specs in every worker's data directory and looks for the finals there, and cannot hold the
-# pay-once assertion across machines; remove these fallbacks (and the two flags) after the merge.
-S3_REGISTRY = importlib.util.find_spec("pipeline.inbox_s3") is not None
-SHARED_LEDGER = "ledger_url" in __import__("pipeline.defs.resources", fromlist=["PipelineResource"]) \
-    .PipelineResource.model_fields
-
-
 @pytest.fixture(scope="module")
 def services_present():
     reason = missing_services()
@@ -86,50 +76,34 @@ def pipeline_cli(cluster, *args: str) -> subprocess.CompletedProcess:
 
 def submit_all(cluster, staging: Path) -> None:
     """Submit every spec where the cluster's inbox sensor looks: ``pipeline submit`` (the S3 inbox
-    prefix), three clients at once."""
+    prefix) on a client machine, three at once."""
     staging.mkdir(exist_ok=True)
-    files = {}
+    client = cluster.root / "client-data"
+    client.mkdir(exist_ok=True)
+    env = {**cluster.stack.env, "PIPELINE_DATA_DIR": str(client)}
+    procs = {}
     for video_id in VIDEOS:
-        files[video_id] = staging / f"{video_id}.yaml"
-        files[video_id].write_text(spec_text(video_id))
-    if S3_REGISTRY:
-        client = cluster.root / "client-data"
-        client.mkdir(exist_ok=True)
-        env = {**cluster.stack.env, "PIPELINE_DATA_DIR": str(client)}
-        procs = {v: subprocess.Popen([str(BIN / "pipeline"), "submit", str(f)], env=env, cwd=ROOT, text=True,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for v, f in files.items()}
-        for video_id, proc in procs.items():
-            out, _ = proc.communicate(timeout=300)
-            assert proc.returncode == 0, f"pipeline submit {video_id}: exit {proc.returncode}\n{out}"
-        return
-    # Fallback until i12-s3: the daemon's local inbox, and the registry of every worker.
-    from pipeline.definitions import pipeline_resources
-    from pipeline.spec import parse_spec
-
-    for video_id, staged in files.items():
-        spec = parse_spec(yaml.safe_load(spec_text(video_id)))
-        for worker in cluster.workers.values():
-            pipeline_resources(str(worker.data_dir))["pipeline"].submit_spec(spec, source="test")
-        old = time.time() - 30
-        os.utime(staged, (old, old))
-        os.replace(staged, cluster.stack.data_dir / "inbox" / staged.name)
+        spec = staging / f"{video_id}.yaml"
+        spec.write_text(spec_text(video_id))
+        procs[video_id] = subprocess.Popen([str(BIN / "pipeline"), "submit", str(spec)], env=env, cwd=ROOT,
+                                           text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    for video_id, proc in procs.items():
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, f"pipeline submit {video_id}: exit {proc.returncode}\n{out}"
 
 
 def published(cluster, video_id: str, tmp: Path) -> Path | None:
-    """The published final video of ``video_id`` downloaded from S3 (or, before i12-s3, found in a
-    worker's data directory), or None if it is not published yet."""
-    if S3_REGISTRY:
-        key = cluster.key("videos", f"{video_id}.mp4")
-        s3 = cluster.s3()
-        try:
-            s3.head_object(Bucket=cluster.bucket, Key=key)
-        except s3.exceptions.ClientError:
-            return None
-        target = tmp / f"{video_id}.mp4"
-        s3.download_file(cluster.bucket, key, str(target))
-        return target
-    found = [w.data_dir / "videos" / f"{video_id}.mp4" for w in cluster.workers.values()]
-    return next((p for p in found if p.is_file()), None)
+    """The published final video of ``video_id`` (``<prefix>/videos/<id>.mp4`` in S3) downloaded
+    into ``tmp``, or None if it is not published yet."""
+    key = cluster.key("videos", f"{video_id}.mp4")
+    s3 = cluster.s3()
+    try:
+        s3.head_object(Bucket=cluster.bucket, Key=key)
+    except s3.exceptions.ClientError:
+        return None
+    target = tmp / f"{video_id}.mp4"
+    s3.download_file(cluster.bucket, key, str(target))
+    return target
 
 
 def describe(instance: dg.DagsterInstance) -> str:
@@ -228,7 +202,7 @@ def test_three_videos_render_across_two_workers_and_survive_killed_workers(servi
             messages = {r.run_id: failure_message(instance, r.run_id) for r in runs
                         if r.status == dg.DagsterRunStatus.FAILURE}
             connections = cluster.postgres.connections("dagster")
-            statuses = {v: pipeline_cli(cluster, "status", v) for v in VIDEOS} if S3_REGISTRY else {}
+            statuses = {v: pipeline_cli(cluster, "status", v) for v in VIDEOS}
 
     # All three finals are published and decode to their planned duration, with music.
     for video_id, beats in VIDEOS.items():
@@ -268,11 +242,8 @@ def test_three_videos_render_across_two_workers_and_survive_killed_workers(servi
     print(f"\ncluster: 3 videos in {wall_s:.1f} s, {len(runs)} runs, {sum(creates.values())} creates for "
           f"{len(creates)} keys (minimum {MIN_CREATES}); killed a run's process, then {victim.name} during "
           f"prediction {prediction_id}; {connections} connections to Dagster's database since it was created")
-    if SHARED_LEDGER:
-        assert {k: n for k, n in creates.items() if n > 1} == {}, creates
-        assert len(creates) == MIN_CREATES, creates
-    else:
-        print("(the ledger is not shared yet: pay-once across machines is not asserted; see the TODO above)")
+    assert {k: n for k, n in creates.items() if n > 1} == {}, creates
+    assert len(creates) == MIN_CREATES, creates
 
 
 def describe_runs(runs: list[dg.DagsterRun]) -> str:
