@@ -5,17 +5,19 @@ Postgres (Dagster's storage with the run-first ordering, and the ledger), Redis 
 result backend), moto's S3 server, the fake Replicate server, a webserver and a daemon with the
 cluster's dagster.yaml (``PipelineCeleryRunLauncher``), and two Celery workers, each with its own
 DAGSTER_HOME and its own empty data directory. Three specs are submitted through the S3 inbox.
-The first two chunk predictions are held at the fake server; while their runs wait on them, the
-process executing the first run is SIGKILLed (its worker lives), then the whole worker executing
-the second (its process group, as if its machine died); then the predictions are released.
+The first chunk prediction is held at the fake server. While its run waits on it, the whole
+worker executing that run is SIGKILLed (its process group, as if its machine died); the run is
+retried on the other worker, which adopts the held prediction; then the process executing that
+retry is SIGKILLed (its worker lives); the third run of the segment finishes once the prediction
+is released.
 
 Asserted: all three final videos are published to S3 and decode to their planned duration; runs
-executed on both workers; both killed runs were failed by run monitoring (Celery's WorkerLostError
-for the first, the worker's silence for the second) and retried until they succeeded, the second
-on the surviving worker; the fake server saw exactly one create per cache key (the minimum:
-nothing paid twice, across machines and across the kills). Specs go in with ``pipeline submit`` and ``pipeline status``
-reads each video back, both on a "client machine" (the cluster's environment, an empty data
-directory).
+executed on both workers; both killed runs were failed by run monitoring (the worker's silence for
+the first, Celery's WorkerLostError for the second), and the segment's third run succeeded on the
+surviving worker; no run failed for another reason; the fake server saw exactly one create per
+cache key (the minimum: nothing paid twice, across machines and across the kills). Specs go in
+with ``pipeline submit`` and ``pipeline status`` reads each video back, both on a "client
+machine" (the cluster's environment, an empty data directory).
 """
 
 from __future__ import annotations
@@ -116,25 +118,28 @@ def describe(instance: dg.DagsterInstance) -> str:
     return "\n".join(reversed(lines))
 
 
-def held_run(instance: dg.DagsterInstance, prediction_id: str) -> dg.DagsterRun | None:
-    """The STARTED render_segment run whose logs name ``prediction_id`` (the held chunk)."""
+def held_run(instance: dg.DagsterInstance, prediction_id: str, parent: str | None = None) -> dg.DagsterRun | None:
+    """The STARTED render_segment run whose logs name ``prediction_id`` (the held chunk); with
+    ``parent``, only a retry of run ``parent``."""
     for run in instance.get_runs(dg.RunsFilter(job_name="render_segment", statuses=[dg.DagsterRunStatus.STARTED])):
+        if parent is not None and run.tags.get("dagster/parent_run_id") != parent:
+            continue
         if any(prediction_id in (entry.user_message or "") for entry in instance.all_logs(run.run_id)):
             return run
     return None
 
 
-def held_runs(fake, instance: dg.DagsterInstance, count: int) -> list[tuple[str, dg.DagsterRun]] | None:
-    """(prediction id, run) of ``count`` chunk predictions being held at the fake server, each with
-    the run executing it (tagged by the worker hook), or None while there are fewer."""
+def held_runs(fake, instance: dg.DagsterInstance, parent: str | None = None) -> list[tuple[str, dg.DagsterRun]]:
+    """(prediction id, run) of every chunk prediction being held at the fake server with the
+    STARTED run polling it (tagged by the worker hook); with ``parent``, only retries of that run."""
     pending = [p["id"] for p in fake.stats()["predictions"]
                if p["model"].startswith(VIDEO_MODEL) and p["status"] == "processing"]
     found = []
     for prediction_id in pending:
-        run = held_run(instance, prediction_id)
+        run = held_run(instance, prediction_id, parent)
         if run is not None and run.tags.get("pipeline/celery_worker") and run.tags.get("pipeline/owner"):
             found.append((prediction_id, run))
-    return found[:count] if len(found) >= count else None
+    return found
 
 
 def retry_chain(runs: list[dg.DagsterRun], run_id: str) -> list[dg.DagsterRun]:
@@ -161,27 +166,33 @@ def test_three_videos_render_across_two_workers_and_survive_killed_workers(servi
         replicate = {"REPLICATE_API_TOKEN": fake.token, "REPLICATE_BASE_URL": fake.base_url,
                      "REPLICATE_OUTPUT_HOSTS": fake.origin}
         with running_cluster(tmp_path, monkeypatch, replicate=replicate) as cluster, cluster.instance() as instance:
-            fake.inject("hold", model=VIDEO_MODEL, times=2)  # the first two chunk predictions wait for release()
+            fake.inject("hold", model=VIDEO_MODEL)  # the first chunk prediction waits for release()
             t0 = time.monotonic()
             submit_all(cluster, tmp_path / "specs")
             diagnose = lambda: describe(instance) + "\n" + cluster.tails()  # noqa: E731
-            [(_, lost_process_run), (prediction_id, lost_worker_run)] = wait_until(
-                lambda: cluster.stack.check_alive() or held_runs(fake, instance, 2), timeout=600, interval=1.0,
-                what="two held chunks and their runs", on_timeout=diagnose)
+            [(prediction_id, lost_worker_run)] = wait_until(
+                lambda: cluster.stack.check_alive() or held_runs(fake, instance), timeout=600, interval=1.0,
+                what="the held chunk's run", on_timeout=diagnose)
 
-            # 1. The process executing a run dies (SIGKILL), its worker lives: Celery records the task
-            #    failed, run monitoring marks the run failed.
-            os.kill(ProcessIdentity.parse(lost_process_run.tags["pipeline/owner"]).pid, signal.SIGKILL)
-            wait_until(lambda: instance.get_run_by_id(lost_process_run.run_id).status == dg.DagsterRunStatus.FAILURE,
-                       timeout=300, interval=1.0, what="the run whose process was killed to be failed",
-                       on_timeout=diagnose)
-            # 2. A whole worker dies (its process group, as if its machine was lost) in the middle of a
-            #    chunk: nothing records it; the launcher's health check stops hearing the worker.
+            # 1. A whole worker dies (its process group, as if its machine was lost) in the middle of
+            #    the chunk: nothing records it; the launcher's health check stops hearing the worker,
+            #    run monitoring fails the run and run retries launch it again, on the survivor.
             victim = next(w for w in cluster.workers.values()
                           if w.hostname == lost_worker_run.tags["pipeline/celery_worker"])
             survivor = next(w for w in cluster.workers.values() if w is not victim)
             victim.kill()
-            fake.release()
+            # 2. The retry adopts the held prediction (shared ledger: its owner is dead) and polls it.
+            #    Now the process executing that retry dies (SIGKILL), its worker lives: Celery records
+            #    the task failed (WorkerLostError), run monitoring fails the run, it is retried again.
+            [(_, lost_process_run)] = wait_until(
+                lambda: survivor.service.proc.poll() is None and held_runs(fake, instance, lost_worker_run.run_id),
+                timeout=600, interval=1.0, what="the retry polling the held chunk", on_timeout=diagnose)
+            assert lost_process_run.tags["pipeline/celery_worker"] == survivor.hostname
+            os.kill(ProcessIdentity.parse(lost_process_run.tags["pipeline/owner"]).pid, signal.SIGKILL)
+            wait_until(lambda: instance.get_run_by_id(lost_process_run.run_id).status == dg.DagsterRunStatus.FAILURE,
+                       timeout=300, interval=1.0, what="the run whose process was killed to be failed",
+                       on_timeout=diagnose)
+            fake.release()  # the third run of that segment finishes the prediction: paid once
 
             tmp = tmp_path / "published"
             tmp.mkdir()
@@ -235,13 +246,15 @@ def test_three_videos_render_across_two_workers_and_survive_killed_workers(servi
     for run_id in messages:
         chain = retry_chain(runs, run_id)
         assert chain and chain[-1].status == dg.DagsterRunStatus.SUCCESS, describe_runs(runs)
-    assert retry_chain(runs, lost_worker_run.run_id)[-1].tags["pipeline/celery_worker"] == survivor.hostname
+    chain = retry_chain(runs, lost_worker_run.run_id)
+    assert [r.run_id for r in chain[:1]] == [lost_process_run.run_id] and len(chain) == 2, describe_runs(runs)
+    assert chain[-1].tags["pipeline/celery_worker"] == survivor.hostname
 
     # Paid creates: one per cache key, nothing twice (the held predictions were resumed, not re-created).
     creates: dict[str, int] = stats["creates"]
     print(f"\ncluster: 3 videos in {wall_s:.1f} s, {len(runs)} runs, {sum(creates.values())} creates for "
-          f"{len(creates)} keys (minimum {MIN_CREATES}); killed a run's process, then {victim.name} during "
-          f"prediction {prediction_id}; {connections} connections to Dagster's database since it was created")
+          f"{len(creates)} keys (minimum {MIN_CREATES}); killed {victim.name}, then its run's retry's process, "
+          f"during prediction {prediction_id}; {connections} connections to Dagster's database since it was created")
     assert {k: n for k, n in creates.items() if n > 1} == {}, creates
     assert len(creates) == MIN_CREATES, creates
 

@@ -168,8 +168,9 @@ def test_the_postgres_storage_reopens_from_an_instance_ref(tmp_path, request, po
 
 def test_a_pooled_postgres_storage_opens_a_few_connections_per_run_not_one_per_operation(tmp_path, request):
     """One failing run (a job of one op, executed in process) on the stock connection-per-operation
-    engines, then on the pooled storage: the pooled run opens at most the pool's connections plus
-    the table checks of opening the instance; the stock one opens one per operation."""
+    engines, then on the pooled storage. The instance was opened once before (``write_instance_yaml``
+    creates the tables), as a worker process has by its second run: the pooled run reuses that
+    process's connections; the stock one opens one per operation."""
     server = request.getfixturevalue("postgres")
     opened = {}
     for label, pool in (("unpooled", None), ("pooled", POOL)):
@@ -182,9 +183,8 @@ def test_a_pooled_postgres_storage_opens_a_few_connections_per_run_not_one_per_o
             assert not result.success
             assert instance.get_run_by_id(result.run_id).status == dg.DagsterRunStatus.FAILURE
         opened[label] = server.connections(db_name) - before
-    # Opening the instance: each of the three storages checks its tables (SQLAlchemy's inspector:
-    # two short-lived connections each), then the pool serves everything else.
-    assert opened["pooled"] <= 6 + POOL["pool_size"] + POOL["max_overflow"], opened
+    # Unpooled, opening the instance checks each storage's tables again (two connections each).
+    assert opened["pooled"] <= POOL["max_overflow"], opened
     assert opened["unpooled"] > 5 * opened["pooled"], opened
     print(f"\nconnections opened for one failing run: {opened}")
 
