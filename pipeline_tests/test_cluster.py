@@ -130,16 +130,16 @@ def held_run(instance: dg.DagsterInstance, prediction_id: str, parent: str | Non
 
 
 def held_runs(fake, instance: dg.DagsterInstance, parent: str | None = None) -> list[tuple[str, dg.DagsterRun]]:
-    """(prediction id, run) of every chunk prediction being held at the fake server with the
-    STARTED run polling it (tagged by the worker hook); with ``parent``, only retries of that run."""
-    pending = [p["id"] for p in fake.stats()["predictions"]
-               if p["model"].startswith(VIDEO_MODEL) and p["status"] == "processing"]
-    found = []
-    for prediction_id in pending:
-        run = held_run(instance, prediction_id, parent)
-        if run is not None and run.tags.get("pipeline/celery_worker") and run.tags.get("pipeline/owner"):
-            found.append((prediction_id, run))
-    return found
+    """[(prediction id, run)] of the held chunk prediction (the server holds the first chunk
+    prediction created) while it is processing, with the STARTED run polling it (tagged by the
+    worker hook; with ``parent``, a retry of that run); [] before that."""
+    chunks = [p for p in fake.stats()["predictions"] if p["model"].startswith(VIDEO_MODEL)]  # oldest first
+    if not chunks or chunks[0]["status"] != "processing":
+        return []
+    run = held_run(instance, chunks[0]["id"], parent)
+    if run is None or not (run.tags.get("pipeline/celery_worker") and run.tags.get("pipeline/owner")):
+        return []
+    return [(chunks[0]["id"], run)]
 
 
 def retry_chain(runs: list[dg.DagsterRun], run_id: str) -> list[dg.DagsterRun]:
