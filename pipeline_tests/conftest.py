@@ -68,6 +68,20 @@ def rendered_examples(tmp_path_factory) -> dict[str, tuple[Env, RenderReport]]:
         instance.dispose()
 
 
+@pytest.fixture
+def replicate_env(env, monkeypatch):
+    """``(env, server)``: the test's environment with definitions rendering through a fake Replicate
+    server on 127.0.0.1 (token and API root set in the environment, fast polling)."""
+    from pipeline_tests.fake_replicate import FakeReplicate
+
+    with FakeReplicate(run_seconds=(0.02, 0.05), render_scale=0.25) as server:
+        monkeypatch.setenv("REPLICATE_API_TOKEN", server.token)
+        monkeypatch.setenv("REPLICATE_BASE_URL", server.base_url)
+        env.defs = build_definitions(str(env.data_dir), replicate_output_hosts=[server.origin],
+                                     replicate_poll_interval_s=0.02)
+        yield env, server
+
+
 def write_spec(path: Path, *, video_id: str = "tiny", beats: list[dict] | None = None, aspect: str = "1:1",
                duration: float | None = None, **extra) -> Path:
     """Write a small spec file (YAML) for tests; beats default to 5 s, 6 s and 5 s."""

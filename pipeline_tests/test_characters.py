@@ -23,13 +23,11 @@ import yaml
 from PIL import Image
 
 from pipeline import stages
-from pipeline.definitions import build_definitions
 from pipeline.defs.io_manager import read_manifest
 from pipeline.generation import read_call_log
 from pipeline.manifests import CharactersManifest, StoryboardManifest
 from pipeline.providers.local_characters import badge_box, badge_image, badge_size
 from pipeline.store import Workspace
-from pipeline_tests.fake_replicate import FakeReplicate
 from pipeline_tests.fake_replicate.render import decode_image_input
 
 HARE = "a tall grey hare with a red scarf"
@@ -135,16 +133,6 @@ def test_local_characters_are_drawn_consistently_and_a_changed_one_rerenders_onl
     assert cast2.references["Hare"].image.cache_key != cast.references["Hare"].image.cache_key
     assert boards2["001"].image.cache_key == boards["001"].image.cache_key
     assert all(boards2[s].image.cache_key != boards[s].image.cache_key for s in ("000", "002"))
-
-
-@pytest.fixture
-def replicate_env(env, monkeypatch):
-    with FakeReplicate(run_seconds=(0.02, 0.05), render_scale=0.25) as server:
-        monkeypatch.setenv("REPLICATE_API_TOKEN", server.token)
-        monkeypatch.setenv("REPLICATE_BASE_URL", server.base_url)
-        env.defs = build_definitions(str(env.data_dir), replicate_output_hosts=[server.origin],
-                                     replicate_poll_interval_s=0.02)
-        yield env, server
 
 
 FLUX, SEEDREAM, WAN = "black-forest-labs/flux-schnell", "bytedance/seedream-4", "wan-video/wan-2.2-i2v-fast"

@@ -10,21 +10,10 @@ import dagster as dg
 import pytest
 
 from pipeline import media, models
-from pipeline.definitions import build_definitions
 from pipeline.orchestration.render import render_video
 from pipeline.ledger import Ledger, default_ledger_path
 from pipeline_tests.conftest import write_spec
 from pipeline_tests.fake_replicate import FakeReplicate
-
-
-@pytest.fixture
-def replicate_env(env, monkeypatch):
-    with FakeReplicate(run_seconds=(0.02, 0.05), render_scale=0.25) as server:
-        monkeypatch.setenv("REPLICATE_API_TOKEN", server.token)
-        monkeypatch.setenv("REPLICATE_BASE_URL", server.base_url)
-        env.defs = build_definitions(str(env.data_dir), replicate_output_hosts=[server.origin],
-                                     replicate_poll_interval_s=0.02)
-        yield env, server
 
 
 def test_full_render_with_replicate_costs_registry_prices(replicate_env, tmp_path):
