@@ -214,6 +214,12 @@ def test_three_videos_render_across_two_workers_and_survive_killed_workers(servi
                         if r.status == dg.DagsterRunStatus.FAILURE}
             connections = cluster.postgres.connections("dagster")
             statuses = {v: pipeline_cli(cluster, "status", v) for v in VIDEOS}
+            # `pipeline retry` on a client machine, against the cluster's instance, ledger and S3:
+            # every segment is done and the state assembled, so it re-renders and pays for nothing.
+            runs_before = len(runs)
+            retried = pipeline_cli(cluster, "retry", next(iter(VIDEOS)))
+            retry_creates = sum(fake.stats()["creates"].values()) - sum(stats["creates"].values())
+            retry_runs = len(instance.get_run_records()) - runs_before
 
     # All three finals are published and decode to their planned duration, with music.
     for video_id, beats in VIDEOS.items():
@@ -227,6 +233,10 @@ def test_three_videos_render_across_two_workers_and_survive_killed_workers(servi
         assert status.returncode == 0, f"pipeline status {video_id}: exit {status.returncode}\n{status.stdout}"
         uri = f"s3://{cluster.bucket}/{cluster.key('videos', video_id + '.mp4')}"
         assert uri in status.stdout.replace("\n", ""), status.stdout
+
+    assert retried.returncode == 0, f"pipeline retry: exit {retried.returncode}\n{retried.stdout}\n{retried.stderr}"
+    assert (retry_creates, retry_runs) == (0, 0), (retry_creates, retry_runs, retried.stdout)
+    assert f"s3://{cluster.bucket}/" in retried.stdout.replace("\n", ""), retried.stdout
 
     # Runs executed on both workers, and every run names its worker.
     succeeded = [r for r in runs if r.status == dg.DagsterRunStatus.SUCCESS]
