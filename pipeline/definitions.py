@@ -35,6 +35,7 @@ import dagster as dg
 from pipeline.defs.assets import all_assets
 from pipeline.defs.io_manager import ManifestIOManager
 from pipeline.defs.jobs import all_jobs
+from pipeline.defs.narration_assets import narration_assets
 from pipeline.defs.resources import LocalSettings, PipelineResource, ReplicateSettings, S3Settings
 from pipeline.defs.schedules import all_schedules
 from pipeline.defs.sensors import all_sensors
@@ -152,7 +153,7 @@ def build_definitions(data_dir: str | None = None, **options: Any) -> dg.Definit
     a bad option (see ``pipeline_resources``).
     """
     defs = dg.Definitions(
-        assets=all_assets,
+        assets=[*all_assets, *narration_assets],
         jobs=all_jobs,
         sensors=all_sensors,
         # Backfills and "Materialize" from the UI run each partition's chain of steps in one process

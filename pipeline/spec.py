@@ -18,6 +18,17 @@ Input rules (every violation is a SpecError naming the file and the field, user 
 - ``provider`` is ``local`` or ``replicate``; ``models`` (per-kind Replicate model overrides:
   ``image``, ``video``, ``music``) names registry models of that kind (``pipeline.models``) and
   is refused beside ``provider: local``.
+
+Defaults (a minimal spec is ``video_id``, ``title``, ``duration_s`` and ``beats`` or ``brief``):
+``aspect_ratio`` 16:9; no ``style`` (prompts carry no style text); no ``music`` (the soundtrack is
+the narration alone, or silence: the video always has an audio track); no narration.
+``applied_defaults`` lists the defaults a loaded spec relied on.
+
+Narration (optional): a beat's ``narration`` text, or ``narration: from_brief`` (the planner's
+beat sentences are spoken); ``narration: {voice, pause_s, from_brief, captions}`` chooses the voice
+(a provider's voice name, checked when the video is planned), the pause after each beat's
+narration and whether captions are a soft subtitle track or burned into the picture. A beat with
+narration may say ``duration_s: auto``: it lasts its narration plus the pause, rounded up to a frame.
 """
 
 from __future__ import annotations
@@ -61,6 +72,14 @@ MAX_PROMPT_CHARS = 2000
 MAX_MOTION_CHARS = 500
 MAX_MUSIC_PROMPT_CHARS = 1000
 MAX_BRIEF_CHARS = 20_000
+MAX_NARRATION_CHARS = 2000
+"""Longest narration of one beat, in characters (about two minutes of speech)."""
+MAX_VOICE_CHARS = 64
+MAX_PAUSE_S = 5.0
+"""Longest pause after a beat's narration, in seconds."""
+DEFAULT_PAUSE_S = 0.4
+"""The pause after each beat's narration when the spec gives none, in seconds."""
+DEFAULT_ASPECT_RATIO = "16:9"
 MAX_PROBLEMS = 50
 """Most problems a SpecError lists; the rest are counted."""
 
@@ -84,6 +103,10 @@ def _text(max_chars: int) -> Any:
 NonEmptyStr = _text(MAX_BRIEF_CHARS)
 TitleText, StyleText, PromptText = _text(MAX_TITLE_CHARS), _text(MAX_STYLE_CHARS), _text(MAX_PROMPT_CHARS)
 MotionText, MusicPromptText, BriefText = _text(MAX_MOTION_CHARS), _text(MAX_MUSIC_PROMPT_CHARS), _text(MAX_BRIEF_CHARS)
+NarrationText = _text(MAX_NARRATION_CHARS)
+VoiceName = Annotated[str, Field(strict=True), StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+"""A voice's name: a piper voice package ("joe"), a model file in the deployment's voices folder
+("en_GB-alan-medium"), or a Replicate model's voice ("af_bella"); never a path."""
 Seconds = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 """A finite number of seconds: an int or float; never a boolean, a string, NaN or infinity."""
 
@@ -117,13 +140,48 @@ class MusicSpec(_Strict):
     bpm: Annotated[int, Field(strict=True, ge=20, le=300)]
 
 
+BeatSeconds = Annotated[Seconds, Field(ge=SHORTEST_BEAT_S, le=MAX_BEAT_DURATION_S)]
+
+
 class BeatSpec(_Strict):
     """One scene: what is shown (``prompt``, at most 2,000 characters), for how long (seconds,
-    0.1-600) and optional camera ``motion`` (at most 500 characters)."""
+    0.1-600, or ``"auto"`` for a narrated beat: its narration plus the pause), optional camera
+    ``motion`` (at most 500 characters) and optional ``narration`` (spoken text, at most 2,000
+    characters)."""
 
     prompt: PromptText
-    duration_s: Annotated[Seconds, Field(ge=SHORTEST_BEAT_S, le=MAX_BEAT_DURATION_S)]
+    duration_s: BeatSeconds | Literal["auto"]
     motion: MotionText | None = None
+    narration: NarrationText | None = None
+
+    @model_validator(mode="after")
+    def _auto_needs_narration(self) -> "BeatSpec":
+        if self.duration_s == "auto" and self.narration is None:
+            raise ValueError("duration_s: auto needs the beat's narration (its length is the narration's, "
+                             "plus the pause); give a number of seconds or a narration")
+        return self
+
+    @property
+    def auto(self) -> bool:
+        """True when the beat's length is derived from its narration."""
+        return self.duration_s == "auto"
+
+
+CaptionMode = Literal["soft", "burned", "none"]
+
+
+class NarrationSpec(_Strict):
+    """How beats are spoken. ``voice``: a voice name (None: the provider's default; which names
+    a provider accepts: ``pipeline validate``). ``from_brief``: speak the planner's beat
+    sentences (a ``brief`` only). ``pause_s``: silence after each beat's narration (0-5 s).
+    ``captions``: "soft" (a subtitle track in the MP4, and .vtt/.srt files beside it; the
+    default), "burned" (also drawn into the picture: the video is re-encoded once) or "none"
+    (files only, no track)."""
+
+    voice: VoiceName | None = None
+    from_brief: Annotated[bool, Field(strict=True)] = False
+    pause_s: Annotated[Seconds, Field(ge=0, le=MAX_PAUSE_S)] = DEFAULT_PAUSE_S
+    captions: CaptionMode = "soft"
 
 
 PROVIDER_NAMES = ("local", "replicate")
@@ -174,9 +232,11 @@ class VideoSpec(_Strict):
     video_id: Annotated[str, Field(strict=True), StringConstraints(pattern=VIDEO_ID_PATTERN)]
     title: TitleText
     duration_s: Annotated[Seconds, Field(ge=SHORTEST_BEAT_S, le=MAX_DURATION_S)]
-    aspect_ratio: AspectRatio
-    style: StyleText
-    music: MusicSpec
+    aspect_ratio: AspectRatio = DEFAULT_ASPECT_RATIO
+    style: StyleText | None = None
+    """None: prompts carry no style text."""
+    music: MusicSpec | None = None
+    """None: no music (the soundtrack is the narration, or silence)."""
     max_cost_usd: Annotated[float, Field(strict=True, allow_inf_nan=False, ge=0)] | None = None
     seed: Annotated[int, Field(strict=True, ge=0, lt=2**31)] | None = None
     beats: Annotated[list[BeatSpec], Field(strict=True, min_length=1, max_length=MAX_SPEC_BEATS)] | None = None
@@ -185,12 +245,52 @@ class VideoSpec(_Strict):
     """The provider to render with; None: the deployment default (``pipeline submit --provider`` wins)."""
     models: ModelChoices | None = None
     """Per-kind Replicate model overrides (replicate only)."""
+    narration: NarrationSpec | Literal["from_brief"] | None = None
+    """How beats are spoken (``NarrationSpec``); the text ``from_brief`` is ``{from_brief: true}``."""
 
     @model_validator(mode="after")
     def _beats_xor_brief(self) -> "VideoSpec":
         if (self.beats is None) == (self.brief is None):
             raise ValueError("give exactly one of 'beats' (a list of scenes) or 'brief' (free text to plan)")
+        if self.narration_spec.from_brief and self.brief is None:
+            raise ValueError("from_brief speaks the sentences the planner makes of a 'brief', and this "
+                             "spec lists 'beats': give each beat a 'narration' instead")
         return self
+
+    @property
+    def narration_spec(self) -> NarrationSpec:
+        """The narration settings, defaults filled in (``from_brief`` as text becomes ``from_brief: true``)."""
+        if self.narration == "from_brief":
+            return NarrationSpec(from_brief=True)
+        return self.narration or NarrationSpec()
+
+    @property
+    def narrated(self) -> bool:
+        """Whether any beat is spoken (a beat's ``narration``, or ``from_brief``)."""
+        return self.narration_spec.from_brief or any(b.narration for b in self.beats or [])
+
+    def applied_defaults(self) -> list[str]:
+        """The defaults this spec relies on, one line each (what ``pipeline validate`` prints):
+        ``aspect_ratio 16:9 (default)``, no style, no music, the narration's voice and pause."""
+        given = self.model_fields_set
+        out = []
+        if "aspect_ratio" not in given:
+            out.append(f"aspect_ratio {DEFAULT_ASPECT_RATIO} (default)")
+        if self.style is None:
+            out.append("style: none (default: prompts carry no style text)")
+        if self.music is None:
+            out.append("music: none (default: the soundtrack is " + ("the narration alone" if self.narrated
+                                                                       else "silence") + ")")
+        if self.narrated:
+            n = self.narration_spec
+            set_n = n.model_fields_set if isinstance(self.narration, NarrationSpec) else set()
+            if "voice" not in set_n:
+                out.append("narration.voice: the provider's default voice (default)")
+            if "pause_s" not in set_n:
+                out.append(f"narration.pause_s {DEFAULT_PAUSE_S:g} (default)")
+            if "captions" not in set_n:
+                out.append("narration.captions soft (default: a subtitle track, and .vtt/.srt files)")
+        return out
 
     @field_validator("models")
     @classmethod
@@ -212,10 +312,14 @@ class VideoSpec(_Strict):
 
     def fingerprint(self) -> str:
         """sha256 of the spec's canonical JSON: equal for specs that render the same video. The
-        optional ``provider`` and ``models`` count only when given, so a spec without them keeps
-        the fingerprint it had before they existed."""
-        unset = {name for name in ("provider", "models") if getattr(self, name) is None}
-        return sha256_json(self.model_dump(mode="json", exclude=unset))
+        optional ``provider``, ``models``, ``narration`` (and a beat's ``narration``) count only
+        when given, so a spec without them keeps the fingerprint it had before they existed."""
+        unset = {name for name in ("provider", "models", "narration") if getattr(self, name) is None}
+        data = self.model_dump(mode="json", exclude=unset)
+        for beat in data.get("beats") or []:
+            if beat.get("narration") is None:
+                beat.pop("narration", None)
+        return sha256_json(data)
 
 
 def max_beats(duration_s: float) -> int:
@@ -249,8 +353,11 @@ _EXPECTED = {
 def _problem(err: dict) -> str:
     """One ``"<field path>: <what is wrong>, got <value>"`` line for a pydantic error."""
     loc, kind, value = _format_loc(err["loc"]), err["type"], err.get("input")
-    loc = loc or ("beats/brief" if kind == "value_error" else "(top level)")
     msg = err["msg"].removeprefix("Value error, ")
+    loc = loc or (("narration" if msg.startswith("from_brief") else "beats/brief") if kind == "value_error"
+                  else "(top level)")
+    if kind == "union_shape":
+        return f"{loc}: {msg}"
     if kind == "extra_forbidden":
         msg = "unknown field (not part of the spec format; check the spelling)"
     elif kind == "missing":
@@ -258,6 +365,9 @@ def _problem(err: dict) -> str:
     elif kind == "string_pattern_mismatch" and loc == "video_id":
         msg = (f"{quoted(value, 80)} is not a valid video_id: use 1-63 lowercase "
                "letters, digits and '-', starting with a letter or digit")
+    elif kind == "string_pattern_mismatch" and loc.endswith("voice"):
+        msg = (f"{quoted(value, 80)} is not a voice name: use 1-64 letters, digits, '_', '.' and '-' (a name, "
+               "never a path; `pipeline validate` lists the voices)")
     elif kind == "string_unicode":
         msg = "is not valid Unicode text (it holds an unpaired surrogate, e.g. from a \\ud800 escape)"
     elif kind == "string_too_long" and isinstance(value, str):
@@ -275,6 +385,42 @@ def _problem(err: dict) -> str:
     return f"{loc}: {msg}"
 
 
+_UNION_WORDS = {"duration_s": "a number of seconds or 'auto'",
+                "narration": "'from_brief' or a mapping of narration fields (voice, pause_s, from_brief, captions)"}
+"""What a field that takes either of two shapes should be (``_untangle``)."""
+
+
+def _untangle(errors: list[dict]) -> list[dict]:
+    """Pydantic reports a value that fits neither member of a union (``duration_s``: seconds or
+    "auto"; ``narration``: a mapping or "from_brief") once per member, with the member's tag in the
+    location. Keep one error per field: the member's own errors (tag removed) when the value has that
+    member's shape (a number; a mapping), else one "should be <either>" error."""
+    out: list[dict] = []
+    literal_inputs = {}
+    for err in errors:
+        loc = err["loc"]
+        for i, part in enumerate(loc):
+            if isinstance(part, str) and part.startswith("literal["):
+                literal_inputs[tuple(loc[:i])] = err.get("input")
+    for err in errors:
+        loc = err["loc"]
+        tag = next((i for i, p in enumerate(loc) if isinstance(p, str) and i > 0 and loc[i - 1] in _UNION_WORDS
+                    and (p.startswith("literal[") or p in ("constrained-float", "NarrationSpec"))), None)
+        if tag is None:
+            out.append(err)
+            continue
+        field_loc, value = tuple(loc[:tag]), literal_inputs.get(tuple(loc[:tag]), err.get("input"))
+        fits_member = isinstance(value, dict) if loc[tag - 1] == "narration" else (
+            isinstance(value, (int, float)) and not isinstance(value, bool))
+        if fits_member:
+            if not loc[tag].startswith("literal["):
+                out.append({**err, "loc": field_loc + tuple(loc[tag + 1:])})
+        elif loc[tag].startswith("literal["):
+            out.append({"loc": field_loc, "type": "union_shape", "input": value,
+                        "msg": f"should be {_UNION_WORDS[loc[tag - 1]]}, got {describe_value(value)}"})
+    return out
+
+
 def parse_spec(data: Any, source: str = "<spec>") -> VideoSpec:
     """Validate an already-parsed spec mapping. Raises SpecError naming ``source`` and each field."""
     if not isinstance(data, dict):
@@ -283,7 +429,7 @@ def parse_spec(data: Any, source: str = "<spec>") -> VideoSpec:
     try:
         return VideoSpec.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(source, [_problem(err) for err in exc.errors()]) from None
+        raise SpecError(source, [_problem(err) for err in _untangle(exc.errors())]) from None
 
 
 def load_spec_text(text: str, source: str = "<spec>") -> VideoSpec:

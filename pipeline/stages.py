@@ -14,7 +14,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from pipeline import costs, media
+from pipeline import costs, media, voiceover
 from pipeline.generation import GenerationRequest, Generator, ProviderResult
 from pipeline.ledger import Ledger
 from pipeline.manifests import (
@@ -27,6 +27,7 @@ from pipeline.manifests import (
     MediaManifest,
     MusicManifest,
     PlannedBeat,
+    SoundtrackManifest,
     StitchedManifest,
     StoryboardManifest,
     VideoPlan,
@@ -69,12 +70,16 @@ class FanInError(RuntimeError):
 
 # --- video_spec --------------------------------------------------------------------------------
 
-def plan_video(submission: Submission, provider: Provider) -> VideoPlan:
+def plan_video(submission: Submission, provider: Provider, voicer: "voiceover.Voicer | None" = None) -> VideoPlan:
     """Validate a submission's spec and lay its beats on the timeline.
 
     A ``brief`` is split into beats by the provider's planner. Beats beyond ceil(duration_s / 5)
     are dropped from the end (``VideoPlan.truncation`` records it); start times are the running
-    sum of the kept durations. Raises SpecError for an invalid spec.
+    sum of the kept durations. Narrated beats whose length comes from their narration
+    (``duration_s: auto``, ``narration: from_brief``) are voiced by ``voicer`` to measure it
+    (``voiceover.time_beats``); without a voicer (``pipeline validate``) their length is estimated.
+    Raises SpecError for an invalid spec or a voice the provider does not have; what ``voicer``
+    raises (ProviderError, media.MediaError).
     """
     spec = submission.video_spec()
     paid_before = provider.planner_cost_usd
@@ -92,11 +97,9 @@ def plan_video(submission: Submission, provider: Provider) -> VideoPlan:
             raise SpecError(submission.source, [f"brief: cannot be planned: {exc}"]) from None
         planned_by = f"planner:{provider.planner_model}"
     kept, truncation = fit_beats(beats, spec.duration_s)
-    planned, start = [], 0.0
-    for i, beat in enumerate(kept):
-        planned.append(PlannedBeat(index=i, prompt=beat.prompt, motion=beat.motion,
-                                   duration_s=beat.duration_s, start_s=round(start, 6)))
-        start += beat.duration_s
+    spoken = voiceover.narration_plan(spec, provider, submission.source)
+    planned, _ = voiceover.time_beats(spec, kept, spoken, provider, voicer, provider.fps)
+    start = sum(b.duration_s for b in planned)
     width, height = spec.resolution
     seed = spec.seed if spec.seed is not None else int(sha256_json(spec.video_id)[:8], 16) % 2**31
     return VideoPlan(
@@ -105,7 +108,7 @@ def plan_video(submission: Submission, provider: Provider) -> VideoPlan:
         fps=provider.fps, style=spec.style, music=spec.music, seed=seed, max_cost_usd=spec.max_cost_usd,
         provider=provider.name, models=dict(submission.models), beats=planned, truncation=truncation, planned_by=planned_by,
         planning_cost_usd=round(provider.planner_cost_usd - paid_before, 6),
-        spec_sha256=submission.spec_sha256, source=submission.source,
+        spec_sha256=submission.spec_sha256, source=submission.source, narration=spoken,
     )
 
 
@@ -149,8 +152,9 @@ def chunk_plan(duration_s: float, chunk_s: float) -> list[ChunkPlan]:
 
 def plan_beat(plan: VideoPlan, beat: PlannedBeat, provider: Provider) -> BeatManifest:
     """The beat record of one real beat: prompts, seed, chunk plan and a fingerprint."""
-    image_prompt = f"{beat.prompt}. Style: {plan.style}."
-    motion_prompt = f"{beat.prompt}. Camera: {beat.motion or 'gentle, steady camera drift'}. Style: {plan.style}."
+    style = f" Style: {plan.style}." if plan.style else ""  # no style: no style text at all
+    image_prompt = f"{beat.prompt}.{style}"
+    motion_prompt = f"{beat.prompt}. Camera: {beat.motion or 'gentle, steady camera drift'}.{style}"
     seed = (plan.seed + 7919 * beat.index) % 2**31
     chunks = chunk_plan(beat.duration_s, provider.chunk_seconds)
     body = dict(video_id=plan.video_id, index=beat.index, start_s=beat.start_s, duration_s=beat.duration_s,
@@ -415,7 +419,17 @@ def render_music(plan: VideoPlan, provider: Provider, generator: Generator,
     video's audio finished from it (``finish_track``), so the final mux is a stream copy.
 
     ``progress`` receives a started and a done ``Progress`` report for the track and for the
-    finished track. Raises what the provider or the store raises (ProviderError, media.MediaError)."""
+    finished track. A spec without music gets a silent track (``voiceover.silence_track``, free),
+    so the video still has audio. A narrated video's track is not finished here: the soundtrack
+    mixes the music under the narration and normalizes the mix once (``voiceover.make_soundtrack``).
+    Raises what the provider or the store raises (ProviderError, media.MediaError)."""
+    if plan.music is None:
+        item = dict(stage="music", kind="silent track", index=1, count=1)
+        report(progress, Progress("started", **item, seconds=plan.duration_s, detail="the spec has no music"))
+        started = time.monotonic()
+        silent = voiceover.silence_track(plan, generator)
+        report(progress, Progress("done", **item, medium=silent, elapsed_s=time.monotonic() - started))
+        return MusicManifest(video_id=plan.video_id, audio=silent, track=silent)
     request = GenerationRequest(media_type="audio", provider=provider.name, model=provider.music_model,
                                 prompt=plan.music.prompt, seed=plan.seed,
                                 params={"bpm": plan.music.bpm, "duration_s": math.ceil(plan.duration_s)},
@@ -427,6 +441,8 @@ def render_music(plan: VideoPlan, provider: Provider, generator: Generator,
     started = time.monotonic()
     audio = generator.generate(request, lambda scratch: provider.render_music(request, scratch))
     report(progress, Progress("done", **item, medium=audio, elapsed_s=time.monotonic() - started))
+    if plan.narration is not None:
+        return MusicManifest(video_id=plan.video_id, audio=audio)
     item = dict(stage="music", kind="finished track", index=1, count=1)
     report(progress, Progress("started", **item, seconds=plan.duration_s,
                               detail=f"fade-out, loudness {media.LOUDNESS_TARGET['I']:g} LUFS, AAC"))
@@ -469,7 +485,8 @@ def _fitting_track(plan: VideoPlan, music: MusicManifest) -> MediaManifest | Non
 
 
 def mux_video(plan: VideoPlan, stitched: StitchedManifest, music: MusicManifest, generator: Generator,
-              workspace: Workspace, ledger: Ledger | None = None) -> FinalManifest:
+              workspace: Workspace, ledger: Ledger | None = None,
+              soundtrack: SoundtrackManifest | None = None) -> FinalManifest:
     """Mux the stitched video with the finished music and publish the result at
     ``videos/<video_id>.mp4`` (a copy, see ``publish``).
 
@@ -481,7 +498,14 @@ def mux_video(plan: VideoPlan, stitched: StitchedManifest, music: MusicManifest,
 
     The manifest's cost lines (``pipeline.costs.final_costs``) are reconciled with ``ledger`` (None:
     the manifests alone): ``paid_usd`` (= ``cost_usd``) is what this video's calls paid in every
-    attempt, ``reused_usd`` the price of outputs other videos paid for (USD)."""
+    attempt, ``reused_usd`` the price of outputs other videos paid for (USD).
+
+    ``soundtrack`` (the ``soundtrack`` asset's manifest; None for callers that predate it): its
+    track replaces the music's, and its narration cues become WebVTT and SRT files published beside
+    the video and a ``mov_text`` track muxed by stream copy (``FinalManifest.subtitles``). Captions
+    "burned" re-encode the video once with the captions drawn in ("reencode")."""
+    if soundtrack is not None and soundtrack.track is not None:
+        return _mux_soundtrack(plan, stitched, music, soundtrack, generator, workspace, ledger)
     labels = {"video_id": plan.video_id, "stage": "final_video"}
     track = _fitting_track(plan, music)
     if track is not None:
@@ -515,6 +539,65 @@ def mux_video(plan: VideoPlan, stitched: StitchedManifest, music: MusicManifest,
     return FinalManifest(video_id=plan.video_id, video=video, path=str(published), beats=len(plan.beats),
                          chunks=sum(1 for c in lines if c.stage == "chunk_videos" and c.source == "manifest"),
                          cost_usd=paid, paid_usd=paid, reused_usd=reused, costs=lines, mux_method=method)
+
+
+def _mux_soundtrack(plan: VideoPlan, stitched: StitchedManifest, music: MusicManifest, soundtrack: SoundtrackManifest,
+                    generator: Generator, workspace: Workspace, ledger: Ledger | None) -> FinalManifest:
+    """``mux_video`` with the soundtrack's track and subtitles (see there)."""
+    from pipeline import subtitle_media
+    from pipeline.store import atomic_write_text
+
+    labels = {"video_id": plan.video_id, "stage": "final_video"}
+    texts = voiceover.subtitle_texts(plan, soundtrack)
+    captions = soundtrack.captions if texts else "none"
+    video = stitched.video
+    if captions == "burned":
+        burn = GenerationRequest(media_type="video", provider=FFMPEG, model=voiceover.BURN_MODEL,
+                                 params={"fps": plan.fps, "style": subtitle_media.CAPTION_STYLE, "vtt": texts[0]},
+                                 inputs={"video": video.sha256}, labels={**labels, "stage": "burn_captions"})
+
+        def burn_call(scratch: Path) -> ProviderResult:
+            (scratch / "in.vtt").write_text(texts[0], encoding="utf-8")
+            out = scratch / "burned.mp4"
+            subtitle_media.burn_captions(generator.local_path(video), scratch / "in.vtt", out, fps=plan.fps,
+                                         workdir=scratch)
+            return ProviderResult(path=out, model=voiceover.BURN_MODEL, extra={"method": "reencode"})
+
+        video = generator.generate(burn, burn_call)
+    track = soundtrack.track
+    track_sub = texts[0] if texts and captions != "none" else None
+    model = MUX_COPY_MODEL if track_sub is None and captions != "burned" else "mux-copy-subtitles-v1"
+    request = GenerationRequest(media_type="video", provider=FFMPEG, model=model,
+                                params={"subtitles": track_sub} if track_sub else {},
+                                inputs={"video": video.sha256, "track": track.sha256}, labels=labels)
+
+    def call(scratch: Path) -> ProviderResult:
+        out = scratch / "final.mp4"
+        subs = None
+        if track_sub:
+            subs = scratch / "narration.vtt"
+            subs.write_text(track_sub, encoding="utf-8")
+        subtitle_media.mux_copy_subtitled(generator.local_path(video), generator.local_path(track), subs, out)
+        return ProviderResult(path=out, model=model, verify="stream_copy",
+                              extra={"method": "stream_copy", "loudness": track.extra.get("loudness", {})})
+
+    final = generator.generate(request, call)
+    published = publish(generator.local_path(final), workspace.videos / f"{plan.video_id}.mp4")
+    subs_info = None
+    if texts:
+        vtt, srt = published.with_suffix(".vtt"), published.with_suffix(".srt")
+        for path, text in ((vtt, texts[0]), (srt, texts[1])):
+            atomic_write_text(path, text)
+            path.chmod(0o644)  # published like the video, readable by whoever plays it
+        subs_info = {"vtt": str(vtt), "srt": str(srt), "cues": texts[0].count(" --> "),
+                     "track": "mov_text" if track_sub else None, "captions": captions}
+    lines = costs.final_costs(plan, stitched, music, ledger, extra=soundtrack.costs)
+    paid, reused = costs.totals(lines)
+    method = "reencode" if captions == "burned" else "stream_copy"
+    return FinalManifest(video_id=plan.video_id, video=final, path=str(published), beats=len(plan.beats),
+                         chunks=sum(1 for c in lines if c.stage == "chunk_videos" and c.source == "manifest"),
+                         cost_usd=paid, paid_usd=paid, reused_usd=reused, costs=lines, mux_method=method,
+                         subtitles=subs_info)
 
 
 def publish(src: Path, dest: Path) -> Path:

@@ -1,0 +1,102 @@
+"""The narrated soundtrack: the narration clips laid on the video's timeline, music ducked under
+them, and one loudness normalization of the result. Media operations only (ffmpeg, numpy, PyAV);
+no Dagster, no manifests.
+
+- ``narration_bed``: every clip decoded, resampled to AUDIO_SAMPLE_RATE and placed at its start
+  sample (sample-exact, so subtitle cues and speech line up), silence elsewhere, as one WAV.
+- ``mix_soundtrack``: the music trimmed or padded to the video, faded out, at ``MUSIC_GAIN``, ducked
+  by ``sidechaincompress`` keyed on the narration, mixed with the narration, then two-pass EBU R128
+  ``loudnorm`` to ``media.LOUDNESS_TARGET`` (the only normalization: the music is not normalized
+  first), AAC at 48 kHz, exactly the video's length. Without music the narration alone is normalized.
+- ``silence``: a silent AAC track of a given length (a video without music or narration still has
+  an audio track).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import media, narration
+
+MUSIC_GAIN = 0.5
+"""The music's level in a narrated mix before ducking (-6 dB): a bed under the voice."""
+
+DUCKING = {"threshold": 0.02, "ratio": 8, "attack": 15, "release": 350, "makeup": 1}
+"""``sidechaincompress`` settings: from about -34 dBFS of narration the music is compressed 8:1
+(a voice at full level pulls it down by 15-20 dB), reacting within 15 ms and recovering over 350 ms."""
+
+
+def narration_bed(clips: list[tuple[float, str | Path]], out: str | Path, duration_s: float) -> None:
+    """Write ``out`` (WAV, mono, AUDIO_SAMPLE_RATE Hz, round(duration_s * rate) samples): each
+    ``(start_s, clip file)`` decoded and placed from its start (seconds on the video's clock; a
+    clip running past the end is cut), silence elsewhere. Raises media.MediaError for a clip that
+    does not decode."""
+    rate = media.AUDIO_SAMPLE_RATE
+    total = round(duration_s * rate)
+    bed = np.zeros(total, np.float32)
+    for start_s, path in clips:
+        samples, _ = narration.read_mono(path, rate)
+        at = round(start_s * rate)
+        n = max(0, min(len(samples), total - at))
+        bed[at:at + n] += samples[:n]
+    narration.write_wav(out, bed, rate)
+
+
+def _measure(args: list[str], chain: str) -> tuple[str, dict]:
+    """loudnorm pass 1 over ``chain``'s output: (pass-2 loudnorm filter, the measurement)."""
+    import json
+    import re
+
+    target = ":".join(f"{k}={v}" for k, v in media.LOUDNESS_TARGET.items())
+    log = media.run_ffmpeg([*args, "-filter_complex", f"{chain},loudnorm={target}:print_format=json[out]",
+                            "-map", "[out]", "-f", "null", "-"], what="measure the soundtrack's loudness")
+    match = re.search(r"\{[^{}]*\"input_i\"[^{}]*\}", log, re.S)
+    if not match:
+        raise media.MediaError("loudnorm printed no measurement")
+    m = json.loads(match.group(0))
+    if m.get("input_i") in ("-inf", None):  # all silence: nothing to normalize
+        return "anull", m
+    return (f"loudnorm={target}:measured_I={m['input_i']}:measured_TP={m['input_tp']}:"
+            f"measured_LRA={m['input_lra']}:measured_thresh={m['input_thresh']}:offset={m['target_offset']}:"
+            "linear=true"), m
+
+
+def mix_soundtrack(bed: str | Path, music: str | Path | None, out: str | Path, *, duration_s: float,
+                   fade_out_s: float = 2.0) -> dict:
+    """Write ``out`` (.m4a): the narration ``bed`` (``narration_bed``'s WAV) over ``music`` (any
+    audio file, or None for the narration alone), as module doc says: music trimmed/padded to
+    ``duration_s`` seconds, faded out over the last ``min(fade_out_s, duration_s / 4)`` seconds, at
+    MUSIC_GAIN, ducked under the narration (``sidechaincompress``, DUCKING), mixed, then two-pass
+    loudnorm to LOUDNESS_TARGET, AUDIO_SAMPLE_RATE Hz AAC, exactly round(duration_s * rate) samples.
+    Returns loudnorm pass 1's measurement of the mix (input_i LUFS ...). Raises media.MediaError."""
+    rate = media.AUDIO_SAMPLE_RATE
+    samples = round(duration_s * rate)
+    fade = min(fade_out_s, duration_s / 4)
+    if music is None:
+        args = ["-i", str(bed)]
+        chain = f"[0:a]aresample={rate},aformat=channel_layouts=mono"
+    else:
+        duck = ":".join(f"{k}={v}" for k, v in DUCKING.items())
+        args = ["-i", str(bed), "-i", str(music)]
+        chain = (f"[1:a]aresample={rate},aformat=channel_layouts=mono,atrim=0:{duration_s:.6f},"
+                 f"apad=whole_dur={duration_s:.6f},afade=t=out:st={max(0.0, duration_s - fade):.6f}:d={fade:.6f},"
+                 f"volume={MUSIC_GAIN}[music];"
+                 f"[0:a]aresample={rate},aformat=channel_layouts=mono,asplit=2[key][voice];"
+                 f"[music][key]sidechaincompress={duck}[ducked];"
+                 f"[ducked][voice]amix=inputs=2:duration=first:normalize=0")
+    norm, measured = _measure(args, chain)
+    final = (f"{chain},{norm},aresample={rate},asetpts=N/SR/TB,apad=whole_len={samples},"
+             f"atrim=end_sample={samples}[out]")
+    media.run_ffmpeg([*args, "-filter_complex", final, "-map", "[out]", *media.AUDIO_CODEC_ARGS,
+                      "-movflags", "+faststart", str(out)], what="mix the narrated soundtrack")
+    return measured
+
+
+def silence(out: str | Path, *, duration_s: float) -> None:
+    """Write ``out`` (.m4a): ``duration_s`` seconds of silence, AAC at AUDIO_SAMPLE_RATE Hz, mono."""
+    rate = media.AUDIO_SAMPLE_RATE
+    media.run_ffmpeg(["-f", "lavfi", "-i", f"anullsrc=r={rate}:cl=mono", "-af",
+                      f"atrim=end_sample={round(duration_s * rate)}", *media.AUDIO_CODEC_ARGS,
+                      "-movflags", "+faststart", str(out)], what="write a silent track")
