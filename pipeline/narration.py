@@ -32,7 +32,7 @@ piper voice: 80 characters in 5.0 s."""
 SILENCE_DB = -40.0
 """A 10 ms window this far below the clip's loudest window is silence (cues, pauses)."""
 
-_SENTENCE_END = re.compile(r"(?<=[.!?…])[\"')\]]*\s+")
+_SENTENCE_END = re.compile(r"(?:(?<=[.!?…])|(?<=[.!?…][\"')\]]))\s+")
 
 
 class NarrationTooLong(ValueError):

@@ -90,7 +90,7 @@ def _text_value(field: str, value):
 def _text_ok(field: str, v) -> bool:
     if field == "video_id":
         return isinstance(v, str) and re.fullmatch(VIDEO_ID_PATTERN, v) is not None
-    if field == "beats[1].motion" and v is None:
+    if field in ("beats[1].motion", "style") and v is None:  # optional: None is "not given"
         return True
     ok = isinstance(v, str) and not re.search("[\ud800-\udfff]", v) and 0 < len(v.strip()) <= CAPS[field]
     return ok and not _unplannable(field, v)
@@ -166,8 +166,9 @@ def _structure_cases(folder: Path) -> list[Case]:
 
     for field in ["video_id", "title", "duration_s", "aspect_ratio", "style", "music", "music.prompt",
                   "music.bpm", "beats[0].prompt", "beats[1].duration_s"]:
-        add(f"missing-{field.replace('[', '').replace(']', '')}.json", with_value(spec, field, ...), False,
-            _expect(field)[0])
+        optional = field in ("aspect_ratio", "style", "music")  # defaults: 16:9, no style, no music
+        add(f"missing-{field.replace('[', '').replace(']', '')}.json", with_value(spec, field, ...), optional,
+            *(() if optional else (_expect(field)[0],)))
     add("missing-beats.json", with_value(spec, "beats", ...), False, "exactly one of 'beats'")
     add("both-beats-and-brief.json", {**spec, "brief": "A kite."}, False, "exactly one of 'beats'")
     for where, doc in [("top", {**spec, "colour": "red"}), ("music", with_value(spec, "music.tempo", 90)),
