@@ -183,8 +183,9 @@ def _structure_cases(folder: Path) -> list[Case]:
                                          ([None], "beats[0]: should be a mapping"), ([1], "beats[0]: should be"),
                                          ([[]], "beats[0]: should be"), (["text"], "beats[0]: should be")]):
         add(f"beats-shape-{i}.json", with_value(spec, "beats", value), False, expect)
-    for i, value in enumerate(["x", ["a"], None, 5]):
-        add(f"music-shape-{i}.json", with_value(spec, "music", value), False, "- music: ")
+    for i, value in enumerate(["x", ["a"], None, 5]):  # music: null is "no music" (valid)
+        add(f"music-shape-{i}.json", with_value(spec, "music", value), value is None,
+            *(() if value is None else ("- music: ",)))
     beat = {"prompt": "p", "duration_s": 1}
     add("beats-1000.json", with_value(spec, "beats", [beat] * 1000), True)
     add("beats-1001.json", with_value(spec, "beats", [beat] * 1001), False, "beats: a spec may list at most 1,000")
