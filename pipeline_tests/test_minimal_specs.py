@@ -60,7 +60,7 @@ def test_a_minimal_spec_renders_with_a_silent_track(env, tmp_path):
     assert (info.width, info.height) == (854, 480)
     assert abs(info.frames / info.fps - 8) <= 1 / info.fps
     assert info.audio_codec == "aac" and abs(info.audio_duration_s - 8) <= 1 / info.fps
-X
+    assert integrated_loudness(report.final.path) <= -69.9  # silence: ebur128's floor (-70 LUFS)
     beat = load_manifest((env.data_dir / "manifests" / "beats" / "minimal-kite" / "000.json").read_bytes())
     assert beat.image_prompt == "A red kite over a green field." and "Style" not in beat.motion_prompt
     music = load_manifest((env.data_dir / "manifests" / "music" / "minimal-kite.json").read_bytes())

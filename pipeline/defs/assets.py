@@ -240,7 +240,8 @@ def music(context: dg.AssetExecutionContext, pipeline: PipelineResource, video_s
                                        pipeline.generator, progress=run_log.progress_logger(context))
     line = costs.music_line(plan.video_id, manifest)
     return dg.Output(manifest, metadata={
-        "duration_s": manifest.audio.duration_s, "bpm": plan.music.bpm, "cost_usd": manifest.audio.cost_usd,
+        "duration_s": manifest.audio.duration_s, "bpm": plan.music.bpm if plan.music else 0,
+        "cost_usd": manifest.audio.cost_usd,
         "paid_usd": line.paid_usd, "reused_usd": line.reused_usd, "paid_by": line.paid_by or "",
         "cache_hit": manifest.audio.cache_hit,
         "path": dg.MetadataValue.path(str(pipeline.generator.local_path(manifest.audio))),
