@@ -230,7 +230,7 @@ def test_a_narration_too_long_for_its_beat_fails_that_segment_alone(env, tmp_pat
 
 
 def test_narration_alone_and_burned_captions(env, tmp_path):
-    spec = {"video_id": "burned", "title": "Burned", "duration_s": 8, "aspect_ratio": "9:16",
+    spec = {"video_id": "burned", "title": "Burned", "duration_s": 12, "aspect_ratio": "9:16",
             "narration": {"captions": "burned", "pause_s": 0.3},
             "beats": [{"prompt": "A quiet lake at dawn", "duration_s": 2},
                       {"prompt": "Mist over the water", "duration_s": "auto",
@@ -239,6 +239,7 @@ def test_narration_alone_and_burned_captions(env, tmp_path):
     report = env.render(_write(tmp_path / "b.yaml", spec), max_parallel=2)
     assert report.final is not None, [r.error for r in report.failed]
     plan, final = report.plan, report.final
+    assert len(plan.beats) == 3 and plan.truncation is None
     assert final.mux_method == "reencode" and final.subtitles["captions"] == "burned"
     samples, rate = narration.read_mono(final.path, 16_000)
     b = plan.beats[1]

@@ -16,7 +16,8 @@
 
 import dagster as dg
 
-from pipeline import costs, narration, voiceover
+from pipeline import costs, voiceover
+from pipeline.narration import NarrationTooLong
 from pipeline.defs import run_log
 from pipeline.defs.assets import PROVIDER_RETRY, SPEC_IN, _real_beat, _require, permanent_errors
 from pipeline.defs.partitions import BY_VIDEO, per_segment, videos
@@ -39,7 +40,7 @@ def narration(context: dg.AssetExecutionContext, pipeline: PipelineResource, vid
         try:
             manifest = voiceover.render_narration(video_spec, beat, provider, pipeline.generator,
                                                   progress=run_log.progress_logger(context))
-        except narration.NarrationTooLong as exc:
+        except NarrationTooLong as exc:
             raise dg.Failure(description=str(exc), allow_retries=False) from exc
     clip = manifest.clip
     yield dg.Output(manifest, metadata={
