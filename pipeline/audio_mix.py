@@ -4,7 +4,8 @@ no Dagster, no manifests.
 
 - ``narration_bed``: every clip decoded, resampled to AUDIO_SAMPLE_RATE and placed at its start
   sample (sample-exact, so subtitle cues and speech line up), silence elsewhere, as one WAV.
-- ``mix_soundtrack``: the music trimmed or padded to the video, faded out, at ``MUSIC_GAIN``, ducked
+- ``mix_soundtrack``: the music trimmed or padded to the video, faded out, levelled under the voice
+  (``music_gain_db``: its RMS MUSIC_UNDER_VOICE_DB below the narration's), ducked
   by ``sidechaincompress`` keyed on the narration, mixed with the narration, then two-pass EBU R128
   ``loudnorm`` to ``media.LOUDNESS_TARGET`` (the only normalization: the music is not normalized
   first), AAC at 48 kHz, exactly the video's length. Without music the narration alone is normalized.
@@ -20,8 +21,13 @@ import numpy as np
 
 from pipeline import media, narration
 
-MUSIC_GAIN = 0.5
-"""The music's level in a narrated mix before ducking (-6 dB): a bed under the voice."""
+MUSIC_UNDER_VOICE_DB = -12.0
+"""Where the music sits in a narrated mix before ducking: its RMS this far below the narration's
+RMS while it speaks (music from any model, mastered loud or soft, gets the same place). Ducking
+takes it down further under the voice; between narrations (a title beat) it plays at this level."""
+
+MUSIC_GAIN_RANGE_DB = (-40.0, 12.0)
+"""The music gain (dB) ``music_gain_db`` may choose."""
 
 DUCKING = {"threshold": 0.02, "ratio": 8, "attack": 15, "release": 350, "makeup": 1}
 """``sidechaincompress`` settings: from about -34 dBFS of narration the music is compressed 8:1
@@ -42,6 +48,29 @@ def narration_bed(clips: list[tuple[float, str | Path]], out: str | Path, durati
         n = max(0, min(len(samples), total - at))
         bed[at:at + n] += samples[:n]
     narration.write_wav(out, bed, rate)
+
+
+def rms_db(samples: np.ndarray) -> float:
+    """RMS of ``samples`` in dBFS (-120 for silence)."""
+    if len(samples) == 0:
+        return -120.0
+    return float(20 * np.log10(max(float(np.sqrt(np.mean(np.square(samples.astype(np.float64))))), 1e-6)))
+
+
+def music_gain_db(bed: str | Path, music: str | Path, duration_s: float) -> tuple[float, float, float]:
+    """(gain dB, narration RMS dBFS, music RMS dBFS): the gain that puts the music's RMS over the
+    video's first ``duration_s`` seconds MUSIC_UNDER_VOICE_DB below the narration's RMS while it
+    speaks (the bed's 10 ms windows within narration.SILENCE_DB of its loudest), within
+    MUSIC_GAIN_RANGE_DB. Measured at 16 kHz. Raises media.MediaError if either does not decode."""
+    voice, rate = narration.read_mono(bed, 16_000)
+    n = int(rate * 0.01)
+    levels = narration.window_db(voice, rate)
+    speaking = np.concatenate([voice[i * n:(i + 1) * n] for i in np.nonzero(levels > narration.SILENCE_DB)[0]]) \
+        if len(levels) and (levels > narration.SILENCE_DB).any() else voice[:0]
+    tune, _ = narration.read_mono(music, 16_000)
+    voice_db, music_db = rms_db(speaking), rms_db(tune[:int(duration_s * rate)])
+    gain = voice_db + MUSIC_UNDER_VOICE_DB - music_db
+    return round(min(max(gain, MUSIC_GAIN_RANGE_DB[0]), MUSIC_GAIN_RANGE_DB[1]), 2), round(voice_db, 2), round(music_db, 2)
 
 
 def _measure(args: list[str], chain: str) -> tuple[str, dict]:
@@ -67,22 +96,26 @@ def mix_soundtrack(bed: str | Path, music: str | Path | None, out: str | Path, *
                    fade_out_s: float = 2.0) -> dict:
     """Write ``out`` (.m4a): the narration ``bed`` (``narration_bed``'s WAV) over ``music`` (any
     audio file, or None for the narration alone), as module doc says: music trimmed/padded to
-    ``duration_s`` seconds, faded out over the last ``min(fade_out_s, duration_s / 4)`` seconds, at
-    MUSIC_GAIN, ducked under the narration (``sidechaincompress``, DUCKING), mixed, then two-pass
-    loudnorm to LOUDNESS_TARGET, AUDIO_SAMPLE_RATE Hz AAC, exactly round(duration_s * rate) samples.
-    Returns loudnorm pass 1's measurement of the mix (input_i LUFS ...). Raises media.MediaError."""
+    ``duration_s`` seconds, faded out over the last ``min(fade_out_s, duration_s / 4)`` seconds,
+    levelled under the voice (``music_gain_db``), ducked under the narration (``sidechaincompress``,
+    DUCKING), mixed, then two-pass loudnorm to LOUDNESS_TARGET, AUDIO_SAMPLE_RATE Hz AAC, exactly
+    round(duration_s * rate) samples. Returns loudnorm pass 1's measurement of the mix (input_i
+    LUFS ...) with ``music_gain_db``, ``narration_rms_db`` and ``music_rms_db``. Raises media.MediaError."""
     rate = media.AUDIO_SAMPLE_RATE
     samples = round(duration_s * rate)
     fade = min(fade_out_s, duration_s / 4)
+    levels: dict = {}
     if music is None:
         args = ["-i", str(bed)]
         chain = f"[0:a]aresample={rate},aformat=channel_layouts=mono"
     else:
+        gain, voice_db, music_db = music_gain_db(bed, music, duration_s)
+        levels = {"music_gain_db": gain, "narration_rms_db": voice_db, "music_rms_db": music_db}
         duck = ":".join(f"{k}={v}" for k, v in DUCKING.items())
         args = ["-i", str(bed), "-i", str(music)]
         chain = (f"[1:a]aresample={rate},aformat=channel_layouts=mono,atrim=0:{duration_s:.6f},"
                  f"apad=whole_dur={duration_s:.6f},afade=t=out:st={max(0.0, duration_s - fade):.6f}:d={fade:.6f},"
-                 f"volume={MUSIC_GAIN}[music];"
+                 f"volume={gain}dB[music];"
                  f"[0:a]aresample={rate},aformat=channel_layouts=mono,asplit=2[key][voice];"
                  f"[music][key]sidechaincompress={duck}[ducked];"
                  f"[ducked][voice]amix=inputs=2:duration=first:normalize=0")
@@ -91,7 +124,7 @@ def mix_soundtrack(bed: str | Path, music: str | Path | None, out: str | Path, *
              f"atrim=end_sample={samples}[out]")
     media.run_ffmpeg([*args, "-filter_complex", final, "-map", "[out]", *media.AUDIO_CODEC_ARGS,
                       "-movflags", "+faststart", str(out)], what="mix the narrated soundtrack")
-    return measured
+    return {**measured, **levels}
 
 
 def silence(out: str | Path, *, duration_s: float) -> None:

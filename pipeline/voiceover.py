@@ -202,7 +202,8 @@ def make_soundtrack(plan: VideoPlan, music: MusicManifest | None, narrations: di
     clips = [n for n in ordered if n.clip is not None]
     with_music = plan.music is not None and music is not None
     params = {"duration_s": plan.duration_s, "fade_out_s": fade_out_s, "loudness": media.LOUDNESS_TARGET,
-              "music_gain": audio_mix.MUSIC_GAIN, "ducking": audio_mix.DUCKING, "codec": media.AUDIO_CODEC_ARGS,
+              "music_under_voice_db": audio_mix.MUSIC_UNDER_VOICE_DB, "ducking": audio_mix.DUCKING,
+              "codec": media.AUDIO_CODEC_ARGS,
               "clips": [{"start_s": n.start_s, "sha256": n.clip.sha256} for n in clips]}
     inputs = {f"clip{i}": n.clip.sha256 for i, n in enumerate(clips)}
     if with_music:
