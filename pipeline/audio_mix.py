@@ -6,15 +6,17 @@ no Dagster, no manifests.
   sample (sample-exact, so subtitle cues and speech line up), silence elsewhere, as one WAV.
 - ``mix_soundtrack``: the music trimmed or padded to the video, faded out, levelled under the voice
   (``music_gain_db``: its RMS MUSIC_UNDER_VOICE_DB below the narration's), ducked
-  by ``sidechaincompress`` keyed on the narration, mixed with the narration, then two-pass EBU R128
-  ``loudnorm`` to ``media.LOUDNESS_TARGET`` (the only normalization: the music is not normalized
-  first), AAC at 48 kHz, exactly the video's length. Without music the narration alone is normalized.
+  by ``sidechaincompress`` keyed on the narration, mixed with the narration, then normalized once:
+  EBU R128 measured (``loudnorm`` pass 1), the linear gain to ``media.LOUDNESS_TARGET`` applied with
+  a fast peak limiter (the music is not normalized first), AAC at 48 kHz, exactly the video's
+  length. Without music the narration alone is normalized.
 - ``silence``: a silent AAC track of a given length (a video without music or narration still has
   an audio track).
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -73,8 +75,16 @@ def music_gain_db(bed: str | Path, music: str | Path, duration_s: float) -> tupl
     return round(min(max(gain, MUSIC_GAIN_RANGE_DB[0]), MUSIC_GAIN_RANGE_DB[1]), 2), round(voice_db, 2), round(music_db, 2)
 
 
-def _measure(args: list[str], chain: str) -> tuple[str, dict]:
-    """loudnorm pass 1 over ``chain``'s output: (pass-2 loudnorm filter, the measurement)."""
+VOICE_COMPRESSION = "acompressor=threshold=0.063:ratio=3:attack=5:release=120:makeup=2"
+"""A voice-over compressor on the narration (3:1 above -24 dBFS, +6 dB makeup): speech's peaks sit
+far above its loudness; evening them out keeps the final peak limiter gentle."""
+
+PEAK_LIMIT_DBFS = -2.0
+"""The sample-peak ceiling of the normalized mix (true peaks then stay near LOUDNESS_TARGET's -1.5 dBTP)."""
+
+
+def _loudness(args: list[str], chain: str) -> dict:
+    """loudnorm's EBU R128 measurement (input_i LUFS, input_tp dBTP, ...) of ``chain``'s output."""
     import json
     import re
 
@@ -84,12 +94,37 @@ def _measure(args: list[str], chain: str) -> tuple[str, dict]:
     match = re.search(r"\{[^{}]*\"input_i\"[^{}]*\}", log, re.S)
     if not match:
         raise media.MediaError("loudnorm printed no measurement")
-    m = json.loads(match.group(0))
-    if m.get("input_i") in ("-inf", None):  # all silence: nothing to normalize
-        return "anull", m
-    return (f"loudnorm={target}:measured_I={m['input_i']}:measured_TP={m['input_tp']}:"
-            f"measured_LRA={m['input_lra']}:measured_thresh={m['input_thresh']}:offset={m['target_offset']}:"
-            "linear=true"), m
+    return json.loads(match.group(0))
+
+
+def _lufs(m: dict) -> float:
+    try:
+        value = float(m["input_i"])
+    except (KeyError, TypeError, ValueError):
+        return -math.inf
+    return value
+
+
+def _normalize(args: list[str], chain: str) -> tuple[str, dict]:
+    """The normalization of ``chain``'s output, found by measuring: a linear gain to
+    LOUDNESS_TARGET's integrated loudness followed by a peak limiter at PEAK_LIMIT_DBFS (the
+    true-peak ceiling). Pass 1 measures the mix; pass 2 measures it with that gain and the limiter
+    (which takes a little loudness off the peaks) and corrects the gain once. Returns (the filters,
+    pass 1's measurement with ``gain_db``). loudnorm's own second pass is not used: when a linear
+    gain would break the true-peak ceiling, as speech's peaks do, it falls back to dynamic
+    compression and misses the target by 1.5 LU and more."""
+    measured = _loudness(args, chain)
+    first = _lufs(measured)
+    if not math.isfinite(first):  # all silence: nothing to normalize
+        return "anull", measured
+    limit = 10 ** (PEAK_LIMIT_DBFS / 20)
+    stage = "volume={gain:.2f}dB,alimiter=limit=" + f"{limit:.4f}:attack=2:release=60:level=false:latency=true"
+    gain = media.LOUDNESS_TARGET["I"] - first
+    second = _lufs(_loudness(args, f"{chain},{stage.format(gain=gain)}"))
+    if math.isfinite(second):
+        gain += media.LOUDNESS_TARGET["I"] - second
+    measured["gain_db"] = round(gain, 2)
+    return stage.format(gain=gain), measured
 
 
 def mix_soundtrack(bed: str | Path, music: str | Path | None, out: str | Path, *, duration_s: float,
@@ -98,7 +133,8 @@ def mix_soundtrack(bed: str | Path, music: str | Path | None, out: str | Path, *
     audio file, or None for the narration alone), as module doc says: music trimmed/padded to
     ``duration_s`` seconds, faded out over the last ``min(fade_out_s, duration_s / 4)`` seconds,
     levelled under the voice (``music_gain_db``), ducked under the narration (``sidechaincompress``,
-    DUCKING), mixed, then two-pass loudnorm to LOUDNESS_TARGET, AUDIO_SAMPLE_RATE Hz AAC, exactly
+    DUCKING), mixed, then normalized once (``_normalize``: measured, a linear gain to LOUDNESS_TARGET and a
+    peak limiter at PEAK_LIMIT_DBFS), AUDIO_SAMPLE_RATE Hz AAC, exactly
     round(duration_s * rate) samples. Returns loudnorm pass 1's measurement of the mix (input_i
     LUFS ...) with ``music_gain_db``, ``narration_rms_db`` and ``music_rms_db``. Raises media.MediaError."""
     rate = media.AUDIO_SAMPLE_RATE
@@ -107,7 +143,7 @@ def mix_soundtrack(bed: str | Path, music: str | Path | None, out: str | Path, *
     levels: dict = {}
     if music is None:
         args = ["-i", str(bed)]
-        chain = f"[0:a]aresample={rate},aformat=channel_layouts=mono"
+        chain = f"[0:a]aresample={rate},aformat=channel_layouts=mono,{VOICE_COMPRESSION}"
     else:
         gain, voice_db, music_db = music_gain_db(bed, music, duration_s)
         levels = {"music_gain_db": gain, "narration_rms_db": voice_db, "music_rms_db": music_db}
@@ -116,10 +152,10 @@ def mix_soundtrack(bed: str | Path, music: str | Path | None, out: str | Path, *
         chain = (f"[1:a]aresample={rate},aformat=channel_layouts=mono,atrim=0:{duration_s:.6f},"
                  f"apad=whole_dur={duration_s:.6f},afade=t=out:st={max(0.0, duration_s - fade):.6f}:d={fade:.6f},"
                  f"volume={gain}dB[music];"
-                 f"[0:a]aresample={rate},aformat=channel_layouts=mono,asplit=2[key][voice];"
+                 f"[0:a]aresample={rate},aformat=channel_layouts=mono,{VOICE_COMPRESSION},asplit=2[key][voice];"
                  f"[music][key]sidechaincompress={duck}[ducked];"
                  f"[ducked][voice]amix=inputs=2:duration=first:normalize=0")
-    norm, measured = _measure(args, chain)
+    norm, measured = _normalize(args, chain)
     final = (f"{chain},{norm},aresample={rate},asetpts=N/SR/TB,apad=whole_len={samples},"
              f"atrim=end_sample={samples}[out]")
     media.run_ffmpeg([*args, "-filter_complex", final, "-map", "[out]", *media.AUDIO_CODEC_ARGS,

@@ -37,7 +37,7 @@ from pipeline.providers import Provider
 from pipeline.spec import BeatSpec, SpecError, VideoSpec
 
 FFMPEG = "ffmpeg"
-MIX_MODEL = "soundtrack-mix-v1"
+MIX_MODEL = "soundtrack-mix-v2"
 """Narration clips on the timeline, music ducked under them, one loudnorm (``audio_mix.mix_soundtrack``)."""
 SILENCE_MODEL = "silence-v1"
 """A silent AAC track (``audio_mix.silence``)."""
@@ -203,6 +203,7 @@ def make_soundtrack(plan: VideoPlan, music: MusicManifest | None, narrations: di
     with_music = plan.music is not None and music is not None
     params = {"duration_s": plan.duration_s, "fade_out_s": fade_out_s, "loudness": media.LOUDNESS_TARGET,
               "music_under_voice_db": audio_mix.MUSIC_UNDER_VOICE_DB, "ducking": audio_mix.DUCKING,
+              "peak_limit_dbfs": audio_mix.PEAK_LIMIT_DBFS, "voice_compression": audio_mix.VOICE_COMPRESSION,
               "codec": media.AUDIO_CODEC_ARGS,
               "clips": [{"start_s": n.start_s, "sha256": n.clip.sha256} for n in clips]}
     inputs = {f"clip{i}": n.clip.sha256 for i, n in enumerate(clips)}

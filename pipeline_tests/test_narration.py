@@ -70,6 +70,45 @@ def test_sentences_and_the_timing_rule():
         narration.check_fits(2, 4.9, 0.4, 5.0, 24)
 
 
+def test_planning_voices_only_the_beats_whose_length_it_needs():
+    """auto beats take their clip's length (plus the pause, to a frame or whole chunks); a brief's
+    beats with from_brief are lengthened to their narration; explicit beats are left to their segment."""
+    from pipeline import stages
+    from pipeline.manifests import MediaManifest
+    from pipeline.submissions import Submission, registration_sha256
+
+    asked = []
+
+    def voicer(request):  # a stand-in clip of 0.1 s per character
+        asked.append(request.prompt)
+        return MediaManifest(media_type="audio", uri="file:///x", sha256="0" * 64, bytes=1,
+                             duration_s=len(request.prompt) / 10, provider="local", model=request.model)
+
+    def plan(data):
+        spec = parse(data)
+        sub = Submission(video_id=spec.video_id, provider="local", source="t", submitted_at="",
+                         spec=spec.model_dump(mode="json", exclude_none=True),
+                         spec_sha256=registration_sha256(spec, "local", {}))
+        return stages.plan_video(sub, LocalProvider(), voicer)
+
+    from pipeline.spec import parse_spec as parse
+
+    p = plan({"video_id": "v", "title": "t", "duration_s": 20, "narration": {"pause_s": 0.5},
+              "beats": [{"prompt": "a", "duration_s": "auto", "narration": "x" * 47},   # 4.7 s + 0.5: 5 s, one chunk
+                        {"prompt": "b", "duration_s": "auto", "narration": "y" * 61},   # 6.1 s + 0.5 -> 6.625 s
+                        {"prompt": "c", "duration_s": 5, "narration": "z" * 20}]})       # voiced by its segment
+    assert asked == ["x" * 47, "y" * 61]
+    assert [b.duration_s for b in p.beats] == [5.0, 6.625, 5]
+    assert [b.duration_from for b in p.beats] == ["narration", "narration", "spec"]
+    assert [b.start_s for b in p.beats] == [0, 5.0, 11.625] and p.narration.voice == "joe"
+    asked.clear()
+    brief = plan({"video_id": "w", "title": "t", "duration_s": 10, "narration": "from_brief",
+                  "brief": "A short one. " + "A much longer second sentence that takes a while to say out loud."})
+    assert asked == [b.prompt for b in brief.beats] == [b.narration for b in brief.beats]
+    assert [b.duration_from for b in brief.beats] == ["spec", "planner+narration"]
+    assert brief.beats[1].duration_s >= len(brief.beats[1].narration) / 10 + 0.4
+
+
 def test_subtitle_files_keep_hostile_text_as_text():
     hostile = "Tags <b>bold</b> & <script>x</script> --> 00:00:01,000 --> 00:00:02,000\n\nWEBVTT\r\n2\x00\x1b[31m"
     cues = [Cue(start_s=0.5, end_s=2.0, text=hostile), Cue(start_s=2.0, end_s=3.0, text="Second.")]
