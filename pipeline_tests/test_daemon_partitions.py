@@ -35,7 +35,7 @@ pytestmark = pytest.mark.timeout(1800)
 SHORT, MID, LONG, CLI = "short2", "mid3", "long6", "cli1"
 BEATS = {SHORT: 2, MID: 3, LONG: 6, CLI: 1}
 FAILING = "004"
-SEGMENT_ASSETS = ("beats", "storyboard_images", "chunk_videos")
+SEGMENT_ASSETS = ("narration", "beats", "storyboard_images", "chunk_videos")
 REPO = {"repositoryLocationName": "video_pipeline", "repositoryName": "__repository__"}
 
 STATS = """query($keys: [AssetKeyInput!]) { assetNodes(assetKeys: $keys) { assetKey { path }
