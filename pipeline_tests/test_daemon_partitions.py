@@ -208,7 +208,8 @@ def test_phantoms_recorded_partitions_complete_failures_real_and_nothing_stale(s
         report.append(f"after {LONG} with {FAILING} failing: {stats}")
         for asset, s in stats.items():
             assert s["numPartitions"] == 18 and s["missing"] == 0 and s["numMaterializing"] == 0, (asset, s)
-        assert {a: s["numFailed"] for a, s in stats.items()} == {"beats": 0, "storyboard_images": 0, "chunk_videos": 1}
+        assert {a: s["numFailed"] for a, s in stats.items()} == {"narration": 0, "beats": 0, "storyboard_images": 0,
+                                                                "chunk_videos": 1}
         failed_cells = [c for c, state in _cell_states(stack, "chunk_videos").items() if state == "failed"]
         assert len(failed_cells) == 1 and set(failed_cells[0]) == {LONG, FAILING}, failed_cells
         total, missing = job_page_missing(stack)
