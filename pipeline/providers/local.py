@@ -183,6 +183,9 @@ class LocalProvider(Provider):
             samples, rate, bounds = piper_tts.synthesize(request.prompt, voice)
         except ValueError as exc:
             raise ProviderError(str(exc), retryable=False) from None
+        except ImportError as exc:  # piper-tts is a dependency; a broken install says so
+            raise ProviderError(f"piper (the local text to speech) cannot be imported: {exc}; "
+                                "reinstall with `make setup` (pip install piper-tts)", retryable=False) from None
         out = scratch / "narration.wav"
         narration.write_wav(out, samples, rate)
         cues = narration.cues_from_lengths([b[0] for b in bounds], [(b[1], b[2]) for b in bounds], samples, rate)
