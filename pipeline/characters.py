@@ -83,20 +83,26 @@ def plan_characters(spec: VideoSpec) -> dict[str, PlannedCharacter]:
     return out
 
 
-def reference_prompt(name: str, description: str, style: str) -> str:
+def style_text(style: str | None) -> str:
+    """The style sentence appended to prompts: " Style: <style>." or "" for a spec without a style."""
+    return f" Style: {style}." if style else ""
+
+
+def reference_prompt(name: str, description: str, style: str | None) -> str:
     """The prompt a character's reference image is generated from."""
     return (f"Character reference sheet of {name}: {description}. A single full-body figure facing the viewer, "
-            f"neutral pose, plain light background, no text. Style: {style}.")
+            f"neutral pose, plain light background, no text.{style_text(style)}")
 
 
-def storyboard_prompt(prompt: str, style: str, names: list[str], characters: dict[str, PlannedCharacter]) -> str:
+def storyboard_prompt(prompt: str, style: str | None, names: list[str],
+                      characters: dict[str, PlannedCharacter]) -> str:
     """A storyboard image prompt: the beat's prompt, the characters it names with their descriptions,
-    numbered in the order of the reference images sent with it, and the style. Without characters it
-    is the prompt every beat had before."""
+    numbered in the order of the reference images sent with it, and the style (none without one).
+    Without characters it is the prompt every beat had before."""
     if not names:
-        return f"{prompt}. Style: {style}."
+        return f"{prompt}.{style_text(style)}"
     cast = "; ".join(f"image {i} is {n}: {characters[n].description}" for i, n in enumerate(names, start=1))
-    return f"{prompt}. Characters, as they look in the reference images ({cast}). Style: {style}."
+    return f"{prompt}. Characters, as they look in the reference images ({cast}).{style_text(style)}"
 
 
 def reference_request(plan: VideoPlan, name: str, provider: Provider) -> GenerationRequest:

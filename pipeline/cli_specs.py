@@ -59,19 +59,34 @@ def cmd_validate(args) -> int:
     sub = Submission(video_id=spec.video_id, provider=name, models=models, source=args.spec,
                      spec=spec.model_dump(mode="json", exclude_none=True),
                      spec_sha256=registration_sha256(spec, name, models), submitted_at="")
-    plan = stages.plan_video(sub, provider)
+    plan = stages.plan_video(sub, provider)  # no voicer: narrated lengths are estimated, nothing is voiced
+    approx = "~" if any(b.duration_from != "spec" for b in plan.beats) else ""
     say(("valid", "green"), f" {args.spec}: video ", (plan.video_id, "bold"),
-        f", {len(plan.beats)} beats, {plan.duration_s:g} s, {plan.width}x{plan.height} @ {plan.fps} fps "
+        f", {len(plan.beats)} beats, {approx}{plan.duration_s:g} s, {plan.width}x{plan.height} @ {plan.fps} fps "
         f"({plan.planned_by})")
     say(f"provider {name}" + "".join(f", {kind} {ref}" for kind, ref in models.items()))
+    applied = spec.applied_defaults()
+    if applied:
+        say(("defaults applied", "cyan"), ": " + "; ".join(applied))
+    if plan.narration is not None:
+        n = plan.narration
+        say(f"narration: voice {n.voice} with {n.model}, pause {n.pause_s:g} s, captions {n.captions}; voices "
+            f"this provider has: {', '.join(provider.voices()) or 'none'}")
+        if approx:
+            say("  ~ lengths from narration are estimated here (nothing is voiced); rendering measures the clips")
+    for warning in narration_warnings(plan, provider.fps):
+        say(("warning", "yellow"), ": ", warning)
     if plan.truncation:
         say(("warning", "yellow"), ": ", stages.truncation_message(plan, plan.truncation))
     table = Table("segment", "start_s", "duration_s", "chunks", "motion")
     table.add_column("prompt", no_wrap=True, overflow="ellipsis", max_width=60)
+    if plan.narration is not None:
+        table.add_column("narration", no_wrap=True, overflow="ellipsis", max_width=40)
     for b in plan.beats:
-        table.add_row(b.segment, f"{b.start_s:g}", f"{b.duration_s:g}",
-                      str(len(stages.chunk_plan(b.duration_s, provider.chunk_seconds))), cell(b.motion or ""),
-                      cell(b.prompt))
+        mark = "~" if b.duration_from != "spec" else ""
+        row = [b.segment, f"{b.start_s:g}", f"{mark}{b.duration_s:g}",
+               str(len(stages.chunk_plan(b.duration_s, provider.chunk_seconds))), cell(b.motion or ""), cell(b.prompt)]
+        table.add_row(*row, *([cell(b.narration or "")] if plan.narration is not None else []))
     console.print(table)
     # --- characters (issue 13): who appears where, and where each reference image comes from ---
     for name, char in plan.characters.items():
@@ -79,6 +94,22 @@ def cmd_validate(args) -> int:
         source = f"reference image {char.reference_file}" if char.reference_file else "generated from its description"
         say(f"character {name} ({source}): beats ", (where, "bold"))
     return 0
+
+
+def narration_warnings(plan, fps: int) -> list[str]:
+    """Beats with an explicit duration whose narration looks too long for it (estimated: a render
+    measures the clip and fails the segment, naming the beat, if it really is)."""
+    from pipeline import narration
+
+    out = []
+    for b in plan.beats:
+        if plan.narration is None or not b.narration or b.duration_from != "spec":
+            continue
+        need = narration.beat_length(narration.estimate_speech_s(b.narration), plan.narration.pause_s, fps)
+        if need > b.duration_s + 1e-6:
+            out.append(f"beats[{b.index}]: its narration takes about {need:g} s with the pause, longer than its "
+                       f"duration_s {b.duration_s:g} (estimated; use duration_s: auto)")
+    return out
 
 
 def submit_target(args, pipeline):

@@ -43,7 +43,7 @@ def print_summary(plan: VideoPlan, final: FinalManifest, chunk_sets: list[ChunkV
                       f"{sum(c.video.cache_hit for c in cv.chunks)}/{len(cv.chunks)}" if cv else "?",
                       money(costs.get(b.segment, 0.0)), money(reused.get(b.segment, 0.0)), cell(b.prompt))
     table.add_row("music", "0", f"{plan.duration_s:g}", "", "", money(costs.get(None, 0.0)),
-                  money(reused.get(None, 0.0)), cell(plan.music.prompt))
+                  money(reused.get(None, 0.0)), cell(plan.music.prompt if plan.music else "(no music: silence)"))
     console.print(table)
     say(f"{final.video.duration_s:.3f} s, {final.video.width}x{final.video.height}, {final.beats} beats, "
         f"{final.chunks} chunks, paid ${money(final.paid_usd)}, reused ${money(final.reused_usd)}, "

@@ -42,6 +42,7 @@ from pipeline.manifests import (
     FinalManifest,
     MediaManifest,
     MusicManifest,
+    NarrationManifest,
     StitchedManifest,
     StoryboardManifest,
     VideoPlan,
@@ -99,7 +100,8 @@ def segment_lines(cv: ChunkVideosManifest) -> list[CostLine]:
 def music_line(video_id: str, music: MusicManifest) -> CostLine:
     """The music track's line (audio seconds)."""
     a = music.audio
-    return media_line(video_id, a, stage="music", segment=None, item="music track", units=a.duration_s or 0.0,
+    item = "silent track (no music)" if a.provider == "ffmpeg" else "music track"
+    return media_line(video_id, a, stage="music", segment=None, item=item, units=a.duration_s or 0.0,
                       unit="audio s")
 
 
@@ -123,9 +125,11 @@ def plan_line(plan: VideoPlan) -> CostLine | None:
 
 def manifest_lines(video_id: str, *, plan: VideoPlan | None = None, chunk_sets: Iterable[ChunkVideosManifest] = (),
                    storyboards: Iterable[StoryboardManifest] = (),
-                   music: MusicManifest | None = None, characters: CharactersManifest | None = None) -> list[CostLine]:
+                   music: MusicManifest | None = None, characters: CharactersManifest | None = None,
+                   narrations: Iterable[NarrationManifest] = ()) -> list[CostLine]:
     """Lines of whatever manifests exist, in table order: plan, character references, each segment
-    (storyboard image, then chunks; a storyboard without chunk_videos alone), music. Segments in key order."""
+    (storyboard image, then chunks; a storyboard without chunk_videos alone), the narration clips,
+    music. Segments in key order."""
     lines: list[CostLine] = []
     if plan is not None and (line := plan_line(plan)) is not None:
         lines.append(line)
@@ -137,6 +141,9 @@ def manifest_lines(video_id: str, *, plan: VideoPlan | None = None, chunk_sets: 
                                                    units=1, unit="image")])
     for index in sorted(by_segment):
         lines += by_segment[index]
+    lines += [media_line(video_id, n.clip, stage="narration", segment=segment_key(n.index), item="narration clip",
+                         units=n.clip.duration_s or 0.0, unit="audio s")
+              for n in sorted(narrations, key=lambda n: n.index) if n.clip is not None]
     if music is not None:
         lines.append(music_line(video_id, music))
     return lines
@@ -238,12 +245,15 @@ def reconcile(video_id: str, lines: Iterable[CostLine], ledger: Ledger | None) -
 
 
 def final_costs(plan: VideoPlan, stitched: StitchedManifest, music: MusicManifest,
-                ledger: Ledger | None, characters: CharactersManifest | None = None) -> list[CostLine]:
+                ledger: Ledger | None, characters: CharactersManifest | None = None,
+                extra: Iterable[CostLine] = ()) -> list[CostLine]:
     """The final video's cost lines: the plan, the character references, the stitched segments'
-    lines, the music, reconciled with ``ledger`` (see ``reconcile``)."""
+    lines, ``extra`` (the narration clips' lines), the music, reconciled with ``ledger`` (see
+    ``reconcile``)."""
     lines = [line for line in [plan_line(plan)] if line is not None]
     lines += character_lines(plan.video_id, characters)
     lines += [line for line in stitched.costs if line.source == "manifest"]
+    lines += [line for line in extra if line.source == "manifest"]
     lines.append(music_line(plan.video_id, music))
     return reconcile(plan.video_id, lines, ledger)
 
@@ -310,7 +320,7 @@ def video_costs(video_id: str, *, manifests: str | Path | TextObjects, ledger: L
     string or TextObjects), laid out ``<asset>/<video>[/<segment>].json``. Uses the final_video
     manifest's lines when there is one (unless it predates per-line cache keys: lines without
     prediction ids cannot be matched with the ledger); otherwise the plan, each real segment's
-    chunk_videos (or, if missing, its storyboard image) and the music that exist. Raises
+    chunk_videos (or, if missing, its storyboard image), narration clips and the music that exist. Raises
     LookupError if the video has neither a final_video nor a video_spec manifest.
     """
     objects = text_objects(manifests)
@@ -334,10 +344,12 @@ def video_costs(video_id: str, *, manifests: str | Path | TextObjects, ledger: L
             boards.append(board)
     music = _read(objects, f"music/{video_id}.json")
     cast = _read(objects, f"characters/{video_id}.json")
+    voiced = [n for n in (_read(objects, f"narration/{video_id}/{seg}.json") for seg in plan.segment_keys)
+              if isinstance(n, NarrationManifest)] if plan.narration is not None else []
     lines = manifest_lines(video_id, plan=plan, chunk_sets=chunk_sets, storyboards=boards,
                            music=music if isinstance(music, MusicManifest) else None,
                            characters=cast if isinstance(cast, CharactersManifest) and
-                           cast.spec_sha256 == plan.spec_sha256 else None)
+                           cast.spec_sha256 == plan.spec_sha256 else None, narrations=voiced)
     return VideoCosts(video_id, reconcile(video_id, lines, ledger), finished, ledger_usd, missing)
 
 

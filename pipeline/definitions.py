@@ -40,6 +40,7 @@ from pipeline.defs.assets import all_assets
 from pipeline.defs.character_assets import characters
 from pipeline.defs.io_manager import ManifestIOManager
 from pipeline.defs.jobs import all_jobs
+from pipeline.defs.narration_assets import narration_assets
 from pipeline.defs.resources import LocalSettings, PipelineResource, ReplicateSettings, S3Settings
 from pipeline.defs.schedules import all_schedules
 from pipeline.defs.sensors import all_sensors
@@ -194,7 +195,7 @@ def build_definitions(data_dir: str | None = None, *, executor: str | None = Non
     a bad option (see ``pipeline_resources``).
     """
     defs = dg.Definitions(
-        assets=[*all_assets, characters],
+        assets=[*all_assets, characters, *narration_assets],
         jobs=all_jobs,
         sensors=all_sensors,
         # Every job, backfills and "Materialize" from the UI: one executor (in-process by default).

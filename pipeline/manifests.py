@@ -78,7 +78,10 @@ class MediaManifest(_Manifest):
 
 
 class PlannedBeat(_Manifest):
-    """A beat placed on the timeline: index, prompt, motion, duration and start (seconds)."""
+    """A beat placed on the timeline: index, prompt, motion, duration and start (seconds), and the
+    text spoken over it (``narration``, None: silent). ``duration_from``: "spec" (the spec's
+    number, or the planner's), "narration" (``duration_s: auto``: the narration plus the pause,
+    rounded up to a frame) or "planner+narration" (a planned beat lengthened to fit its narration)."""
 
     index: int
     prompt: str
@@ -89,14 +92,31 @@ class PlannedBeat(_Manifest):
     """The beat's own seed from the spec (None: derived from the video's seed and the index)."""
     characters: list[str] = Field(default_factory=list)
     """The spec's characters this beat names (``pipeline.spec_characters.beat_characters``)."""
+    narration: str | None = None
+    duration_from: Literal["spec", "narration", "planner+narration"] = "spec"
 
     @property
     def segment(self) -> str:
         return segment_key(self.index)
 
 
+class NarrationPlan(_Manifest):
+    """How a video's beats are spoken: the ``provider``'s text-to-speech ``model`` with ``voice``,
+    ``pause_s`` seconds of silence after each beat's narration, and ``captions`` ("soft": a subtitle
+    track; "burned": drawn into the picture too; "none": subtitle files only)."""
+
+    provider: str
+    model: str
+    voice: str
+    pause_s: float
+    captions: Literal["soft", "burned", "none"] = "soft"
+    from_brief: bool = False
+
+
 class VideoPlan(_Manifest):
-    """Output of ``video_spec``: the validated spec with beats fitted, timed and ready to render."""
+    """Output of ``video_spec``: the validated spec with beats fitted, timed and ready to render.
+    ``style`` None: prompts carry no style text; ``music`` None: no music; ``narration`` None: no
+    beat is spoken."""
 
     kind: Literal["video_plan"] = "video_plan"
     video_id: str
@@ -107,8 +127,8 @@ class VideoPlan(_Manifest):
     width: int
     height: int
     fps: int
-    style: str
-    music: MusicSpec
+    style: str | None = None
+    music: MusicSpec | None = None
     seed: int
     max_cost_usd: float | None = None
     provider: str
@@ -124,6 +144,7 @@ class VideoPlan(_Manifest):
     source: str
     characters: dict[str, "PlannedCharacter"] = Field(default_factory=dict)
     """The spec's characters by name, in the spec's order (empty when it has none)."""
+    narration: NarrationPlan | None = None
 
     @property
     def segment_keys(self) -> list[str]:
@@ -308,6 +329,55 @@ class MusicManifest(_Manifest):
     track: MediaManifest | None = None
 
 
+class Cue(_Manifest):
+    """One subtitle cue: ``text`` shown from ``start_s`` to ``end_s`` (seconds; relative to a
+    narration clip's start in ``NarrationManifest``, to the video's start in ``SoundtrackManifest``)."""
+
+    start_s: float
+    end_s: float
+    text: str
+
+
+class NarrationManifest(_Manifest):
+    """Output of ``narration``: one beat's spoken text as a clip. ``clip`` None: the beat is silent.
+    ``cues``: its sentences with their times in the clip (``timing``: "synthesis", each sentence
+    voiced on its own and measured; "silences", found at the pauses of one clip; "characters",
+    spread by length). The clip plays from the beat's start; ``pause_s`` of silence follow it."""
+
+    kind: Literal["narration"] = "narration"
+    video_id: str
+    index: int
+    text: str | None
+    start_s: float
+    duration_s: float
+    pause_s: float = 0.0
+    clip: MediaManifest | None = None
+    cues: list[Cue] = Field(default_factory=list)
+    timing: str | None = None
+
+    @property
+    def segment(self) -> str:
+        return segment_key(self.index)
+
+
+class SoundtrackManifest(_Manifest):
+    """Output of ``soundtrack``: the final video's audio, and the subtitle cues on the video's clock.
+
+    ``method``: "music" (the music's finished track, as it is), "mix" (music ducked under the
+    narration by sidechain compression, then loudness-normalized once), "narration" (the narration
+    alone, loudness-normalized) or "silence". ``track`` is AAC at 48 kHz as long as the video, muxed
+    by stream copy; None only when the music manifest predates finished tracks (``final_video`` then
+    finishes the music itself). ``costs``: the narration clips' cost lines."""
+
+    kind: Literal["soundtrack"] = "soundtrack"
+    video_id: str
+    method: Literal["music", "mix", "narration", "silence"]
+    track: MediaManifest | None = None
+    cues: list[Cue] = Field(default_factory=list)
+    captions: Literal["soft", "burned", "none"] = "soft"
+    costs: list["CostLine"] = Field(default_factory=list)
+
+
 class CostLine(_Manifest):
     """One row of a video's cost table (``pipeline.costs``). Money in USD.
 
@@ -388,6 +458,9 @@ class FinalManifest(_Manifest):
     reused_usd: float = 0.0
     mux_method: Literal["stream_copy", "reencode"] | None = None
     published_uri: str | None = None
+    subtitles: dict[str, Any] | None = None
+    """The narration's subtitles: ``vtt`` and ``srt`` (published paths), ``cues`` (count),
+    ``track`` ("mov_text" or None) and ``captions`` ("soft", "burned", "none"); None without narration."""
 
     @model_validator(mode="before")
     @classmethod
@@ -399,10 +472,11 @@ class FinalManifest(_Manifest):
 
 StitchedManifest.model_rebuild()
 VideoPlan.model_rebuild()
+SoundtrackManifest.model_rebuild()
 
 AnyManifest = Annotated[
     Union[VideoPlan, BeatManifest, StoryboardManifest, ChunkVideosManifest, StitchedManifest, MusicManifest,
-          FinalManifest, MediaManifest, CharactersManifest],
+          FinalManifest, MediaManifest, CharactersManifest, NarrationManifest, SoundtrackManifest],
     Field(discriminator="kind"),
 ]
 _ADAPTER: TypeAdapter[AnyManifest] = TypeAdapter(AnyManifest)

@@ -69,8 +69,9 @@ def ffmpeg_exe() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
-def run_ffmpeg(stream_or_args, *, what: str) -> str:
-    """Run ffmpeg (an ffmpeg-python stream or a raw argument list). Returns stderr text.
+def run_ffmpeg(stream_or_args, *, what: str, cwd: str | Path | None = None) -> str:
+    """Run ffmpeg (an ffmpeg-python stream or a raw argument list) in ``cwd`` (default: this
+    process's working directory). Returns stderr text.
 
     ffmpeg dies with this process (``procs.die_with_parent``: SIGKILL when the calling thread,
     blocked here until ffmpeg ends, exits). Raises MediaError with ``what`` and the tail of
@@ -82,7 +83,7 @@ def run_ffmpeg(stream_or_args, *, what: str) -> str:
         args = [ffmpeg_exe(), "-hide_banner", "-nostdin",
                 *ffmpeg.compile(stream_or_args.global_args("-y"), cmd=[])]
     proc = subprocess.run(args, capture_output=True, text=True, errors="replace", stdin=subprocess.DEVNULL,
-                          preexec_fn=functools.partial(die_with_parent, os.getpid()))
+                          preexec_fn=functools.partial(die_with_parent, os.getpid()), cwd=cwd)
     if proc.returncode != 0:
         tail = "\n".join(proc.stderr.strip().splitlines()[-12:])
         raise MediaError(f"ffmpeg failed to {what} (exit {proc.returncode}):\n{tail}")

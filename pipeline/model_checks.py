@@ -19,7 +19,8 @@ DEFAULT_RATIO = "16:9"
 """The aspect ratio of a spec that names none (``pipeline.spec``): every image and video model must make it."""
 
 UNITS_BY_KIND = {"image": {"image"}, "video": {"video", "video_second", "gpu_second"},
-                 "audio": {"audio", "audio_second", "gpu_second"}, "text": {"token"}}
+                 "audio": {"audio", "audio_second", "gpu_second"}, "speech": {"audio_second", "gpu_second"},
+                 "text": {"token"}}
 """The price units that make sense for each kind of model."""
 
 BILLING_RULES = {"time_run", "nothing", "full", "tokens_so_far"}

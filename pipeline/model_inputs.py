@@ -144,6 +144,11 @@ def musicgen(m: "ReplicateModel", r: GenerationRequest, extra: dict[str, Any], r
             "model_version": "stereo-large", "output_format": "mp3", "normalization_strategy": "peak", **_seed(r)}
 
 
+def kokoro(m: "ReplicateModel", r: GenerationRequest, extra: dict[str, Any], ratio: None) -> dict[str, Any]:
+    return {"text": r.prompt, "voice": str(r.params.get("voice") or "af_bella"),
+            "speed": float(r.params.get("speed", 1.0))}
+
+
 LLAMA3_CHAT = ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n{system}<|eot_id|>"
                "<|start_header_id|>user<|end_header_id|>\n\n{user}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
 """Llama 3's instruct chat format (https://www.llama.com/docs/model-cards-and-prompt-formats/meta-llama-3/);

@@ -158,6 +158,15 @@ PRICES: dict[str, dict[str, Price]] = {
             note="billed by metrics.predict_time on the model's hardware; A100 (80GB) as last seen on the model "
                  "page (not readable offline)"),
     },
+    "jaaari/kokoro-82m": {
+        "default": Price(0.000225, "gpu_second", P + "jaaari/kokoro-82m", confidence="estimate", evidence=(
+            "https://replicate.com/pricing: 'Nvidia T4 GPU $0.000225/sec' (public models bill predict_time on "
+            "their hardware)",
+            "https://www.eachlabs.ai/kokoro/kokoro/kokoro-82m/llms.txt: 'Per-second pricing based on provider "
+            "predict_time. Rate: $0.0002475/sec from GPU tier' (a reseller of Replicate models: T4 plus 10 %)"),
+            note="a public, time-billed model; T4 as last seen on the model page (not readable offline). A "
+                 "sentence takes about a second of predict_time"),
+    },
     "meta/meta-llama-3-70b-instruct": {
         "default": Price(0.65e-6, "token", P + "meta/meta-llama-3-70b-instruct", usd_out=2.75e-6, evidence=(
             NODETOOL + "cost_calculation.py: 'meta/meta-llama-3-70b-instruct': (0.65, 2.75) USD per million input / "
@@ -172,6 +181,9 @@ BILLING: dict[str, Billing] = {
                                        "bytedance/seedream-4",
                                        "wan-video/wan-2.2-i2v-fast", "kwaivgi/kling-v2.1", "bytedance/seedance-1-lite",
                                        "stability-ai/stable-audio-2.5")},
+    "jaaari/kokoro-82m": Billing("time_run", LIFECYCLE, note="a public, time-billed model (is_official: false): "
+                                 "'Canceled (started running): You pay for the time the prediction ran before it "
+                                 "was canceled'"),
     "meta/musicgen": Billing("time_run", LIFECYCLE, note="a public, time-billed model (is_official: false): "
                              "'Canceled (started running): You pay for the time the prediction ran before it was "
                              f"canceled'; {BILLING_DOC}: public models bill the time 'active processing your requests'"),

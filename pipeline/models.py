@@ -13,7 +13,8 @@ Prices, their sources and check dates live in :mod:`pipeline.model_prices`; ever
 Defaults (:data:`DEFAULTS`): ``black-forest-labs/flux-schnell`` for storyboard images
 (``bytedance/seedream-4``, :data:`REFERENCE_DEFAULT`, for those made from character references),
 ``wan-video/wan-2.2-i2v-fast`` for chunks (5 s chunks at 16 fps), ``stability-ai/stable-audio-2.5``
-for music and ``meta/meta-llama-3-70b-instruct`` as the planner. ``pipeline models`` prints the
+for music, ``jaaari/kokoro-82m`` (pinned version) for narration ("speech") and
+``meta/meta-llama-3-70b-instruct`` as the planner. ``pipeline models`` prints the
 table and :func:`pipeline.model_checks.check_registry` checks it. Nothing here makes a network call.
 """
 
@@ -29,6 +30,7 @@ from pipeline.model_inputs import (
     flux_pro,
     flux_schnell,
     kling,
+    kokoro,
     llama,
     musicgen,
     request_ratio,
@@ -45,7 +47,7 @@ from pipeline.model_prices import BILLING, NODETOOL, PRICES, Billing, Price, Pri
 __all__ = ["DEFAULTS", "MODELS", "REFERENCE_DEFAULT", "Billing", "Cost", "ModelInput", "Price", "PriceUnit", "ReplicateModel",
            "charge_for", "choose_ratio", "estimate_video_usd", "get_model", "request_ratio"]
 
-Kind = Literal["image", "video", "audio", "text"]
+Kind = Literal["image", "video", "audio", "speech", "text"]
 OutputShape = Literal["url", "url_list", "text_tokens"]
 
 
@@ -180,6 +182,12 @@ class ReplicateModel:
             return float(math.ceil(float(params["duration_s"])))
         return 0.0
 
+    def speech_seconds(self, request: GenerationRequest) -> float:
+        """Estimated seconds of speech in a speech request (``pipeline.narration.estimate_speech_s``)."""
+        from pipeline.narration import estimate_speech_s
+
+        return estimate_speech_s(request.prompt)
+
     def estimate_usd(self, request: GenerationRequest, *, prompt_chars: int = 0, max_tokens: int = 0) -> float:
         """Price of ``request`` before it is made (USD): one image, the requested seconds, one file,
         estimated GPU seconds, or prompt tokens (4 characters each) plus ``max_tokens`` output."""
@@ -189,7 +197,8 @@ class ReplicateModel:
         if price.unit in ("video_second", "audio_second"):
             return round(price.usd * self.generated_seconds(request.params), 6)
         if price.unit == "gpu_second":
-            return round(price.usd * self.gpu_seconds_per_output_second * self.generated_seconds(request.params), 6)
+            seconds = self.speech_seconds(request) if self.kind == "speech" else self.generated_seconds(request.params)
+            return round(price.usd * self.gpu_seconds_per_output_second * seconds, 6)
         tokens_in = max(1, prompt_chars // 4)
         return round(price.usd * tokens_in + price.usd_out * max_tokens, 6)
 
@@ -339,6 +348,16 @@ MODELS: dict[str, ReplicateModel] = {m.ref: m for m in [
               "generates past its 30 s window by extended generation (18 s strides): so not 30 s. 300 s is this "
               "registry's cap (at ~2-3.3 GPU s per second of audio it fits the 1200 s audio deadline)."),
     ReplicateModel(
+        ref="jaaari/kokoro-82m", kind="speech", builder=kokoro,
+        version="f559560eb822dc509045f3921a1921234918b91739db4bf3daab2169b71c7a13",
+        schema_source="https://replicate.com/jaaari/kokoro-82m/versions/"
+                      "f559560eb822dc509045f3921a1921234918b91739db4bf3daab2169b71c7a13/api",
+        fields={"prompt": "text", "voice": "voice", "speed": "speed"},
+        output="url", output_ext=".wav", gpu_seconds_per_output_second=0.5,
+        notes="Kokoro v1.0 (82M parameters, StyleTTS2): text, voice (af_bella, am_adam, bf_emma, bm_george, ...; "
+              "default af_bella), speed 0.5-2; one WAV at 24 kHz. The pinned version is the one public clients "
+              "call (f559560e). Sentence times are found at the clip's pauses."),
+    ReplicateModel(
         ref="meta/meta-llama-3-70b-instruct", kind="text", builder=llama,
         schema_source=NODETOOL + "text/generate.py (Llama3_70B_Instruct, version fbfb20b4)",
         fields={"prompt": "prompt", "prompt_template": "prompt_template", "max_tokens": "max_tokens"},
@@ -351,6 +370,7 @@ DEFAULTS: dict[str, str] = {
     "image": "black-forest-labs/flux-schnell",
     "video": "wan-video/wan-2.2-i2v-fast",
     "audio": "stability-ai/stable-audio-2.5",
+    "speech": "jaaari/kokoro-82m",
     "text": "meta/meta-llama-3-70b-instruct",
 }
 """Default model per kind."""

@@ -72,6 +72,27 @@ def publish_final(video: MediaManifest, video_id: str, store: MediaStore, worksp
     return str(dest), dest.as_uri()
 
 
+def publish_text(text: str, name: str, store: MediaStore, workspace: Workspace) -> str:
+    """Publish a small UTF-8 text file (subtitles: ``<video_id>.vtt`` / ``.srt``) beside the
+    published videos: ``<data>/videos/<name>`` written atomically and readable by all (0644), or
+    with the S3 store the object ``<prefix>/videos/<name>`` (one PUT). Returns the local path or
+    the ``s3://`` URI. Raises OSError or the S3 client's errors."""
+    if store.scheme == "s3":
+        location = store.location  # type: ignore[attr-defined]
+        key = location.key("videos", name)
+        content_type = {".vtt": "text/vtt", ".srt": "application/x-subrip"}.get(Path(name).suffix, "text/plain")
+        location.s3().put_object(Bucket=location.bucket, Key=key, Body=text.encode("utf-8"),
+                                 ContentType=f"{content_type}; charset=utf-8")
+        return location.uri(key)
+    from pipeline.store import atomic_write_text
+
+    dest = workspace.videos / name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(dest, text)
+    dest.chmod(0o644)
+    return str(dest)
+
+
 def published_uri(final: FinalManifest) -> str:
     """Where ``final`` was published: ``published_uri``, or (manifests written before it was
     recorded) the ``file://`` URI of its ``path``."""

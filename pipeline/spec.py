@@ -21,6 +21,17 @@ Input rules (every violation is a SpecError naming the file and the field, user 
 - ``characters`` (1-10 names -> description and optional reference image) and a beat's optional
   ``characters`` list and ``seed``: ``pipeline.spec_characters`` (reference image files follow a
   spec file's safety rules and are carried in the spec once loaded).
+
+Defaults (a minimal spec is ``video_id``, ``title``, ``duration_s`` and ``beats`` or ``brief``):
+``aspect_ratio`` 16:9; no ``style`` (prompts carry no style text); no ``music`` (the soundtrack is
+the narration alone, or silence: the video always has an audio track); no narration.
+``applied_defaults`` lists the defaults a loaded spec relied on.
+
+Narration (optional): a beat's ``narration`` text, or ``narration: from_brief`` (the planner's
+beat sentences are spoken); ``narration: {voice, pause_s, from_brief, captions}`` chooses the voice
+(a provider's voice name, checked when the video is planned), the pause after each beat's
+narration and whether captions are a soft subtitle track or burned into the picture. A beat with
+narration may say ``duration_s: auto``: it lasts its narration plus the pause, rounded up to a frame.
 """
 
 from __future__ import annotations
@@ -67,6 +78,14 @@ MAX_PROMPT_CHARS = 2000
 MAX_MOTION_CHARS = 500
 MAX_MUSIC_PROMPT_CHARS = 1000
 MAX_BRIEF_CHARS = 20_000
+MAX_NARRATION_CHARS = 2000
+"""Longest narration of one beat, in characters (about two minutes of speech)."""
+MAX_VOICE_CHARS = 64
+MAX_PAUSE_S = 5.0
+"""Longest pause after a beat's narration, in seconds."""
+DEFAULT_PAUSE_S = 0.4
+"""The pause after each beat's narration when the spec gives none, in seconds."""
+DEFAULT_ASPECT_RATIO = "16:9"
 MAX_PROBLEMS = 50
 """Most problems a SpecError lists; the rest are counted."""
 
@@ -90,6 +109,10 @@ def _text(max_chars: int) -> Any:
 NonEmptyStr = _text(MAX_BRIEF_CHARS)
 TitleText, StyleText, PromptText = _text(MAX_TITLE_CHARS), _text(MAX_STYLE_CHARS), _text(MAX_PROMPT_CHARS)
 MotionText, MusicPromptText, BriefText = _text(MAX_MOTION_CHARS), _text(MAX_MUSIC_PROMPT_CHARS), _text(MAX_BRIEF_CHARS)
+NarrationText = _text(MAX_NARRATION_CHARS)
+VoiceName = Annotated[str, Field(strict=True), StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+"""A voice's name: a piper voice package ("joe"), a model file in the deployment's voices folder
+("en_GB-alan-medium"), or a Replicate model's voice ("af_bella"); never a path."""
 Seconds = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 """A finite number of seconds: an int or float; never a boolean, a string, NaN or infinity."""
 
@@ -127,21 +150,56 @@ Seed = Annotated[int, Field(strict=True, ge=0, lt=2**31)]
 """A generation seed: a whole number 0 .. 2**31 - 1."""
 
 
+BeatSeconds = Annotated[Seconds, Field(ge=SHORTEST_BEAT_S, le=MAX_BEAT_DURATION_S)]
+
+
 class BeatSpec(_Strict):
     """One scene: what is shown (``prompt``, at most 2,000 characters), for how long (seconds,
-    0.1-600) and optional camera ``motion`` (at most 500 characters).
+    0.1-600, or ``"auto"`` for a narrated beat: its narration plus the pause), optional camera
+    ``motion`` (at most 500 characters) and optional ``narration`` (spoken text, at most 2,000
+    characters).
 
     Characters and re-rolls (optional; ``pipeline.spec_characters``): ``characters``, the exact
     list of the spec's characters this beat shows (without it: those named in the prompt);
-    ``seed``, this beat's own seed (default: derived from the video's seed and the beat index), so
+    ``seed``, this beat's own seed (default: derived from the video's seed and the index), so
     one beat can be re-rolled alone: a new seed changes only this beat's cache keys."""
 
     prompt: PromptText
-    duration_s: Annotated[Seconds, Field(ge=SHORTEST_BEAT_S, le=MAX_BEAT_DURATION_S)]
+    duration_s: BeatSeconds | Literal["auto"]
     motion: MotionText | None = None
     # --- characters and per-beat seed (issue 13) ---
     seed: Seed | None = None
     characters: BeatCharacters | None = None
+    narration: NarrationText | None = None
+
+    @model_validator(mode="after")
+    def _auto_needs_narration(self) -> "BeatSpec":
+        if self.duration_s == "auto" and self.narration is None:
+            raise ValueError("duration_s: auto needs the beat's narration (its length is the narration's, "
+                             "plus the pause); give a number of seconds or a narration")
+        return self
+
+    @property
+    def auto(self) -> bool:
+        """True when the beat's length is derived from its narration."""
+        return self.duration_s == "auto"
+
+
+CaptionMode = Literal["soft", "burned", "none"]
+
+
+class NarrationSpec(_Strict):
+    """How beats are spoken. ``voice``: a voice name (None: the provider's default; which names
+    a provider accepts: ``pipeline validate``). ``from_brief``: speak the planner's beat
+    sentences (a ``brief`` only). ``pause_s``: silence after each beat's narration (0-5 s).
+    ``captions``: "soft" (a subtitle track in the MP4, and .vtt/.srt files beside it; the
+    default), "burned" (also drawn into the picture: the video is re-encoded once) or "none"
+    (files only, no track)."""
+
+    voice: VoiceName | None = None
+    from_brief: Annotated[bool, Field(strict=True)] = False
+    pause_s: Annotated[Seconds, Field(ge=0, le=MAX_PAUSE_S)] = DEFAULT_PAUSE_S
+    captions: CaptionMode = "soft"
 
 
 PROVIDER_NAMES = ("local", "replicate")
@@ -192,9 +250,11 @@ class VideoSpec(_Strict):
     video_id: Annotated[str, Field(strict=True), StringConstraints(pattern=VIDEO_ID_PATTERN)]
     title: TitleText
     duration_s: Annotated[Seconds, Field(ge=SHORTEST_BEAT_S, le=MAX_DURATION_S)]
-    aspect_ratio: AspectRatio
-    style: StyleText
-    music: MusicSpec
+    aspect_ratio: AspectRatio = DEFAULT_ASPECT_RATIO
+    style: StyleText | None = None
+    """None: prompts carry no style text."""
+    music: MusicSpec | None = None
+    """None: no music (the soundtrack is the narration, or silence)."""
     max_cost_usd: Annotated[float, Field(strict=True, allow_inf_nan=False, ge=0)] | None = None
     seed: Annotated[int, Field(strict=True, ge=0, lt=2**31)] | None = None
     beats: Annotated[list[BeatSpec], Field(strict=True, min_length=1, max_length=MAX_SPEC_BEATS)] | None = None
@@ -206,17 +266,57 @@ class VideoSpec(_Strict):
     # --- characters (issue 13) ---
     characters: Characters | None = None
     """Recurring characters ``{name: CharacterSpec}`` (``pipeline.spec_characters``)."""
+    narration: NarrationSpec | Literal["from_brief"] | None = None
+    """How beats are spoken (``NarrationSpec``); the text ``from_brief`` is ``{from_brief: true}``."""
 
     @model_validator(mode="after")
     def _beats_xor_brief(self) -> "VideoSpec":
         if (self.beats is None) == (self.brief is None):
             raise ValueError("give exactly one of 'beats' (a list of scenes) or 'brief' (free text to plan)")
+        if self.narration_spec.from_brief and self.brief is None:
+            raise ValueError("from_brief speaks the sentences the planner makes of a 'brief', and this "
+                             "spec lists 'beats': give each beat a 'narration' instead")
         return self
 
     @model_validator(mode="after")
     def _known_characters(self) -> "VideoSpec":
         check_character_names(self.characters, [b.characters for b in self.beats or []])
         return self
+
+    @property
+    def narration_spec(self) -> NarrationSpec:
+        """The narration settings, defaults filled in (``from_brief`` as text becomes ``from_brief: true``)."""
+        if self.narration == "from_brief":
+            return NarrationSpec(from_brief=True)
+        return self.narration or NarrationSpec()
+
+    @property
+    def narrated(self) -> bool:
+        """Whether any beat is spoken (a beat's ``narration``, or ``from_brief``)."""
+        return self.narration_spec.from_brief or any(b.narration for b in self.beats or [])
+
+    def applied_defaults(self) -> list[str]:
+        """The defaults this spec relies on, one line each (what ``pipeline validate`` prints):
+        ``aspect_ratio 16:9 (default)``, no style, no music, the narration's voice and pause."""
+        given = self.model_fields_set
+        out = []
+        if "aspect_ratio" not in given:
+            out.append(f"aspect_ratio {DEFAULT_ASPECT_RATIO} (default)")
+        if self.style is None:
+            out.append("style: none (default: prompts carry no style text)")
+        if self.music is None:
+            out.append("music: none (default: the soundtrack is " + ("the narration alone" if self.narrated
+                                                                       else "silence") + ")")
+        if self.narrated:
+            n = self.narration_spec
+            set_n = n.model_fields_set if isinstance(self.narration, NarrationSpec) else set()
+            if "voice" not in set_n:
+                out.append("narration.voice: the provider's default voice (default)")
+            if "pause_s" not in set_n:
+                out.append(f"narration.pause_s {DEFAULT_PAUSE_S:g} (default)")
+            if "captions" not in set_n:
+                out.append("narration.captions soft (default: a subtitle track, and .vtt/.srt files)")
+        return out
 
     @field_validator("models")
     @classmethod
@@ -238,8 +338,9 @@ class VideoSpec(_Strict):
 
     def fingerprint(self) -> str:
         """sha256 of the spec's canonical JSON: equal for specs that render the same video. The
-        optional ``provider`` and ``models`` count only when given, so a spec without them keeps
-        the fingerprint it had before they existed."""
+        optional ``provider``, ``models`` and the fields added later (``LATER_OPTIONAL_FIELDS``,
+        ``LATER_OPTIONAL_BEAT_FIELDS``) count only when given, so a spec without them keeps the
+        fingerprint it had before they existed."""
         unset = {name for name in ("provider", "models", *LATER_OPTIONAL_FIELDS) if getattr(self, name) is None}
         data = self.model_dump(mode="json", exclude=unset)
         for beat in data.get("beats") or []:
@@ -249,9 +350,9 @@ class VideoSpec(_Strict):
         return sha256_json(data)
 
 
-LATER_OPTIONAL_FIELDS = ("characters",)
+LATER_OPTIONAL_FIELDS = ("characters", "narration")
 """Optional spec fields added after specs were registered: they count in ``fingerprint`` only when given."""
-LATER_OPTIONAL_BEAT_FIELDS = ("seed", "characters")
+LATER_OPTIONAL_BEAT_FIELDS = ("seed", "characters", "narration")
 """Optional beat fields added later: in ``fingerprint`` only when given (old specs keep their version)."""
 
 
@@ -289,7 +390,10 @@ def _problem(err: dict) -> str:
     msg = err["msg"].removeprefix("Value error, ")
     if not loc and kind == "value_error" and re.match(r"(characters|beats\[\d+\])[.:\[]", msg):
         return msg  # a spec-level check that names its own field (pipeline.spec_characters)
-    loc = loc or ("beats/brief" if kind == "value_error" else "(top level)")
+    loc = loc or (("narration" if msg.startswith("from_brief") else "beats/brief") if kind == "value_error"
+                  else "(top level)")
+    if kind == "union_shape":
+        return f"{loc}: {msg}"
     if kind == "string_pattern_mismatch" and loc.startswith("characters.") and loc.endswith(".[key]"):
         return (f"{loc.removesuffix('.[key]')}: {quoted(value, 80)} is not a valid character name: start with a "
                 f"letter, then letters, digits, spaces, '-', '_' or apostrophes (at most {MAX_NAME_CHARS})")
@@ -303,6 +407,9 @@ def _problem(err: dict) -> str:
     elif kind == "string_pattern_mismatch" and loc == "video_id":
         msg = (f"{quoted(value, 80)} is not a valid video_id: use 1-63 lowercase "
                "letters, digits and '-', starting with a letter or digit")
+    elif kind == "string_pattern_mismatch" and loc.endswith("voice"):
+        msg = (f"{quoted(value, 80)} is not a voice name: use 1-64 letters, digits, '_', '.' and '-' (a name, "
+               "never a path; `pipeline validate` lists the voices)")
     elif kind == "string_unicode":
         msg = "is not valid Unicode text (it holds an unpaired surrogate, e.g. from a \\ud800 escape)"
     elif kind == "string_too_long" and isinstance(value, str):
@@ -320,6 +427,42 @@ def _problem(err: dict) -> str:
     return f"{loc}: {msg}"
 
 
+_UNION_WORDS = {"duration_s": "a number of seconds or 'auto'",
+                "narration": "'from_brief' or a mapping of narration fields (voice, pause_s, from_brief, captions)"}
+"""What a field that takes either of two shapes should be (``_untangle``)."""
+
+
+def _untangle(errors: list[dict]) -> list[dict]:
+    """Pydantic reports a value that fits neither member of a union (``duration_s``: seconds or
+    "auto"; ``narration``: a mapping or "from_brief") once per member, with the member's tag in the
+    location. Keep one error per field: the member's own errors (tag removed) when the value has that
+    member's shape (a number; a mapping), else one "should be <either>" error."""
+    out: list[dict] = []
+    literal_inputs = {}
+    for err in errors:
+        loc = err["loc"]
+        for i, part in enumerate(loc):
+            if isinstance(part, str) and part.startswith("literal["):
+                literal_inputs[tuple(loc[:i])] = err.get("input")
+    for err in errors:
+        loc = err["loc"]
+        tag = next((i for i, p in enumerate(loc) if isinstance(p, str) and i > 0 and loc[i - 1] in _UNION_WORDS
+                    and (p.startswith("literal[") or p in ("constrained-float", "NarrationSpec"))), None)
+        if tag is None:
+            out.append(err)
+            continue
+        field_loc, value = tuple(loc[:tag]), literal_inputs.get(tuple(loc[:tag]), err.get("input"))
+        fits_member = isinstance(value, dict) if loc[tag - 1] == "narration" else (
+            isinstance(value, (int, float)) and not isinstance(value, bool))
+        if fits_member:
+            if not loc[tag].startswith("literal["):
+                out.append({**err, "loc": field_loc + tuple(loc[tag + 1:])})
+        elif loc[tag].startswith("literal["):
+            out.append({"loc": field_loc, "type": "union_shape", "input": value,
+                        "msg": f"should be {_UNION_WORDS[loc[tag - 1]]}, got {describe_value(value)}"})
+    return out
+
+
 def parse_spec(data: Any, source: str = "<spec>") -> VideoSpec:
     """Validate an already-parsed spec mapping. Raises SpecError naming ``source`` and each field."""
     if not isinstance(data, dict):
@@ -328,7 +471,7 @@ def parse_spec(data: Any, source: str = "<spec>") -> VideoSpec:
     try:
         return VideoSpec.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(source, [_problem(err) for err in exc.errors()]) from None
+        raise SpecError(source, [_problem(err) for err in _untangle(exc.errors())]) from None
 
 
 def load_spec_text(text: str, source: str = "<spec>", *, folder: str | os.PathLike | None = None) -> VideoSpec:

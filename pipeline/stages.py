@@ -12,8 +12,8 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from pipeline import costs, media
-from pipeline.characters import beat_reference_keys, plan_characters, storyboard_prompt
+from pipeline import costs, media, voiceover
+from pipeline.characters import beat_reference_keys, plan_characters, storyboard_prompt, style_text
 from pipeline.drift import beat_drift
 from pipeline.generation import GenerationRequest, Generator, ProviderResult
 from pipeline.ledger import Ledger
@@ -28,6 +28,7 @@ from pipeline.manifests import (
     MediaManifest,
     MusicManifest,
     PlannedBeat,
+    SoundtrackManifest,
     StitchedManifest,
     StoryboardManifest,
     VideoPlan,
@@ -38,32 +39,21 @@ from pipeline.publish import publish, publish_final  # noqa: F401 (publish: re-e
 from pipeline.progress import Progress, ProgressCallback, report
 from pipeline.providers import Provider, ProviderError
 from pipeline.spec import BeatSpec, SpecError, Truncation, fit_beats, sha256_json
-from pipeline.spec_characters import beat_characters
 from pipeline.store import Workspace
+from pipeline.step_models import (  # noqa: F401 (re-exported: they were defined here)
+    CLIP_MODEL,
+    CONFORM_MODEL,
+    FFMPEG,
+    FINISH_MUSIC_MODEL,
+    MUX_COPY_MODEL,
+    MUX_REENCODE_MODEL,
+    STITCH_CLIPS_MODEL,
+    STITCH_MODEL,
+)
 from pipeline.submissions import Submission
-
-FFMPEG = "ffmpeg"
-"""Provider name recorded for the pipeline's own deterministic ffmpeg steps (always free)."""
 
 FADE_OUT_S = 2.0
 """The music fades out over the video's last 2 s (at most a quarter of the video)."""
-
-# Model names of the pipeline's own ffmpeg steps (part of their cache keys: a new method gets a
-# new name, so a cache entry is never taken for the output of another method).
-CONFORM_MODEL = "conform-v1"
-"""A chunk's kept frames conformed to the plan (``media.conform``)."""
-CLIP_MODEL = "segment-clip-v1"
-"""A segment's conformed pieces joined by stream copy."""
-STITCH_MODEL = "stitch-v1"
-"""Stitch from the chunks themselves (manifests without clips): stream copy or re-encode."""
-STITCH_CLIPS_MODEL = "stitch-clips-v1"
-"""Stitch from the segments' clips (and chunks of segments without one)."""
-FINISH_MUSIC_MODEL = "finish-music-v1"
-"""The music trimmed/padded, faded, loudness-normalized and encoded for the final video."""
-MUX_COPY_MODEL = "mux-copy-v1"
-"""Final mux of the stitched video and the finished track, both by stream copy."""
-MUX_REENCODE_MODEL = "mux-loudnorm-v1"
-"""Final mux that finishes the music itself (music manifests without a finished track)."""
 
 
 class FanInError(RuntimeError):
@@ -72,12 +62,16 @@ class FanInError(RuntimeError):
 
 # --- video_spec --------------------------------------------------------------------------------
 
-def plan_video(submission: Submission, provider: Provider) -> VideoPlan:
+def plan_video(submission: Submission, provider: Provider, voicer: "voiceover.Voicer | None" = None) -> VideoPlan:
     """Validate a submission's spec and lay its beats on the timeline.
 
     A ``brief`` is split into beats by the provider's planner. Beats beyond ceil(duration_s / 5)
     are dropped from the end (``VideoPlan.truncation`` records it); start times are the running
-    sum of the kept durations. Raises SpecError for an invalid spec.
+    sum of the kept durations. Narrated beats whose length comes from their narration
+    (``duration_s: auto``, ``narration: from_brief``) are voiced by ``voicer`` to measure it
+    (``voiceover.time_beats``); without a voicer (``pipeline validate``) their length is estimated.
+    Raises SpecError for an invalid spec or a voice the provider does not have; what ``voicer``
+    raises (ProviderError, media.MediaError).
     """
     spec = submission.video_spec()
     paid_before = provider.planner_cost_usd
@@ -95,12 +89,9 @@ def plan_video(submission: Submission, provider: Provider) -> VideoPlan:
             raise SpecError(submission.source, [f"brief: cannot be planned: {exc}"]) from None
         planned_by = f"planner:{provider.planner_model}"
     kept, truncation = fit_beats(beats, spec.duration_s)
-    planned, start = [], 0.0
-    for i, beat in enumerate(kept):
-        planned.append(PlannedBeat(index=i, prompt=beat.prompt, motion=beat.motion,
-                                   duration_s=beat.duration_s, start_s=round(start, 6), seed=beat.seed,
-                                   characters=beat_characters(beat.prompt, beat.characters, spec.characters)))
-        start += beat.duration_s
+    spoken = voiceover.narration_plan(spec, provider, submission.source)
+    planned, _ = voiceover.time_beats(spec, kept, spoken, provider, voicer, provider.fps)
+    start = sum(b.duration_s for b in planned)
     width, height = spec.resolution
     seed = spec.seed if spec.seed is not None else int(sha256_json(spec.video_id)[:8], 16) % 2**31
     return VideoPlan(
@@ -110,6 +101,7 @@ def plan_video(submission: Submission, provider: Provider) -> VideoPlan:
         provider=provider.name, models=dict(submission.models), beats=planned, truncation=truncation, planned_by=planned_by,
         planning_cost_usd=round(provider.planner_cost_usd - paid_before, 6),
         spec_sha256=submission.spec_sha256, source=submission.source, characters=plan_characters(spec),
+        narration=spoken,
     )
 
 
@@ -152,11 +144,11 @@ def chunk_plan(duration_s: float, chunk_s: float) -> list[ChunkPlan]:
 
 
 def plan_beat(plan: VideoPlan, beat: PlannedBeat, provider: Provider) -> BeatManifest:
-    """The beat record of one real beat: prompts, seed (the beat's own, else derived from the
-    video's seed and the index), chunk plan, the characters it names with their reference cache
-    keys (``pipeline.characters``), and a fingerprint."""
+    """The beat record of one real beat: prompts (no style text for a spec without a style), seed
+    (the beat's own, else derived from the video's seed and the index), chunk plan, the characters
+    it names with their reference cache keys (``pipeline.characters``), and a fingerprint."""
     image_prompt = storyboard_prompt(beat.prompt, plan.style, beat.characters, plan.characters)
-    motion_prompt = f"{beat.prompt}. Camera: {beat.motion or 'gentle, steady camera drift'}. Style: {plan.style}."
+    motion_prompt = f"{beat.prompt}. Camera: {beat.motion or 'gentle, steady camera drift'}.{style_text(plan.style)}"
     seed = beat.seed if beat.seed is not None else (plan.seed + 7919 * beat.index) % 2**31
     chunks = chunk_plan(beat.duration_s, provider.chunk_seconds)
     body = dict(video_id=plan.video_id, index=beat.index, start_s=beat.start_s, duration_s=beat.duration_s,
@@ -461,7 +453,17 @@ def render_music(plan: VideoPlan, provider: Provider, generator: Generator,
     video's audio finished from it (``finish_track``), so the final mux is a stream copy.
 
     ``progress`` receives a started and a done ``Progress`` report for the track and for the
-    finished track. Raises what the provider or the store raises (ProviderError, media.MediaError)."""
+    finished track. A spec without music gets a silent track (``voiceover.silence_track``, free),
+    so the video still has audio. A narrated video's track is not finished here: the soundtrack
+    mixes the music under the narration and normalizes the mix once (``voiceover.make_soundtrack``).
+    Raises what the provider or the store raises (ProviderError, media.MediaError)."""
+    if plan.music is None:
+        item = dict(stage="music", kind="silent track", index=1, count=1)
+        report(progress, Progress("started", **item, seconds=plan.duration_s, detail="the spec has no music"))
+        started = time.monotonic()
+        silent = voiceover.silence_track(plan, generator)
+        report(progress, Progress("done", **item, medium=silent, elapsed_s=time.monotonic() - started))
+        return MusicManifest(video_id=plan.video_id, audio=silent, track=silent)
     request = GenerationRequest(media_type="audio", provider=provider.name, model=provider.music_model,
                                 prompt=plan.music.prompt, seed=plan.seed,
                                 params={"bpm": plan.music.bpm, "duration_s": math.ceil(plan.duration_s)},
@@ -473,6 +475,8 @@ def render_music(plan: VideoPlan, provider: Provider, generator: Generator,
     started = time.monotonic()
     audio = generator.generate(request, lambda scratch: provider.render_music(request, scratch))
     report(progress, Progress("done", **item, medium=audio, elapsed_s=time.monotonic() - started))
+    if plan.narration is not None:
+        return MusicManifest(video_id=plan.video_id, audio=audio)
     item = dict(stage="music", kind="finished track", index=1, count=1)
     report(progress, Progress("started", **item, seconds=plan.duration_s,
                               detail=f"fade-out, loudness {media.LOUDNESS_TARGET['I']:g} LUFS, AAC"))
@@ -516,7 +520,7 @@ def _fitting_track(plan: VideoPlan, music: MusicManifest) -> MediaManifest | Non
 
 def mux_video(plan: VideoPlan, stitched: StitchedManifest, music: MusicManifest, generator: Generator,
               workspace: Workspace, ledger: Ledger | None = None,
-              characters: CharactersManifest | None = None) -> FinalManifest:
+              characters: CharactersManifest | None = None, soundtrack: SoundtrackManifest | None = None) -> FinalManifest:
     """Mux the stitched video with the finished music and publish the result as
     ``videos/<video_id>.mp4``: a local copy, or with the S3 store an S3 object
     (``pipeline.publish.publish_final``; ``FinalManifest.published_uri`` says where).
@@ -530,7 +534,14 @@ def mux_video(plan: VideoPlan, stitched: StitchedManifest, music: MusicManifest,
     The manifest's cost lines (``pipeline.costs.final_costs``) are reconciled with ``ledger`` (None:
     the manifests alone): ``paid_usd`` (= ``cost_usd``) is what this video's calls paid in every
     attempt, ``reused_usd`` the price of outputs other videos paid for (USD). ``characters``: the
-    video's character references (``characters`` asset), whose lines come first after the plan's."""
+    video's character references (``characters`` asset), whose lines come first after the plan's.
+
+    ``soundtrack`` (the ``soundtrack`` asset's manifest; None for callers that predate it): its
+    track replaces the music's, and its narration cues become WebVTT and SRT files published beside
+    the video and a ``mov_text`` track muxed by stream copy (``FinalManifest.subtitles``). Captions
+    "burned" re-encode the video once with the captions drawn in ("reencode")."""
+    if soundtrack is not None and soundtrack.track is not None:
+        return voiceover.mux_soundtrack(plan, stitched, music, soundtrack, generator, workspace, ledger, characters)
     labels = {"video_id": plan.video_id, "stage": "final_video"}
     track = _fitting_track(plan, music)
     if track is not None:

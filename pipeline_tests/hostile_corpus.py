@@ -90,7 +90,7 @@ def _text_value(field: str, value):
 def _text_ok(field: str, v) -> bool:
     if field == "video_id":
         return isinstance(v, str) and re.fullmatch(VIDEO_ID_PATTERN, v) is not None
-    if field == "beats[1].motion" and v is None:
+    if field in ("beats[1].motion", "style") and v is None:  # optional: None is "not given"
         return True
     ok = isinstance(v, str) and not re.search("[\ud800-\udfff]", v) and 0 < len(v.strip()) <= CAPS[field]
     return ok and not _unplannable(field, v)
@@ -166,8 +166,9 @@ def _structure_cases(folder: Path) -> list[Case]:
 
     for field in ["video_id", "title", "duration_s", "aspect_ratio", "style", "music", "music.prompt",
                   "music.bpm", "beats[0].prompt", "beats[1].duration_s"]:
-        add(f"missing-{field.replace('[', '').replace(']', '')}.json", with_value(spec, field, ...), False,
-            _expect(field)[0])
+        optional = field in ("aspect_ratio", "style", "music")  # defaults: 16:9, no style, no music
+        add(f"missing-{field.replace('[', '').replace(']', '')}.json", with_value(spec, field, ...), optional,
+            *(() if optional else (_expect(field)[0],)))
     add("missing-beats.json", with_value(spec, "beats", ...), False, "exactly one of 'beats'")
     add("both-beats-and-brief.json", {**spec, "brief": "A kite."}, False, "exactly one of 'beats'")
     for where, doc in [("top", {**spec, "colour": "red"}), ("music", with_value(spec, "music.tempo", 90)),
@@ -182,8 +183,9 @@ def _structure_cases(folder: Path) -> list[Case]:
                                          ([None], "beats[0]: should be a mapping"), ([1], "beats[0]: should be"),
                                          ([[]], "beats[0]: should be"), (["text"], "beats[0]: should be")]):
         add(f"beats-shape-{i}.json", with_value(spec, "beats", value), False, expect)
-    for i, value in enumerate(["x", ["a"], None, 5]):
-        add(f"music-shape-{i}.json", with_value(spec, "music", value), False, "- music: ")
+    for i, value in enumerate(["x", ["a"], None, 5]):  # music: null is "no music" (valid)
+        add(f"music-shape-{i}.json", with_value(spec, "music", value), value is None,
+            *(() if value is None else ("- music: ",)))
     beat = {"prompt": "p", "duration_s": 1}
     add("beats-1000.json", with_value(spec, "beats", [beat] * 1000), True)
     add("beats-1001.json", with_value(spec, "beats", [beat] * 1001), False, "beats: a spec may list at most 1,000")

@@ -21,14 +21,16 @@ def test_asset_graph_is_the_documented_one():
     assert deps == {
         "video_spec": [],
         "characters": ["video_spec"],
-        "beats": ["video_spec"],
+        "narration": ["video_spec"],
+        "beats": ["narration", "video_spec"],
         "storyboard_images": ["beats", "characters", "video_spec"],
         "chunk_videos": ["beats", "storyboard_images", "video_spec"],
         "stitched_video": ["chunk_videos", "video_spec"],
         "music": ["video_spec"],
-        "final_video": ["music", "stitched_video", "video_spec"],
+        "soundtrack": ["music", "narration", "video_spec"],
+        "final_video": ["music", "soundtrack", "stitched_video", "video_spec"],
     }
-    per_segment = {"beats", "storyboard_images", "chunk_videos"}
+    per_segment = {"narration", "beats", "storyboard_images", "chunk_videos"}
     for key in graph.get_all_asset_keys():
         pdef = graph.get(key).partitions_def
         if key.to_user_string() in per_segment:

@@ -35,7 +35,7 @@ pytestmark = pytest.mark.timeout(1800)
 SHORT, MID, LONG, CLI = "short2", "mid3", "long6", "cli1"
 BEATS = {SHORT: 2, MID: 3, LONG: 6, CLI: 1}
 FAILING = "004"
-SEGMENT_ASSETS = ("beats", "storyboard_images", "chunk_videos")
+SEGMENT_ASSETS = ("narration", "beats", "storyboard_images", "chunk_videos")
 REPO = {"repositoryLocationName": "video_pipeline", "repositoryName": "__repository__"}
 
 STATS = """query($keys: [AssetKeyInput!]) { assetNodes(assetKeys: $keys) { assetKey { path }
@@ -216,7 +216,8 @@ def test_phantoms_recorded_partitions_complete_failures_real_and_nothing_stale(s
         report.append(f"after {LONG} with {FAILING} failing: {stats}")
         for asset, s in stats.items():
             assert s["numPartitions"] == 18 and s["missing"] == 0 and s["numMaterializing"] == 0, (asset, s)
-        assert {a: s["numFailed"] for a, s in stats.items()} == {"beats": 0, "storyboard_images": 0, "chunk_videos": 1}
+        assert {a: s["numFailed"] for a, s in stats.items()} == {"narration": 0, "beats": 0, "storyboard_images": 0,
+                                                                "chunk_videos": 1}
         failed_cells = [c for c, state in _cell_states(stack, "chunk_videos").items() if state == "failed"]
         assert len(failed_cells) == 1 and set(failed_cells[0]) == {LONG, FAILING}, failed_cells
         total, missing = job_page_missing(stack)

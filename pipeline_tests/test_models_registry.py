@@ -231,7 +231,7 @@ def test_pipeline_models_prints_the_registry(capsys):
     out = capsys.readouterr().out
     for ref, model in models.MODELS.items():
         assert f"{ref}{':' + model.version[:8] if model.version else ''}: https://replicate.com/{ref}" in out
-    assert f"registry ok: {len(models.MODELS)} models" in out and len(models.MODELS) == 9 and model_prices.CHECKED in out
+    assert f"registry ok: {len(models.MODELS)} models" in out and len(models.MODELS) == 10 and model_prices.CHECKED in out
     assert main(["models", "--markdown"]) == 0
     md = capsys.readouterr().out
     wan = [line for line in md.splitlines() if line.startswith("| wan-video/wan-2.2-i2v-fast ")]

@@ -53,7 +53,8 @@ def test_one_video_across_machines_with_only_s3_and_the_instance_shared(bucket, 
     machines = {name: tmp_path / name for name in ("submitter", "planner", "worker", "checker", "operator")}
     spec_path = write_spec(tmp_path / "two.yaml", video_id="two-machines", duration=10,
                            beats=[{"prompt": "A lighthouse at dusk", "duration_s": 5},
-                                  {"prompt": "Its beam sweeps the sea", "duration_s": 5, "motion": "slow pan"}])
+                                  {"prompt": "Its beam sweeps the sea", "duration_s": 5, "motion": "slow pan",
+                                   "narration": "The beam sweeps the sea."}])
     s3 = boto3.client("s3")
     with dg.DagsterInstance.get() as instance:
         # Machine 1 registers the spec: it lands in S3, not in its data directory.
@@ -89,6 +90,12 @@ def test_one_video_across_machines_with_only_s3_and_the_instance_shared(bucket, 
         frames, rate, audio_s = _decode(download)
         assert rate == plan.fps and frames == round(10 * plan.fps)
         assert audio_s == pytest.approx(10, abs=0.05)
+        # The narrated beat's subtitles are published beside the video in S3, not on the worker.
+        for ext in ("vtt", "srt"):
+            uri = f"s3://{bucket}/{prefix}/videos/two-machines.{ext}"
+            assert final.subtitles is not None and final.subtitles[ext] == uri, final.subtitles
+            text = s3.get_object(Bucket=bucket, Key=f"{prefix}/videos/two-machines.{ext}")["Body"].read().decode()
+            assert "The beam sweeps the sea." in text and " --> " in text, text
         for name, data_dir in machines.items():
             assert _nothing_local(data_dir) == [], name
 

@@ -265,13 +265,13 @@ def test_readme_backfill_steps_in_chromium(failed_segment_stack, tmp_path, _):
             dialog.get_by_role("button", name="Cancel").click()
             dialog.wait_for(state="hidden")
 
-            # Jobs -> render_segment -> Partitions -> Materialize...: all three segment assets.
+            # Jobs -> render_segment -> Partitions -> Materialize...: all four segment assets (narration too).
             page.get_by_role("link", name=re.compile(r"Jobs$")).click()
             page.get_by_role("link", name=re.compile(r"^(\S+ )?render_segment$")).first.click()
             page.get_by_role("tab", name="Partitions").click()
             page.get_by_text("Total partitions").wait_for()
             page.get_by_role("button", name="Materialize…").first.click()
-            dialog = page.get_by_role("dialog").filter(has_text="Launch runs to materialize 3 assets")
+            dialog = page.get_by_role("dialog").filter(has_text="Launch runs to materialize 4 assets")
             dialog.wait_for()
             for key in (FAILING, VIDEO):  # the segment list first, then the video list
                 dialog.get_by_text("Select a partition or create one").first.click()

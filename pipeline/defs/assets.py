@@ -31,6 +31,8 @@ from pipeline.manifests import (
     ChunkVideosManifest,
     FinalManifest,
     MusicManifest,
+    NarrationManifest,
+    SoundtrackManifest,
     StitchedManifest,
     StoryboardManifest,
     VideoPlan,
@@ -88,9 +90,18 @@ def video_spec(context: dg.AssetExecutionContext, pipeline: PipelineResource) ->
     registry, ``PipelineResource.specs``: the data directory, or S3 when configured)."""
     from pipeline.submissions import load_submission
 
-    with permanent_errors():
+    from pipeline import voiceover
+
+    voiced = []
+
+    def voicer(request):  # narrated beats whose length comes from their narration (voiceover.time_beats)
+        voiced.append(voiceover.voice_clip(request, provider, pipeline.generator))
+        return voiced[-1]
+
+    with permanent_errors(), run_log.provider_logs(context):
         submission = load_submission(pipeline.specs, context.partition_key)
-        plan = stages.plan_video(submission, pipeline.provider(submission.provider, submission.models))
+        provider = pipeline.provider(submission.provider, submission.models)
+        plan = stages.plan_video(submission, provider, voicer)
     if plan.truncation is not None:
         context.log.warning(stages.truncation_message(plan, plan.truncation))
         stages.record_truncation(pipeline.workspace, plan)
@@ -108,16 +119,23 @@ def video_spec(context: dg.AssetExecutionContext, pipeline: PipelineResource) ->
         "truncated": plan.truncation is not None,
         "truncation": dg.MetadataValue.json(plan.truncation.model_dump() if plan.truncation else {}),
         "beat_table": metadata.md_table([{"segment": b.segment, "start_s": b.start_s, "duration_s": b.duration_s,
-                                          "motion": b.motion or "", "prompt": b.prompt} for b in plan.beats]),
+                                          "duration_from": b.duration_from, "motion": b.motion or "",
+                                          "prompt": b.prompt, "narration": b.narration or ""} for b in plan.beats]),
+        "narration": dg.MetadataValue.json(plan.narration.model_dump() if plan.narration else {}),
+        "voiced_while_planning": len(voiced),
         "spec_sha256": plan.spec_sha256,
-        **run_log.tag_run_cost(context, plan.planning_cost_usd, 0.0),
+        **run_log.tag_run_cost(context, round(plan.planning_cost_usd + run_cost(voiced)[0], 6), run_cost(voiced)[1]),
     })
 
 
-@dg.asset(partitions_def=per_segment, ins={"video_spec": SPEC_IN}, output_required=False, group_name="segments")
-def beats(context: dg.AssetExecutionContext, pipeline: PipelineResource, video_spec: VideoPlan | None):
+@dg.asset(partitions_def=per_segment, ins={"video_spec": SPEC_IN, "narration": dg.AssetIn("narration")},
+          output_required=False, group_name="segments")
+def beats(context: dg.AssetExecutionContext, pipeline: PipelineResource, video_spec: VideoPlan | None,
+          narration: NarrationManifest | None):
     """One beat record per segment: image prompt, motion prompt, seed and chunk plan
-    (ceil(duration / chunk length) chunks: a reference image chunk, then continuous chunks)."""
+    (ceil(duration / chunk length) chunks: a reference image chunk, then continuous chunks). Made
+    after the segment's ``narration`` (``narration_assets``), so a narration that does not fit stops
+    the segment before anything is paid for its pictures."""
     beat = _real_beat(context, video_spec)
     if beat is None:
         return
@@ -251,7 +269,8 @@ def music(context: dg.AssetExecutionContext, pipeline: PipelineResource, video_s
                                        pipeline.generator, progress=run_log.progress_logger(context))
     line = costs.music_line(plan.video_id, manifest)
     return dg.Output(manifest, metadata={
-        "duration_s": manifest.audio.duration_s, "bpm": plan.music.bpm, "cost_usd": manifest.audio.cost_usd,
+        "duration_s": manifest.audio.duration_s, "bpm": plan.music.bpm if plan.music else 0,
+        "cost_usd": manifest.audio.cost_usd,
         "paid_usd": line.paid_usd, "reused_usd": line.reused_usd, "paid_by": line.paid_by or "",
         "cache_hit": manifest.audio.cache_hit,
         "path": dg.MetadataValue.path(str(pipeline.generator.local_path(manifest.audio))),
@@ -266,7 +285,8 @@ def music(context: dg.AssetExecutionContext, pipeline: PipelineResource, video_s
 
 @dg.asset(partitions_def=videos, group_name="video", kinds={"mp4"}, check_specs=checks.FINAL_CHECKS)
 def final_video(context: dg.AssetExecutionContext, pipeline: PipelineResource, video_spec: VideoPlan | None,
-                stitched_video: StitchedManifest | None, music: MusicManifest | None):
+                stitched_video: StitchedManifest | None, music: MusicManifest | None,
+                soundtrack: SoundtrackManifest | None):
     """The stitched video muxed with the music's finished track by stream copy (``mux_method``
     "stream_copy"; "reencode" when the music manifest predates finished tracks and the music is
     faded out and loudness-normalized here), published as ``videos/<video_id>.mp4``: in the data
@@ -274,14 +294,16 @@ def final_video(context: dg.AssetExecutionContext, pipeline: PipelineResource, v
     server-side copy; ``FinalManifest.published_uri``). Metadata: where it is (path or URI, and a
     link), an animated preview, a poster frame, a storyboard contact
     sheet and the cost table. Checks, recorded per video partition: storyboards match beats,
-    duration matches the spec, audio present."""
+    duration matches the spec, audio present. The audio is the ``soundtrack``'s track (music, the
+    narrated mix, or silence); with narration the subtitles are published as .vtt and .srt beside
+    the video and muxed as a mov_text track (``subtitles`` in the metadata)."""
     plan = _require(video_spec, "video_spec", context)
     ledger = costs.open_ledger(pipeline.workspace.root, pipeline.provider(plan.provider, plan.models))
     cast = read_manifest(pipeline.manifests_dir, "characters", plan.video_id)
     cast = cast if isinstance(cast, CharactersManifest) and cast.spec_sha256 == plan.spec_sha256 else None
     manifest = stages.mux_video(plan, _require(stitched_video, "stitched_video", context),
                                 _require(music, "music", context), pipeline.generator, pipeline.workspace, ledger,
-                                characters=cast)
+                                characters=cast, soundtrack=soundtrack)
     boards = [read_manifest(pipeline.manifests_dir, "storyboard_images", str(segment_partition_key(plan.video_id, b.index)))
               for b in plan.beats]
     found = [b for b in boards if isinstance(b, StoryboardManifest)]
@@ -300,6 +322,7 @@ def final_video(context: dg.AssetExecutionContext, pipeline: PipelineResource, v
         "costs": metadata.cost_table(table),
         "loudness_in_lufs": float(manifest.video.extra.get("loudness", {}).get("input_i", "nan")),
         "mux_method": manifest.mux_method or "",
+        "subtitles": dg.MetadataValue.json(manifest.subtitles or {}),
         **run_log.tag_run_cost(context, 0.0, 0.0, {run_log.VIDEO_COST_TAG: costs.money(manifest.paid_usd)}),
     })
     yield from checks.final_checks(plan, manifest, {b.image.sha256 for b in found}, info)

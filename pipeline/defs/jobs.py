@@ -9,18 +9,20 @@ import dagster as dg
 
 from pipeline.defs.assets import final_video, music, segment_assets, stitched_video, video_spec
 from pipeline.defs.character_assets import characters
+from pipeline.defs.narration_assets import narration, soundtrack
 from pipeline.defs.partitions import per_segment, videos
 
 plan_video_job = dg.define_asset_job("plan_video", selection=[video_spec, characters], partitions_def=videos,
                                      description="Validate and plan one video (video_spec), then make its character "
                                                  "reference images (characters).")
 render_segment_job = dg.define_asset_job(
-    "render_segment", selection=segment_assets, partitions_def=per_segment,
-    description="Render one beat: beats -> storyboard_images -> chunk_videos for one (video, segment).")
+    "render_segment", selection=[narration, *segment_assets], partitions_def=per_segment,
+    description="Render one beat: narration -> beats -> storyboard_images -> chunk_videos for one (video, segment).")
 render_music_job = dg.define_asset_job("render_music", selection=[music], partitions_def=videos,
                                        description="Generate one video's music track.")
-assemble_video_job = dg.define_asset_job("assemble_video", selection=[stitched_video, final_video],
+assemble_video_job = dg.define_asset_job("assemble_video", selection=[stitched_video, soundtrack, final_video],
                                          partitions_def=videos,
-                                         description="Stitch a video's chunks and mux the music into the final video.")
+                                         description="Stitch a video's chunks, make its soundtrack (music, narration) "
+                                                     "and mux both into the final video.")
 
 all_jobs = [plan_video_job, render_segment_job, render_music_job, assemble_video_job]

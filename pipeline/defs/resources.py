@@ -104,8 +104,8 @@ class ReplicateSettings(dg.Config):
     1 s late on average instead of 5 s at a 10 s cap; reads are not billed; BENCHMARKS.md section 1).
     ``lease_s``: ledger ownership lease, seconds (renewed every third of it).
     ``deadline_s``: polling deadline per model kind, seconds (``{"video": 900}``; kinds image,
-    video, audio, text; the others keep the provider's defaults: image 600, video 1800, audio 1200,
-    text 600). A prediction still running then is canceled, and every create sends it as
+    video, audio, speech, text; the others keep the provider's defaults: image 600, video 1800, audio 1200,
+    speech 600, text 600). A prediction still running then is canceled, and every create sends it as
     ``Cancel-After`` (at least 5 s, the API's minimum) so Replicate cancels it by itself if the
     process dies. ``max_reads_per_minute``: the reads (polls, lookups, file checks) one process may
     send a minute, default 1500: Replicate allows 3000 a minute per account for everything but
@@ -130,7 +130,7 @@ class ReplicateSettings(dg.Config):
     @field_validator("deadline_s")
     @classmethod
     def _known_kinds(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        kinds = ("image", "video", "audio", "text")
+        kinds = ("image", "video", "audio", "speech", "text")
         for kind, seconds in (value or {}).items():
             if kind not in kinds:
                 raise ValueError(f"deadline_s: unknown kind {kind!r}; kinds are {', '.join(kinds)}")
@@ -327,7 +327,8 @@ class PipelineResource(dg.ConfigurableResource):
                     max_reads_per_minute=settings.max_reads_per_minute,
                     **{f"{kind}_model": ref for kind, ref in chosen.items()})
             elif name == "local":
-                self._providers[key] = get_provider("local", faults_file=configured(self.local.faults_file))
+                self._providers[key] = get_provider("local", faults_file=configured(self.local.faults_file),
+                                                   voices_dir=str(self.workspace.root / "voices"))
             else:
                 self._providers[key] = get_provider(name)  # raises ValueError naming the providers
         return self._providers[key]

@@ -10,7 +10,7 @@ order, with which tags and run keys is ``pipeline.orchestration.planner``'s; the
   once, longest beats first (``planner.fanout_runs``); none for a plan ``pipeline render`` made (it
   renders it itself). It records the phantom partitions every plan makes (``phantoms``), so a
   finished video shows complete and "Missing" means a real segment.
-- ``assembly_sensor``: once every real segment has ``chunk_videos`` (and the video has ``music``)
+- ``assembly_sensor``: once every real segment has ``chunk_videos`` and ``narration`` (and the video has ``music``)
   newer than its spec, requests ``assemble_video`` for that video, once per such state, unless that
   state is being or was assembled by another run (the CLI's). Logs what each video waits on.
 
@@ -165,7 +165,7 @@ def assembly_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResou
     is not requested. Each candidate video's decision is logged: what it waits on, or the request."""
     start = after = int(context.cursor or 0)
     candidates: set[str] = set()
-    for asset in ("chunk_videos", "music"):
+    for asset in ("chunk_videos", "narration", "music"):
         records = context.instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), after_storage_id=start), limit=1000,
             ascending=True).records

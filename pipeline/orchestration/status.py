@@ -34,8 +34,10 @@ from pipeline.orchestration.tags import ASSEMBLY_STATE_TAG, RETRY_TAG, VIDEO_TAG
 from pipeline.submissions import SPEC_TAG
 from pipeline.text_objects import TextObjects
 
-SEGMENT_ASSETS = ("beats", "storyboard_images", "chunk_videos")
-VIDEO_LEVEL_JOBS = {"music": "render_music", "stitched_video": "assemble_video", "final_video": "assemble_video"}
+SEGMENT_ASSETS = ("narration", "beats", "storyboard_images", "chunk_videos")
+"""The per-segment assets, upstream first (``narration`` feeds ``beats``)."""
+VIDEO_LEVEL_JOBS = {"music": "render_music", "stitched_video": "assemble_video", "soundtrack": "assemble_video",
+                    "final_video": "assemble_video"}
 """Which job materializes each video-level asset (its latest run decides in_progress / failed)."""
 IN_PROGRESS = {dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
                dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING}
@@ -61,10 +63,13 @@ class SegmentStatus:
     latest_run_status: str | None = None
     chunk_videos_storage_id: int | None = None
     cost_usd: float = 0.0
+    narration_storage_id: int | None = None
 
     @property
     def done(self) -> bool:
-        return self.states["chunk_videos"] == "materialized"
+        """The segment's clip and its narration are materialized for the current spec."""
+        return self.states["chunk_videos"] == "materialized" and self.states.get("narration", "materialized") == \
+            "materialized"
 
     @property
     def state(self) -> str:
@@ -102,11 +107,12 @@ class VideoStatus:
     @property
     def assembly_state(self) -> int | None:
         """The storage id of the newest input of ``assemble_video`` (every real segment's
-        ``chunk_videos`` and the ``music``): one number per state worth assembling, None while
-        not ``ready_to_assemble``."""
+        ``chunk_videos`` and ``narration``, and the ``music``): one number per state worth
+        assembling, None while not ``ready_to_assemble``."""
         if not self.ready_to_assemble:
             return None
-        return max([s.chunk_videos_storage_id or 0 for s in self.segments] + [self.music_storage_id or 0])
+        return max([max(s.chunk_videos_storage_id or 0, s.narration_storage_id or 0) for s in self.segments]
+                   + [self.music_storage_id or 0])
 
 
 def latest_real_storage_ids(instance: dg.DagsterInstance, asset: str, partitions: set[str]) -> dict[str, int]:
@@ -170,6 +176,7 @@ def video_status(instance: dg.DagsterInstance, manifests_dir: "str | Path | Text
             segment=seg, states=states, latest_run_id=run.run_id if run else None,
             latest_run_status=run.status.value if run else None,
             chunk_videos_storage_id=latest["chunk_videos"].get(key),
+            narration_storage_id=latest["narration"].get(key),
             cost_usd=(cv.cost_usd + cv.storyboard.cost_usd) if isinstance(cv, ChunkVideosManifest) else 0.0))
     job_runs: dict[str, dg.DagsterRun] = {}
     for record in instance.get_run_records(dg.RunsFilter(tags={"dagster/partition": video_id}), limit=200):

@@ -68,6 +68,31 @@ class Provider(ABC):
         """Split a free-text brief into beats whose durations sum to ``duration_s``, none under 5 s.
         A paid planner records its call under ``video_id`` and refuses it past ``max_cost_usd`` (USD)."""
 
+    # --- narration (optional: a provider without text to speech refuses narrated videos) ------------
+
+    narration_model: str = ""
+    """The text-to-speech model's id ("" when the provider has none)."""
+    default_voice: str = ""
+
+    def voices(self) -> list[str]:
+        """The voice names a spec's ``narration.voice`` may give for this provider."""
+        return []
+
+    def resolve_voice(self, voice: str | None) -> str:
+        """The voice a narration is spoken with: ``voice``, or the provider's default for None.
+        Raises ValueError naming the voices there are when this provider has no such voice."""
+        raise ValueError(f"the {self.name} provider has no text to speech; narration needs one")
+
+    def speech_params(self, voice: str) -> dict:
+        """Request ``params`` that identify how ``voice`` speaks (part of a clip's cache key)."""
+        return {"voice": voice}
+
+    def render_speech(self, request: GenerationRequest, scratch: Path) -> ProviderResult:
+        """Voice ``request.prompt`` (params: voice) into an audio file in ``scratch``. The result's
+        ``extra`` holds ``cues`` (each sentence's ``start_s``/``end_s`` in the clip, and ``text``) and
+        ``timing`` (how they were found: ``pipeline.narration``). Raises ProviderError."""
+        raise ProviderError(f"the {self.name} provider has no text to speech", retryable=False)
+
     def estimate_cost_usd(self, request: GenerationRequest) -> float:
         """Price of ``request`` before it is made (USD). Free providers return 0."""
         return 0.0

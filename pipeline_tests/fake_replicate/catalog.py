@@ -30,6 +30,8 @@ def input_schema(ref: str) -> dict[str, Any]:
         props[spec["resolution"][0]] = {"type": "string", "default": spec["resolution"][1]}
     if spec.get("format_field"):
         props[spec["format_field"]] = {"type": "string", "default": spec["format"]}
+    if spec["kind"] == "speech":
+        props.update({"voice": {"type": "string", "default": "af_bella"}, "speed": {"type": "number", "default": 1}})
     if spec["kind"] == "image":
         props.update({"aspect_ratio": {"type": "string", "default": "1:1"},
                       "output_format": {"type": "string", "default": spec.get("format", "webp")}})

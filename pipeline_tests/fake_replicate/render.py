@@ -98,6 +98,8 @@ def render(server: "FakeReplicate", pred: FakePrediction) -> tuple[Any, dict[str
         return _video(server, pred, spec, work)
     if kind == "audio":
         return _audio(server, pred, spec, work)
+    if kind == "speech":
+        return _speech(server, pred, work)
     prompt = str(inp["prompt"])
     if "bad_json" in pred.outcome:
         text = 'Sure! Here are the beats: {"beats": [{"prompt": "The sun heats the ocean", "duration_s": '
@@ -193,4 +195,39 @@ def _audio(server: "FakeReplicate", pred: FakePrediction, spec: dict[str, Any], 
         mp3 = work / "output.mp3"
         media.run_ffmpeg(["-i", str(wav), "-c:a", "libmp3lame", "-b:a", "128k", str(mp3)], what="encode mp3")
         return server._add_file(pred, "output.mp3", mp3.read_bytes(), "audio/mpeg"), {}
+    return server._add_file(pred, "output.wav", wav.read_bytes(), "audio/wav"), {}
+
+
+SPEECH_RATE = 24_000
+"""Kokoro's output sample rate (Hz)."""
+
+
+def speech_like(text: str, *, rate: int = SPEECH_RATE, chars_per_s: float = 15.0, gap_s: float = 0.35) -> np.ndarray:
+    """A stand-in for a voice reading ``text``: per sentence, a burst of speech-band sound (a 140 Hz
+    buzz's harmonics up to 3.4 kHz, syllable-rate amplitude, ``len / chars_per_s`` seconds), with
+    ``gap_s`` of silence between sentences and 0.1 s around. Mono float32, peak 0.9."""
+    from pipeline.narration import sentences
+
+    parts = [np.zeros(int(0.1 * rate), np.float32)]
+    for i, sentence in enumerate(sentences(text) or [text]):
+        n = int(max(0.3, len(sentence) / chars_per_s) * rate)
+        t = np.arange(n) / rate
+        buzz = sum(np.sin(2 * np.pi * 140 * k * t) / k for k in range(2, 25))
+        syllables = 0.55 + 0.45 * np.sin(2 * np.pi * 4.0 * t) ** 2
+        edge = np.minimum(1.0, np.minimum(t, t[-1] - t) / 0.02)
+        parts.append((buzz * syllables * edge).astype(np.float32))
+        parts.append(np.zeros(int((gap_s if i < len(sentences(text)) - 1 else 0.1) * rate), np.float32))
+    out = np.concatenate(parts)
+    return (out / (np.abs(out).max() or 1.0) * 0.9).astype(np.float32)
+
+
+def _speech(server: "FakeReplicate", pred: FakePrediction, work: Path):
+    inp = pred.input
+    samples = speech_like(str(inp["text"]), chars_per_s=15.0 / float(inp.get("speed") or 1.0))
+    wav = work / "output.wav"
+    with wave.open(str(wav), "wb") as wf:
+        wf.setnchannels(1)
+        wf.setsampwidth(2)
+        wf.setframerate(SPEECH_RATE)
+        wf.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
     return server._add_file(pred, "output.wav", wav.read_bytes(), "audio/wav"), {}

@@ -14,6 +14,7 @@ from typing import Any
 DEFAULT_TOKEN = "r8_FAKEfakeFAKEfake0123456789abcdefXYZ"
 
 MUSICGEN_VERSION = "671ac645ce5e552cc63a54a2bbff63fcf798043055d2dac5fc9e36a837eedcfb"
+KOKORO_VERSION = "f559560eb822dc509045f3921a1921234918b91739db4bf3daab2169b71c7a13"
 
 # Our own description of the real models' schemas (deliberately independent of pipeline.models).
 FAKE_MODELS: dict[str, dict[str, Any]] = {
@@ -33,6 +34,7 @@ FAKE_MODELS: dict[str, dict[str, Any]] = {
                                       "format": "mp3"},
     "meta/musicgen": {"kind": "audio", "required": ["prompt"], "duration": ("duration", 8), "format_field": "output_format",
                       "format": "wav", "versions": [MUSICGEN_VERSION]},
+    "jaaari/kokoro-82m": {"kind": "speech", "required": ["text"], "versions": [KOKORO_VERSION]},
     "meta/meta-llama-3-70b-instruct": {"kind": "text", "required": ["prompt"]},
 }
 

@@ -34,7 +34,8 @@ from pipeline.providers.replicate.ratelimit import retry_after_s, wait_for_serve
 DEFAULT_OUTPUT_HOSTS: tuple[str, ...] = ("replicate.delivery",)
 """Hosts outputs may be downloaded from by default (https only; subdomains included)."""
 
-DEFAULT_MAX_DOWNLOAD_BYTES = {"image": 64 << 20, "video": 1 << 30, "audio": 256 << 20, "text": 8 << 20}
+DEFAULT_MAX_DOWNLOAD_BYTES = {"image": 64 << 20, "video": 1 << 30, "audio": 256 << 20, "speech": 64 << 20,
+                              "text": 8 << 20}
 """Largest output accepted, bytes, by model kind."""
 
 DETERMINISTIC_CAUSES = frozenset({"too_large", "refused_host"})

@@ -22,12 +22,13 @@ PLANNER_SYSTEM = ("You are a film editor. You split a narration brief into story
                   "JSON only: no prose, no code fences.")
 
 
-def planner_prompt(brief: str, *, duration_s: float, style: str, max_beats: int, problem: str | None = None) -> str:
+def planner_prompt(brief: str, *, duration_s: float, style: str | None, max_beats: int,
+                   problem: str | None = None) -> str:
     """The planner's prompt. The brief sits between ``<<<`` and ``>>>`` lines."""
     low = min(max_beats, max(1, math.ceil(duration_s / 15.0)))
     text = (
-        f"Split the brief below into between {low} and {max_beats} beats for a {duration_s:g}-second video "
-        f"in this style: {style}.\n"
+        f"Split the brief below into between {low} and {max_beats} beats for a {duration_s:g}-second video"
+        + (f" in this style: {style}" if style else "") + ".\n"  # no style: the sentence ends at "video"
         f"Rules: keep the brief's order; every beat lasts at least {MIN_BEAT_S:g} seconds; the durations add up to "
         f"exactly {duration_s:g} seconds; each prompt says what is on screen in one or two sentences; "
         "motion is a short camera direction.\n"

@@ -28,7 +28,7 @@ from pipeline.store import Workspace
 
 log = logging.getLogger("pipeline.providers.replicate")
 
-DEFAULT_DEADLINES_S = {"image": 600.0, "video": 1800.0, "audio": 1200.0, "text": 600.0}
+DEFAULT_DEADLINES_S = {"image": 600.0, "video": 1800.0, "audio": 1200.0, "speech": 600.0, "text": 600.0}
 """Polling deadline per call, seconds, by model kind (also sent as ``Cancel-After``)."""
 
 
@@ -144,6 +144,8 @@ class ReplicateProvider(Provider):
         self.video = get_model(video_model or DEFAULTS["video"], "video")
         self.music = get_model(music_model or DEFAULTS["audio"], "audio")
         self.planner = get_model(planner_model or DEFAULTS["text"], "text")
+        self.speech = get_model(DEFAULTS["speech"], "speech")
+        self.narration_model = self.speech.id
         self.image_model, self.video_model = self.image.id, self.video.id
         self.reference = self.image if self.image.max_reference_images else get_model(REFERENCE_DEFAULT, "image")
         self.reference_image_model = self.reference.id
@@ -239,6 +241,39 @@ class ReplicateProvider(Provider):
                                 f"this video needs {seconds:g} s (choose another music_model)", retryable=False)
         return run_media(self, request, model, scratch)
 
+    # --- narration ---------------------------------------------------------------------------------
+
+    default_voice = "af_bella"
+    KOKORO_VOICES = ("af_alloy", "af_aoede", "af_bella", "af_jessica", "af_kore", "af_nicole", "af_nova", "af_river",
+                     "af_sarah", "af_sky", "am_adam", "am_echo", "am_eric", "am_fenrir", "am_liam", "am_michael",
+                     "am_onyx", "am_puck", "bf_alice", "bf_emma", "bf_isabella", "bf_lily", "bm_daniel", "bm_fable",
+                     "bm_george", "bm_lewis")
+    """Kokoro v1.0's English voices (its schema's ``voice`` enum; af/am American, bf/bm British)."""
+
+    def voices(self) -> list[str]:
+        return list(self.KOKORO_VOICES)
+
+    def resolve_voice(self, voice: str | None) -> str:
+        voice = voice or self.default_voice
+        if voice not in self.KOKORO_VOICES:
+            raise ValueError(f"narration.voice: {voice!r} is not a voice of {self.speech.ref}; voices: "
+                             + ", ".join(self.KOKORO_VOICES))
+        return voice
+
+    def speech_params(self, voice: str) -> dict:
+        return {"voice": voice, "speed": 1.0}
+
+    def render_speech(self, request: GenerationRequest, scratch: Path) -> ProviderResult:
+        """A narration clip from the speech model (one paid call for the whole text); each
+        sentence's cue is found at the clip's pauses (``pipeline.narration.cues_from_silences``)."""
+        from pipeline import narration
+
+        result = run_media(self, request, get_model(request.model, "speech"), scratch)
+        samples, rate = narration.read_mono(result.path)
+        cues, timing = narration.cues_from_silences(narration.sentences(request.prompt), samples, rate)
+        result.extra.update(cues=[c.model_dump() for c in cues], timing=timing, voice=request.params.get("voice"))
+        return result
+
     def estimate_cost_usd(self, request: GenerationRequest) -> float:
         """Registry price of ``request`` before it is made (USD); 0 for models not in the registry."""
         try:
@@ -250,7 +285,7 @@ class ReplicateProvider(Provider):
         """Ask the API that every configured model (the reference model included) and pinned version exists. Returns
         {model id: "ok"}; raises ProviderError naming the first one that does not (or could not be asked)."""
         out = {}
-        models = {m.id: m for m in (self.image, self.reference, self.video, self.music, self.planner)}
+        models = {m.id: m for m in (self.image, self.reference, self.video, self.music, self.speech, self.planner)}
         for m in models.values():
             until = time.monotonic() + 2 * self.api.request_timeout_s
             try:  # GET /v1/models/{ref} (and .../versions/{version})
