@@ -211,8 +211,8 @@ def test_render_with_s3_media_cache_and_manifests(bucket, tmp_path, monkeypatch)
         # Manifests are in S3 (none locally), and every medium they name is an object there.
         manifest_keys = _keys(bucket, f"{prefix}/manifests/")
         assets = {key[len(prefix) + 1:].split("/")[1] for key in manifest_keys}
-        assert assets == {"video_spec", "characters", "beats", "storyboard_images", "chunk_videos", "stitched_video",
-                          "music", "final_video"}
+        assert assets == {"video_spec", "characters", "narration", "beats", "storyboard_images", "chunk_videos",
+                          "stitched_video", "music", "soundtrack", "final_video"}
         stored = [load_manifest(s3.get_object(Bucket=bucket, Key=k)["Body"].read()) for k in manifest_keys]
         media_refs = [m for manifest in stored for m in _media(manifest)]
         assert len(media_refs) >= 2 * 3 + 3  # storyboards, chunks + last frames, stitched, music, final

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlencode
 
@@ -120,14 +120,20 @@ def _uncursor(text: str) -> tuple[tuple[float, str], bool]:
     return (float(fields["p"][0]), fields["i"][0]), fields.get("r", ["0"])[0] == "1"
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
 def _us(ts: float) -> int:
-    """Unix seconds as whole microseconds: the API's time resolution (filters compare at it)."""
-    return round(ts * 1_000_000)
+    """Unix seconds as whole microseconds, exactly as ``created_at`` is written (``iso``: the
+    datetime's own rounding), so a time read back from a listing compares equal to itself. The
+    filters compare at this resolution, the API's."""
+    return (datetime.fromtimestamp(ts, timezone.utc) - _EPOCH) // timedelta(microseconds=1)
 
 
-def _timestamp(text: str) -> float:
+def _timestamp_us(text: str) -> int:
+    """Whole microseconds since the epoch of an ISO 8601 time (naive means UTC), without floats."""
     dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
+    return ((dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)) - _EPOCH) // timedelta(microseconds=1)
 
 
 def list_predictions(h: "Handler", server: "FakeReplicate", query: dict[str, list[str]]) -> None:
@@ -137,8 +143,8 @@ def list_predictions(h: "Handler", server: "FakeReplicate", query: dict[str, lis
         return h._problem(f.options.get("status", 500), "Internal Server Error", "Something went wrong")
     filters = {k: query[k][0] for k in ("created_after", "created_before", "source") if query.get(k)}
     try:
-        after = _timestamp(filters["created_after"]) if "created_after" in filters else None
-        before = _timestamp(filters["created_before"]) if "created_before" in filters else None
+        after = _timestamp_us(filters["created_after"]) if "created_after" in filters else None
+        before = _timestamp_us(filters["created_before"]) if "created_before" in filters else None
         cursor = _uncursor(query["cursor"][0]) if query.get("cursor") else None
     except (ValueError, KeyError) as exc:
         return h._problem(400, "Bad request", f"invalid created_after, created_before or cursor: {exc}")
@@ -146,8 +152,8 @@ def list_predictions(h: "Handler", server: "FakeReplicate", query: dict[str, lis
     n = server.page_size
     with server._lock:
         preds = sorted(server.predictions.values(), key=lambda p: (p.created_at, p.id), reverse=True)
-        preds = [p for p in preds if (after is None or _us(p.created_at) >= _us(after))
-                 and (before is None or _us(p.created_at) < _us(before))
+        preds = [p for p in preds if (after is None or _us(p.created_at) >= after)
+                 and (before is None or _us(p.created_at) < before)
                  and ("source" not in filters or p.source == filters["source"])]
         keys = [(p.created_at, p.id) for p in preds]
         if cursor is None:

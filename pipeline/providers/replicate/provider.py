@@ -138,15 +138,13 @@ class ReplicateProvider(Provider):
         base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
         root = Path(workspace.root if workspace is not None else workspace_root or "data")
         self.ledger = Ledger(ledger_path or default_ledger_path(root))
-        if allowed_hosts is None:
-            allowed_hosts = DEFAULT_OUTPUT_HOSTS
+        allowed_hosts = DEFAULT_OUTPUT_HOSTS if allowed_hosts is None else allowed_hosts
         self.image = get_model(image_model or DEFAULTS["image"], "image")
         self.video = get_model(video_model or DEFAULTS["video"], "video")
         self.music = get_model(music_model or DEFAULTS["audio"], "audio")
         self.planner = get_model(planner_model or DEFAULTS["text"], "text")
         self.speech = get_model(DEFAULTS["speech"], "speech")
-        self.narration_model = self.speech.id
-        self.image_model, self.video_model = self.image.id, self.video.id
+        self.image_model, self.video_model, self.narration_model = self.image.id, self.video.id, self.speech.id
         self.reference = self.image if self.image.max_reference_images else get_model(REFERENCE_DEFAULT, "image")
         self.reference_image_model = self.reference.id
         """Makes storyboards from character references: the image model if it takes them, else REFERENCE_DEFAULT."""
