@@ -36,6 +36,9 @@ from pipeline.media_base import (
     run_ffmpeg,
 )
 
+
+# --- conforming chunks to the plan -------------------------------------------------------------
+
 def _video_encode_args(fps: int) -> list[str]:
     """Output arguments of every H.264 encode here: VIDEO_CODEC_ARGS at ``fps``, a keyframe a second."""
     args = ["-r", str(fps), "-g", str(fps)]
