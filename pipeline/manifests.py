@@ -1,80 +1,32 @@
 """Manifests: the small JSON records that cross asset boundaries instead of media bytes.
 
 Every manifest is a pydantic model with a ``kind`` tag, so the IO manager can store any of them
-as JSON and load it back without knowing the asset (``load_manifest``).
+as JSON and load it back without knowing the asset (``load_manifest``). The records they build
+on (``MediaManifest``, ``CostLine``, ``segment_key``) are in ``pipeline.manifests_base``, the audio
+manifests (music, narration, soundtrack) in ``pipeline.manifests_audio``; this module re-exports
+them, and ``AnyManifest`` lists every manifest. Nothing here imports Dagster.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import BaseModel, Field, TypeAdapter, model_validator
 
+from pipeline.manifests_audio import (  # noqa: F401 (re-exported: they were defined here)
+    Cue,
+    MusicManifest,
+    NarrationManifest,
+    SoundtrackManifest,
+)
+from pipeline.manifests_base import (  # noqa: F401 (re-exported: they were defined here)
+    CostLine,
+    MediaManifest,
+    _Manifest,
+    segment_key,
+    utc_now,
+)
 from pipeline.spec import MusicSpec, Truncation
-
-
-def utc_now() -> str:
-    """Current UTC time as an ISO 8601 string (seconds)."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def segment_key(index: int) -> str:
-    """Segment partition key of beat ``index``: zero-padded to three digits ("000", "001", ...)."""
-    return f"{index:03d}"
-
-
-class _Manifest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class MediaManifest(_Manifest):
-    """One stored medium and how it was made.
-
-    ``uri`` points into the media store; ``sha256``/``bytes`` identify the exact file; width/height
-    are pixels, duration_s seconds, fps frames per second (None where not applicable).
-
-    Money (USD), see ``pipeline.costs``:
-
-    - ``cost_usd``: what *this materialization's* call paid (0 on a cache hit, and 0 when the call
-      adopted a prediction someone else paid for).
-    - ``price_usd``: what generating this medium cost whoever paid for it; kept on cache hits.
-    - ``paid_by``: the video_id whose call paid for it; None when it was free (or for manifests
-      written before this field). On a cache hit it still names the payer, so a video can tell an
-      output it paid for in an earlier attempt from one it reused from another video.
-
-    Manifests written before ``price_usd`` existed load with ``price_usd = cost_usd``.
-    """
-
-    kind: Literal["media"] = "media"
-    media_type: Literal["image", "video", "audio"]
-    uri: str
-    sha256: str
-    bytes: int
-    width: int | None = None
-    height: int | None = None
-    duration_s: float | None = None
-    fps: float | None = None
-    provider: str
-    model: str
-    prediction_id: str | None = None
-    seed: int | None = None
-    prompt: str | None = None
-    cost_usd: float = 0.0
-    cache_hit: bool = False
-    cache_key: str | None = None
-    created_at: str = Field(default_factory=utc_now)
-    extra: dict[str, Any] = Field(default_factory=dict)
-    """Step-specific facts (e.g. the stitch method, the measured loudness)."""
-    price_usd: float = 0.0
-    paid_by: str | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _price_of_old_manifests(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "price_usd" not in data:
-            data = {**data, "price_usd": data.get("cost_usd", 0.0)}
-        return data
 
 
 class PlannedBeat(_Manifest):
@@ -312,119 +264,6 @@ class StitchedManifest(_Manifest):
     clips: int | None = None
 
 
-class MusicManifest(_Manifest):
-    """Output of ``music``: the generated track (at least as long as the video) and the final
-    video's audio made from it.
-
-    ``track``: ``audio`` finished for the plan (``pipeline.media.finish_music``: the video's
-    duration, faded out, loudness-normalized, AAC at 48 kHz), which ``final_video`` muxes by stream
-    copy. Its ``extra`` holds ``duration_s``, ``fade_out_s`` and ``loudness`` (loudnorm's pass 1
-    measurement). None in manifests written before finishing moved here: ``final_video`` then
-    finishes the music while muxing (``pipeline.media.mux_final``).
-    """
-
-    kind: Literal["music"] = "music"
-    video_id: str
-    audio: MediaManifest
-    track: MediaManifest | None = None
-
-
-class Cue(_Manifest):
-    """One subtitle cue: ``text`` shown from ``start_s`` to ``end_s`` (seconds; relative to a
-    narration clip's start in ``NarrationManifest``, to the video's start in ``SoundtrackManifest``)."""
-
-    start_s: float
-    end_s: float
-    text: str
-
-
-class NarrationManifest(_Manifest):
-    """Output of ``narration``: one beat's spoken text as a clip. ``clip`` None: the beat is silent.
-    ``cues``: its sentences with their times in the clip (``timing``: "synthesis", each sentence
-    voiced on its own and measured; "silences", found at the pauses of one clip; "characters",
-    spread by length). The clip plays from the beat's start; ``pause_s`` of silence follow it."""
-
-    kind: Literal["narration"] = "narration"
-    video_id: str
-    index: int
-    text: str | None
-    start_s: float
-    duration_s: float
-    pause_s: float = 0.0
-    clip: MediaManifest | None = None
-    cues: list[Cue] = Field(default_factory=list)
-    timing: str | None = None
-
-    @property
-    def segment(self) -> str:
-        return segment_key(self.index)
-
-
-class SoundtrackManifest(_Manifest):
-    """Output of ``soundtrack``: the final video's audio, and the subtitle cues on the video's clock.
-
-    ``method``: "music" (the music's finished track, as it is), "mix" (music ducked under the
-    narration by sidechain compression, then loudness-normalized once), "narration" (the narration
-    alone, loudness-normalized) or "silence". ``track`` is AAC at 48 kHz as long as the video, muxed
-    by stream copy; None only when the music manifest predates finished tracks (``final_video`` then
-    finishes the music itself). ``costs``: the narration clips' cost lines."""
-
-    kind: Literal["soundtrack"] = "soundtrack"
-    video_id: str
-    method: Literal["music", "mix", "narration", "silence"]
-    track: MediaManifest | None = None
-    cues: list[Cue] = Field(default_factory=list)
-    captions: Literal["soft", "burned", "none"] = "soft"
-    costs: list["CostLine"] = Field(default_factory=list)
-
-
-class CostLine(_Manifest):
-    """One row of a video's cost table (``pipeline.costs``). Money in USD.
-
-    - ``paid_usd``: what this video's own calls paid for the line (in this run or an earlier
-      attempt); ``reused_usd``: the price of an output this video used without paying for it
-      (paid by ``paid_by``, another video, or the same video for an output used twice).
-      For a paid provider, ``paid_usd + reused_usd`` is the line's price; both are 0 when free.
-    - ``paid_by``: the payer's video_id (None when free or unknown).
-    - ``source``: "manifest" for a medium the video's manifests use (storyboard image, chunk,
-      music, the brief plan), "ledger" for a prediction the video paid for that no manifest uses
-      (a failed or unusable prediction, an earlier spec version's calls).
-    - ``units``/``unit``: usage (1 image, video/audio seconds); None for ledger lines.
-
-    Lines written before ``paid_usd`` existed load their ``cost_usd`` as ``paid_usd``; the
-    ``cost_usd`` property reads ``paid_usd``.
-    """
-
-    stage: str
-    segment: str | None
-    item: str
-    provider: str
-    model: str
-    units: float | None = None
-    unit: str | None = None
-    paid_usd: float = 0.0
-    reused_usd: float = 0.0
-    paid_by: str | None = None
-    cache_hit: bool | None = None
-    prediction_id: str | None = None
-    cache_key: str | None = None
-    source: Literal["manifest", "ledger"] = "manifest"
-    note: str = ""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _old_cost_usd(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "cost_usd" in data:
-            data = dict(data)
-            cost = data.pop("cost_usd")
-            data.setdefault("paid_usd", cost or 0.0)
-        return data
-
-    @property
-    def cost_usd(self) -> float:
-        """What this video paid for the line (USD): ``paid_usd``."""
-        return self.paid_usd
-
 
 class FinalManifest(_Manifest):
     """Output of ``final_video``: stitched video muxed with loudness-normalized music.
@@ -472,7 +311,6 @@ class FinalManifest(_Manifest):
 
 StitchedManifest.model_rebuild()
 VideoPlan.model_rebuild()
-SoundtrackManifest.model_rebuild()
 
 AnyManifest = Annotated[
     Union[VideoPlan, BeatManifest, StoryboardManifest, ChunkVideosManifest, StitchedManifest, MusicManifest,

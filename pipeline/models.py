@@ -6,7 +6,8 @@ into that model's Replicate input (field names differ: ``image`` / ``start_image
 / ``duration`` ...) plus the aspect ratio it generates at and the crop the output then needs;
 ``estimate_usd`` prices a request before it is made (for ``max_cost_usd``); ``cost`` prices what
 actually came back (images, seconds of video or audio, GPU seconds, tokens); :func:`charge_for`
-prices a prediction by how it ended (canceled, failed, aborted).
+(in :mod:`pipeline.model_charges`, re-exported here) prices a prediction by how it ended
+(canceled, failed, aborted).
 
 Prices, their sources and check dates live in :mod:`pipeline.model_prices`; every entry here names
 ``schema_source``, where its input schema was checked (checked on ``model_prices.CHECKED``).
@@ -42,6 +43,7 @@ from pipeline.model_inputs import (
     wan,
     wan_frames,
 )
+from pipeline.model_charges import charge_for  # noqa: F401 (re-exported: it was defined here)
 from pipeline.model_prices import BILLING, NODETOOL, PRICES, Billing, Price, PriceUnit
 
 __all__ = ["DEFAULTS", "MODELS", "REFERENCE_DEFAULT", "Billing", "Cost", "ModelInput", "Price", "PriceUnit", "ReplicateModel",
@@ -224,50 +226,6 @@ class ReplicateModel:
             return Cost(units=tin + tout, unit="tokens", usd=round(price.usd * tin + price.usd_out * tout, 6),
                         price=price)
         return Cost(units=units, unit=price.unit, usd=round(units * price.usd, 6), price=price)
-
-
-def charge_for(model: ReplicateModel, status: str, *, metrics: dict[str, Any] | None = None,
-               predict_time_s: float | None = None, seconds_requested: float | None = None,
-               params: dict[str, Any] | None = None) -> float:
-    """USD Replicate bills for one prediction of ``model`` that ended with ``status``.
-
-    - "aborted" (its ``Cancel-After`` deadline passed before it started): 0.
-    - "succeeded": the whole price (``rule = "full"``).
-    - "canceled" / "failed": ``model.billing.canceled``: "nothing" -> 0; "full" -> the whole price;
-      "time_run" -> run seconds x ``price.usd``; "tokens_so_far" -> input tokens x ``usd`` + output
-      tokens x ``usd_out``, from ``metrics`` (0 when it reports none).
-
-    The whole price is 1 unit x ``usd`` for per-image/-file prices, ``seconds_requested`` (s) x
-    ``usd`` for per-second prices, run seconds x ``usd`` for GPU-time prices, tokens for token prices.
-    Run seconds: ``metrics["predict_time"]``, else ``predict_time_s`` (e.g. completed_at - started_at),
-    else 0. ``params`` (width/height) pick the price tier. Rounded to 1e-6 USD.
-
-    Sources: https://replicate.com/docs/topics/predictions/lifecycle ("Aborted (never started): No
-    charge"; "Canceled (started running): You pay for the time the prediction ran before it was
-    canceled"); per-model rules and their sources in ``pipeline.model_prices.BILLING``. Raises
-    ValueError for a status that is not terminal, or a per-second price without ``seconds_requested``.
-    """
-    if status == "aborted":
-        return 0.0
-    if status not in ("succeeded", "canceled", "failed"):
-        raise ValueError(f"{model.id}: {status!r} is not a terminal prediction status "
-                         "(succeeded, failed, canceled, aborted)")
-    metrics = metrics or {}
-    price = model.price(params or {})
-    rule = "full" if status == "succeeded" else model.billing.canceled
-    run_s = float(metrics.get("predict_time") or predict_time_s or 0.0)
-    tokens = (float(metrics.get("input_token_count") or 0), float(metrics.get("output_token_count") or 0))
-    if rule == "nothing":
-        return 0.0
-    if rule == "tokens_so_far" or price.unit == "token":
-        return round(tokens[0] * price.usd + tokens[1] * price.usd_out, 6)
-    if rule == "time_run" or price.unit == "gpu_second":
-        return round(run_s * price.usd, 6)
-    if price.unit in ("video_second", "audio_second"):
-        if seconds_requested is None:
-            raise ValueError(f"{model.id}: a per-second price needs seconds_requested to price a {status} prediction")
-        return round(float(seconds_requested) * price.usd, 6)
-    return round(price.usd, 6)
 
 
 # --- the registry ------------------------------------------------------------------------------

@@ -1,5 +1,9 @@
 """Video specs: the pydantic model, loading from YAML/JSON, and beat fitting.
 
+The limits, field types, ``SpecError`` and the music/beat/narration sub-models are in
+``pipeline.spec_fields``, and pydantic errors become problem lines in ``pipeline.spec_problems``;
+this module re-exports the former, so ``from pipeline.spec import BeatSpec`` etc. keep working.
+
 A spec describes one video: its id, target length, style, music and either explicit ``beats``
 or a free-text ``brief`` that a planner splits into beats (see ``examples/``). Nothing here
 imports Dagster.
@@ -40,166 +44,56 @@ import hashlib
 import json
 import math
 import os
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import (BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator,
-                      model_validator)
+from pydantic import BaseModel, Field, StringConstraints, ValidationError, field_validator, model_validator
 
-from pipeline.printable import clip, printable, quoted
-from pipeline.spec_characters import (MAX_CHARACTERS, MAX_NAME_CHARS, BeatCharacters, Characters,
-                                      check_character_names, folder_of, ingest_raw)
+from pipeline.spec_characters import Characters, check_character_names, folder_of, ingest_raw
+from pipeline.spec_fields import (  # noqa: F401 (re-exported: they were defined here)
+    DEFAULT_ASPECT_RATIO,
+    DEFAULT_PAUSE_S,
+    DRAFT_RESOLUTION,
+    MAX_BEAT_DURATION_S,
+    MAX_BRIEF_CHARS,
+    MAX_DURATION_S,
+    MAX_MOTION_CHARS,
+    MAX_MUSIC_PROMPT_CHARS,
+    MAX_NARRATION_CHARS,
+    MAX_PAUSE_S,
+    MAX_PROBLEMS,
+    MAX_PROMPT_CHARS,
+    MAX_SPEC_BEATS,
+    MAX_STYLE_CHARS,
+    MAX_TITLE_CHARS,
+    MAX_VOICE_CHARS,
+    MIN_BEAT_S,
+    SHORTEST_BEAT_S,
+    VIDEO_ID_PATTERN,
+    AspectRatio,
+    BeatSeconds,
+    BeatSpec,
+    BriefText,
+    CaptionMode,
+    MotionText,
+    MusicPromptText,
+    MusicSpec,
+    NarrationSpec,
+    NarrationText,
+    NonEmptyStr,
+    PromptText,
+    Seconds,
+    Seed,
+    SpecError,
+    StyleText,
+    TitleText,
+    VoiceName,
+    _Strict,
+    _text,
+)
 from pipeline.spec_file import MAX_SPEC_BYTES, SpecInputError, decode_spec_text, read_spec_bytes
+from pipeline.spec_problems import _problem, _untangle
 from pipeline.spec_yaml import describe_value, load_yaml
-
-VIDEO_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
-MIN_BEAT_S = 5.0
-"""Minimum beat length in seconds; it fixes the maximum beat count (``max_beats``)."""
-
-SHORTEST_BEAT_S = 0.1
-"""Shortest beat (and video) a spec may ask for, in seconds. A spec cannot know the provider's frame
-rate, so this is one frame at 10 fps, below every supported rate (local 24 fps, Wan 16 fps): a beat
-always keeps at least one frame and never pays for a chunk that then vanishes."""
-
-MAX_DURATION_S = 3600.0
-"""Longest video a spec may ask for, in seconds (720 beats at the 5 s minimum)."""
-
-MAX_BEAT_DURATION_S = 600.0
-"""Longest single beat, in seconds."""
-
-MAX_SPEC_BEATS = 1000
-"""Most beats a spec file may list (before truncation to ``max_beats``, at most 720)."""
-
-MAX_TITLE_CHARS = 200
-MAX_STYLE_CHARS = 500
-MAX_PROMPT_CHARS = 2000
-"""Longest beat prompt in characters (also the longest prompt the planner may make from a brief)."""
-MAX_MOTION_CHARS = 500
-MAX_MUSIC_PROMPT_CHARS = 1000
-MAX_BRIEF_CHARS = 20_000
-MAX_NARRATION_CHARS = 2000
-"""Longest narration of one beat, in characters (about two minutes of speech)."""
-MAX_VOICE_CHARS = 64
-MAX_PAUSE_S = 5.0
-"""Longest pause after a beat's narration, in seconds."""
-DEFAULT_PAUSE_S = 0.4
-"""The pause after each beat's narration when the spec gives none, in seconds."""
-DEFAULT_ASPECT_RATIO = "16:9"
-MAX_PROBLEMS = 50
-"""Most problems a SpecError lists; the rest are counted."""
-
-AspectRatio = Literal["16:9", "9:16", "1:1"]
-
-DRAFT_RESOLUTION: dict[str, tuple[int, int]] = {
-    "16:9": (854, 480),
-    "9:16": (480, 854),
-    "1:1": (480, 480),
-}
-"""Draft (480p-class) resolution per aspect ratio, (width, height) in pixels; both even for yuv420p."""
-
-
-def _text(max_chars: int) -> Any:
-    """Non-empty text (surrounding whitespace stripped) of at most ``max_chars`` characters; no
-    coercion: a number, boolean or list is an error, not text."""
-    return Annotated[str, Field(strict=True),
-                     StringConstraints(strip_whitespace=True, min_length=1, max_length=max_chars)]
-
-
-NonEmptyStr = _text(MAX_BRIEF_CHARS)
-TitleText, StyleText, PromptText = _text(MAX_TITLE_CHARS), _text(MAX_STYLE_CHARS), _text(MAX_PROMPT_CHARS)
-MotionText, MusicPromptText, BriefText = _text(MAX_MOTION_CHARS), _text(MAX_MUSIC_PROMPT_CHARS), _text(MAX_BRIEF_CHARS)
-NarrationText = _text(MAX_NARRATION_CHARS)
-VoiceName = Annotated[str, Field(strict=True), StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
-"""A voice's name: a piper voice package ("joe"), a model file in the deployment's voices folder
-("en_GB-alan-medium"), or a Replicate model's voice ("af_bella"); never a path."""
-Seconds = Annotated[float, Field(strict=True, allow_inf_nan=False)]
-"""A finite number of seconds: an int or float; never a boolean, a string, NaN or infinity."""
-
-
-class SpecError(ValueError):
-    """A spec is invalid. ``str(error)`` names the file and every offending field, one per line.
-
-    ``source``: the file (or registry entry) as given. ``problems``: one line each,
-    ``"<field path>: <what is wrong>"`` or a file-level problem; control characters escaped, at
-    most MAX_PROBLEMS of them (then one line counting the rest).
-    """
-
-    def __init__(self, source: str, problems: list[str]):
-        self.source = source
-        shown = [printable(p, limit=1000) for p in problems[:MAX_PROBLEMS]]
-        if len(problems) > MAX_PROBLEMS:
-            shown.append(f"... and {len(problems) - MAX_PROBLEMS} more problems")
-        self.problems = shown
-        super().__init__(f"{printable(source, limit=500)}: invalid spec:\n" + "\n".join(f"  - {p}" for p in shown))
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class MusicSpec(_Strict):
-    """Background music: a text prompt (at most 1,000 characters) and a tempo, a whole number of
-    beats per minute (20-300)."""
-
-    prompt: MusicPromptText
-    bpm: Annotated[int, Field(strict=True, ge=20, le=300)]
-
-
-Seed = Annotated[int, Field(strict=True, ge=0, lt=2**31)]
-"""A generation seed: a whole number 0 .. 2**31 - 1."""
-
-
-BeatSeconds = Annotated[Seconds, Field(ge=SHORTEST_BEAT_S, le=MAX_BEAT_DURATION_S)]
-
-
-class BeatSpec(_Strict):
-    """One scene: what is shown (``prompt``, at most 2,000 characters), for how long (seconds,
-    0.1-600, or ``"auto"`` for a narrated beat: its narration plus the pause), optional camera
-    ``motion`` (at most 500 characters) and optional ``narration`` (spoken text, at most 2,000
-    characters).
-
-    Characters and re-rolls (optional; ``pipeline.spec_characters``): ``characters``, the exact
-    list of the spec's characters this beat shows (without it: those named in the prompt);
-    ``seed``, this beat's own seed (default: derived from the video's seed and the index), so
-    one beat can be re-rolled alone: a new seed changes only this beat's cache keys."""
-
-    prompt: PromptText
-    duration_s: BeatSeconds | Literal["auto"]
-    motion: MotionText | None = None
-    # --- characters and per-beat seed (issue 13) ---
-    seed: Seed | None = None
-    characters: BeatCharacters | None = None
-    narration: NarrationText | None = None
-
-    @model_validator(mode="after")
-    def _auto_needs_narration(self) -> "BeatSpec":
-        if self.duration_s == "auto" and self.narration is None:
-            raise ValueError("duration_s: auto needs the beat's narration (its length is the narration's, "
-                             "plus the pause); give a number of seconds or a narration")
-        return self
-
-    @property
-    def auto(self) -> bool:
-        """True when the beat's length is derived from its narration."""
-        return self.duration_s == "auto"
-
-
-CaptionMode = Literal["soft", "burned", "none"]
-
-
-class NarrationSpec(_Strict):
-    """How beats are spoken. ``voice``: a voice name (None: the provider's default; which names
-    a provider accepts: ``pipeline validate``). ``from_brief``: speak the planner's beat
-    sentences (a ``brief`` only). ``pause_s``: silence after each beat's narration (0-5 s).
-    ``captions``: "soft" (a subtitle track in the MP4, and .vtt/.srt files beside it; the
-    default), "burned" (also drawn into the picture: the video is re-encoded once) or "none"
-    (files only, no track)."""
-
-    voice: VoiceName | None = None
-    from_brief: Annotated[bool, Field(strict=True)] = False
-    pause_s: Annotated[Seconds, Field(ge=0, le=MAX_PAUSE_S)] = DEFAULT_PAUSE_S
-    captions: CaptionMode = "soft"
 
 
 PROVIDER_NAMES = ("local", "replicate")
@@ -365,103 +259,6 @@ def sha256_json(value: Any) -> str:
     """sha256 hex digest of ``value`` as canonical JSON (sorted keys, no spaces, UTF-8)."""
     blob = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     return hashlib.sha256(blob).hexdigest()
-
-
-def _format_loc(loc: tuple[Any, ...]) -> str:
-    """``("beats", 2, "duration_s")`` -> ``beats[2].duration_s``; user-written keys clipped and escaped."""
-    out = ""
-    for part in loc:
-        name = clip(part, 40) if part != "" else '""'
-        out += f"[{part}]" if isinstance(part, int) else (f".{name}" if out else name)
-    return out
-
-
-_EXPECTED = {
-    "float_type": "should be a number", "int_type": "should be a whole number",
-    "int_from_float": "should be a whole number", "string_type": "should be text", "list_type": "should be a list",
-    "dict_type": "should be a mapping of fields", "model_type": "should be a mapping of fields",
-    "model_attributes_type": "should be a mapping of fields", "finite_number": "should be a finite number",
-}
-
-
-def _problem(err: dict) -> str:
-    """One ``"<field path>: <what is wrong>, got <value>"`` line for a pydantic error."""
-    loc, kind, value = _format_loc(err["loc"]), err["type"], err.get("input")
-    msg = err["msg"].removeprefix("Value error, ")
-    if not loc and kind == "value_error" and re.match(r"(characters|beats\[\d+\])[.:\[]", msg):
-        return msg  # a spec-level check that names its own field (pipeline.spec_characters)
-    loc = loc or (("narration" if msg.startswith("from_brief") else "beats/brief") if kind == "value_error"
-                  else "(top level)")
-    if kind == "union_shape":
-        return f"{loc}: {msg}"
-    if kind == "string_pattern_mismatch" and loc.startswith("characters.") and loc.endswith(".[key]"):
-        return (f"{loc.removesuffix('.[key]')}: {quoted(value, 80)} is not a valid character name: start with a "
-                f"letter, then letters, digits, spaces, '-', '_' or apostrophes (at most {MAX_NAME_CHARS})")
-    if kind in ("too_long", "too_short") and loc == "characters":
-        return (f"characters: a spec describes 1-{MAX_CHARACTERS} characters, got "
-                f"{len(value) if isinstance(value, dict) else describe_value(value)}")
-    if kind == "extra_forbidden":
-        msg = "unknown field (not part of the spec format; check the spelling)"
-    elif kind == "missing":
-        msg = "missing (this field is required)"
-    elif kind == "string_pattern_mismatch" and loc == "video_id":
-        msg = (f"{quoted(value, 80)} is not a valid video_id: use 1-63 lowercase "
-               "letters, digits and '-', starting with a letter or digit")
-    elif kind == "string_pattern_mismatch" and loc.endswith("voice"):
-        msg = (f"{quoted(value, 80)} is not a voice name: use 1-64 letters, digits, '_', '.' and '-' (a name, "
-               "never a path; `pipeline validate` lists the voices)")
-    elif kind == "string_unicode":
-        msg = "is not valid Unicode text (it holds an unpaired surrogate, e.g. from a \\ud800 escape)"
-    elif kind == "string_too_long" and isinstance(value, str):
-        msg = f"{msg} (got {len(value.strip()):,})"
-    elif kind == "too_long" and loc == "beats" and isinstance(value, list):
-        msg = (f"a spec may list at most {MAX_SPEC_BEATS:,} beats, this one has {len(value):,} (a video keeps at "
-               f"most one beat per {MIN_BEAT_S:g} s; extra beats are dropped)")
-    elif kind == "greater_than_equal" and loc.endswith("duration_s"):
-        msg = (f"{msg} ({SHORTEST_BEAT_S:g} s is one frame at the lowest supported frame rate), "
-               f"got {describe_value(value)}")
-    elif kind in _EXPECTED:
-        msg = f"{_EXPECTED[kind]}, got {describe_value(value)}"
-    elif kind == "literal_error":
-        msg = f"{msg}, got {describe_value(value)}"
-    return f"{loc}: {msg}"
-
-
-_UNION_WORDS = {"duration_s": "a number of seconds or 'auto'",
-                "narration": "'from_brief' or a mapping of narration fields (voice, pause_s, from_brief, captions)"}
-"""What a field that takes either of two shapes should be (``_untangle``)."""
-
-
-def _untangle(errors: list[dict]) -> list[dict]:
-    """Pydantic reports a value that fits neither member of a union (``duration_s``: seconds or
-    "auto"; ``narration``: a mapping or "from_brief") once per member, with the member's tag in the
-    location. Keep one error per field: the member's own errors (tag removed) when the value has that
-    member's shape (a number; a mapping), else one "should be <either>" error."""
-    out: list[dict] = []
-    literal_inputs = {}
-    for err in errors:
-        loc = err["loc"]
-        for i, part in enumerate(loc):
-            if isinstance(part, str) and part.startswith("literal["):
-                literal_inputs[tuple(loc[:i])] = err.get("input")
-    for err in errors:
-        loc = err["loc"]
-        tag = next((i for i, p in enumerate(loc) if isinstance(p, str) and i > 0 and loc[i - 1] in _UNION_WORDS
-                    and (p.startswith("literal[") or p in ("constrained-float", "NarrationSpec"))), None)
-        if tag is None:
-            out.append(err)
-            continue
-        field_loc, value = tuple(loc[:tag]), literal_inputs.get(tuple(loc[:tag]), err.get("input"))
-        fits_member = isinstance(value, dict) if loc[tag - 1] == "narration" else (
-            isinstance(value, (int, float)) and not isinstance(value, bool))
-        if fits_member:
-            if not loc[tag].startswith("literal["):
-                out.append({**err, "loc": field_loc + tuple(loc[tag + 1:])})
-        elif loc[tag].startswith("literal["):
-            out.append({"loc": field_loc, "type": "union_shape", "input": value,
-                        "msg": f"should be {_UNION_WORDS[loc[tag - 1]]}, got {describe_value(value)}"})
-    return out
-
 
 def parse_spec(data: Any, source: str = "<spec>") -> VideoSpec:
     """Validate an already-parsed spec mapping. Raises SpecError naming ``source`` and each field."""
