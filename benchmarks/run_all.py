@@ -11,6 +11,7 @@ Each benchmark is a script in this directory that also runs alone and prints its
                                     per run launcher and dagster.yaml, against pipeline render
     bench_concurrency.py       7.   concurrent pipeline render processes: crashes, duplicate paid creates,
                                     ledger vs cost tables (fake Replicate at create latency 0/0.5/2 s)
+    bench_narration.py         11.  the narrated lecture with each provider: cold, up to date, forced
     bench_fleet.py             (only with --fleet: several minutes) 20 videos of mixed length submitted at
                                     once through the daemon: makespan vs the pool-limited bound, peak memory,
                                     paid creates vs the minimum
@@ -43,6 +44,7 @@ BENCHMARKS = [
     ("dagster_overhead", "bench_dagster_overhead.py", [], ["--repeat", "4"]),
     ("daemon_path", "bench_daemon_path.py", ["--repeat", "2", "--configs", "before,forkserver"], ["--quick"]),
     ("concurrency", "bench_concurrency.py", [], ["--latencies", "0.5", "--scenarios", "twins"]),
+    ("narration", "bench_narration.py", [], ["--providers", "local"]),
 ]
 OPTIONAL = [
     ("fleet", "bench_fleet.py", [], ["--videos", "4", "--max-beats", "4"]),
