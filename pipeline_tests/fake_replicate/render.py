@@ -86,6 +86,16 @@ def reference_problems(server: "FakeReplicate", ref: str, inp: dict[str, Any]) -
     return problems
 
 
+def write_wav(path: Path, samples: np.ndarray, rate: int) -> Path:
+    """Write mono float ``samples`` (-1..1, clipped) at ``rate`` Hz as 16-bit PCM WAV; returns ``path``."""
+    with wave.open(str(path), "wb") as wf:
+        wf.setnchannels(1)
+        wf.setsampwidth(2)
+        wf.setframerate(rate)
+        wf.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+    return path
+
+
 def render(server: "FakeReplicate", pred: FakePrediction) -> tuple[Any, dict[str, Any]]:
     """(output, metrics) of ``pred``: output file URLs (or planner tokens) and model metrics."""
     spec = FAKE_MODELS[pred.model]
@@ -184,12 +194,7 @@ def _audio(server: "FakeReplicate", pred: FakePrediction, spec: dict[str, Any], 
     m = re.search(r"(\d+)\s*BPM", str(inp["prompt"]), re.I)
     samples = synthesize_music(str(inp["prompt"]), bpm=int(m.group(1)) if m else 100, duration_s=seconds,
                                seed=int(inp.get("seed") or 0))
-    wav = work / "output.wav"
-    with wave.open(str(wav), "wb") as wf:
-        wf.setnchannels(1)
-        wf.setsampwidth(2)
-        wf.setframerate(SAMPLE_RATE)
-        wf.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+    wav = write_wav(work / "output.wav", samples, SAMPLE_RATE)
     fmt = str(inp.get(spec.get("format_field", ""), spec["format"]))
     if fmt == "mp3":
         mp3 = work / "output.mp3"
@@ -224,10 +229,5 @@ def speech_like(text: str, *, rate: int = SPEECH_RATE, chars_per_s: float = 15.0
 def _speech(server: "FakeReplicate", pred: FakePrediction, work: Path):
     inp = pred.input
     samples = speech_like(str(inp["text"]), chars_per_s=15.0 / float(inp.get("speed") or 1.0))
-    wav = work / "output.wav"
-    with wave.open(str(wav), "wb") as wf:
-        wf.setnchannels(1)
-        wf.setsampwidth(2)
-        wf.setframerate(SPEECH_RATE)
-        wf.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+    wav = write_wav(work / "output.wav", samples, SPEECH_RATE)
     return server._add_file(pred, "output.wav", wav.read_bytes(), "audio/wav"), {}
