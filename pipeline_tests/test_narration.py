@@ -200,7 +200,6 @@ def _narrations(env, plan):
                           .read_bytes()) for b in plan.beats]
 
 
-@pytest.mark.xdist_group("rendered_examples")  # one worker renders the examples once
 def test_the_lecture_speaks_where_its_beats_have_narration(rendered_examples):
     env, report = rendered_examples[LECTURE]
     plan, final = report.plan, report.final
@@ -220,7 +219,6 @@ def test_the_lecture_speaks_where_its_beats_have_narration(rendered_examples):
             assert band_db(samples, rate, b.start_s + c.start_s, b.start_s + c.end_s) > title + 6, (b.segment, c)
 
 
-@pytest.mark.xdist_group("rendered_examples")  # one worker renders the examples once
 def test_the_lecture_subtitles_match_the_narration_clips(rendered_examples):
     env, report = rendered_examples[LECTURE]
     plan, final = report.plan, report.final
@@ -239,7 +237,6 @@ def test_the_lecture_subtitles_match_the_narration_clips(rendered_examples):
     assert final.mux_method == "stream_copy"
 
 
-@pytest.mark.xdist_group("rendered_examples")  # one worker renders the examples once
 def test_the_lecture_soundtrack_and_costs(rendered_examples):
     import dagster as dg
 

@@ -18,10 +18,6 @@ from pipeline.store import Workspace
 from pipeline_tests.conftest import EXAMPLE_SPECS
 from pipeline_tests.frames import first_frame, integrated_loudness, last_frame, psnr
 
-# Every test here reads the session's rendered examples: with pytest-xdist's --dist loadgroup they
-# run on one worker, which renders the examples once (not once per worker).
-pytestmark = pytest.mark.xdist_group("rendered_examples")
-
 NAMES = [p.stem for p in EXAMPLE_SPECS]
 
 
