@@ -39,7 +39,7 @@ from rich.text import Text
 from pipeline.cli_models import add_models_parser
 from pipeline.cli_output import cell, console, err_console, error, safe_streams, say, shout
 from pipeline.cli_specs import chosen_models, cmd_submit, cmd_validate, provider_options
-from pipeline.cli_summary import print_summary, render_options, say_up_to_date
+from pipeline.cli_summary import print_summary, render_options, say_up_to_date, subtitles_line
 from pipeline.printable import printable
 from pipeline.receipts import dagster_home_for, request_key, spec_input_files, write_receipt
 from pipeline.providers.base import ProviderError
@@ -210,6 +210,8 @@ def cmd_status(args) -> int:
         say("final video: ", (published_uri(final), "bold"),
             *(() if there else ((" (missing: the published video is not there any more; `pipeline render "
                                  "SPEC` publishes it again)", "red"),)))
+        if (line := subtitles_line(final)) is not None:
+            say(line)
     failed = status.failed_or_missing
     if failed:
         say(f"segments to redo: {', '.join(failed)}; run `pipeline retry {args.video_id}` or backfill them from the UI")

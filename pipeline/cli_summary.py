@@ -49,6 +49,18 @@ def print_summary(plan: VideoPlan, final: FinalManifest, chunk_sets: list[ChunkV
         f"{final.chunks} chunks, paid ${money(final.paid_usd)}, reused ${money(final.reused_usd)}, "
         f"rendered in {seconds:.1f} s")
     say("final video: ", (str(final.path), "bold"))
+    if (line := subtitles_line(final)) is not None:
+        say(line)
+
+
+def subtitles_line(final) -> str | None:
+    """``subtitles: <vtt>, <srt> (N cues, mov_text track | burned in | files only)`` for a final
+    video with narration (``FinalManifest.subtitles``); None without."""
+    subs = final.subtitles
+    if not subs:
+        return None
+    how = {"soft": "a mov_text track", "burned": "burned in", "none": "files only"}.get(subs.get("captions"), "")
+    return f"subtitles: {subs.get('vtt')}, {subs.get('srt')} ({subs.get('cues')} cues, {how})"
 
 
 def render_options(provider: str | None, models: dict[str, str]) -> dict[str, object]:

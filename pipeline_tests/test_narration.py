@@ -249,6 +249,13 @@ def test_the_lecture_soundtrack_and_costs(rendered_examples):
     lines = [c for c in final.costs if c.stage == "narration"]
     assert [c.segment for c in lines] == [b.segment for b in plan.beats if b.narration]
     assert all(c.model == "local/piper-tts-v1" and c.paid_usd == 0 and c.unit == "audio s" for c in lines)
+    # What `pipeline render` and `pipeline status` print under the final video's path.
+    from pipeline.cli_summary import subtitles_line
+
+    line = subtitles_line(final)
+    assert line == (f"subtitles: {final.subtitles['vtt']}, {final.subtitles['srt']} "
+                    f"({final.subtitles['cues']} cues, a mov_text track)"), line
+    assert final.subtitles["vtt"].endswith(f"{plan.video_id}.vtt") and final.subtitles["cues"] >= 5
 
 
 # --- failures, captions --------------------------------------------------------------------------
