@@ -12,7 +12,7 @@ import datetime as dt
 from typing import Any
 
 from pipeline.model_inputs import ratio_value
-from pipeline.models import DEFAULTS, MODELS, REFERENCE_DEFAULT, ReplicateModel
+from pipeline.models import DEFAULTS, MODELS, REFERENCE_DEFAULT, ReplicateModel, parse_ref
 from pipeline.spec_characters import MAX_CHARACTERS
 
 DEFAULT_RATIO = "16:9"
@@ -111,6 +111,10 @@ def check_registry(models: dict[str, ReplicateModel] | None = None, defaults: di
     for ref, m in models.items():
         if m.ref != ref:
             out.append(f"{ref}: ref: registered under another name ({m.ref})")
+        try:
+            parse_ref(f"{ref}:{m.version}" if m.version else ref)
+        except ValueError as exc:
+            out.append(f"{ref}: ref: {exc}")
         out += [f"{ref}: {p}" for p in _model_problems(m, today)]
     return out
 

@@ -338,10 +338,24 @@ REFERENCE_DEFAULT = "bytedance/seedream-4"
 model takes none (``ReplicateModel.max_reference_images``)."""
 
 
+def parse_ref(ref: str) -> tuple[str, str | None]:
+    """``("owner/name", version or None)`` of a Replicate model reference ``owner/name[:version]``,
+    parsed by the replicate library (``replicate.identifier.ModelVersionIdentifier``: the format
+    its client and Replicate's API use). Raises ValueError for anything else."""
+    from replicate.identifier import ModelVersionIdentifier
+
+    ident = ModelVersionIdentifier.parse(ref)
+    return f"{ident.owner}/{ident.name}", ident.version
+
+
 def get_model(ref: str, kind: Kind | None = None) -> ReplicateModel:
-    """The registry entry for ``ref`` ("owner/name" or "owner/name:version"). Raises ValueError
-    naming the known models when there is none (or it is not of ``kind``)."""
-    base, _, version = ref.partition(":")
+    """The registry entry for ``ref`` ("owner/name" or "owner/name:version", ``parse_ref``). Raises
+    ValueError naming the known models when there is none, the reference is malformed, or the
+    model is not of ``kind``; and for a version other than the pinned one."""
+    try:
+        base, version = parse_ref(ref)
+    except ValueError:  # malformed: reported as an unknown model, with the known ones
+        base, version = ref, None
     model = MODELS.get(base)
     if model is None or (kind is not None and model.kind != kind):
         known = ", ".join(r for r, m in MODELS.items() if kind is None or m.kind == kind)

@@ -204,6 +204,13 @@ def _break_price(monkeypatch, ref: str, **changes) -> None:
                                                    for t, p in model_prices.PRICES[ref].items()})
 
 
+def _register_as(mp, ref: str, new_ref: str) -> None:
+    """Register a copy of model ``ref`` (its prices and billing too) under ``new_ref``."""
+    mp.setitem(models.MODELS, new_ref, dataclasses.replace(models.MODELS[ref], ref=new_ref))
+    mp.setitem(model_prices.PRICES, new_ref, model_prices.PRICES[ref])
+    mp.setitem(model_prices.BILLING, new_ref, model_prices.BILLING[ref])
+
+
 @pytest.mark.parametrize("breakage, message", [
     (lambda mp: _break_price(mp, MUSICGEN, usd=0.0), "meta/musicgen: prices[default].usd: 0.0 is not > 0"),
     (lambda mp: _break_price(mp, KLING, source=""), "kwaivgi/kling-v2.1: prices[720p].source: missing"),
@@ -217,6 +224,7 @@ def _break_price(monkeypatch, ref: str, **changes) -> None:
      "wan-video/wan-2.2-i2v-fast: interpolate_output: not set"),
     (lambda mp: mp.setitem(model_prices.BILLING, MUSICGEN, model_prices.Billing("nothing", model_prices.LIFECYCLE)),
      "meta/musicgen: billing.canceled: 'nothing' does not fit prices in ['gpu_second']"),
+    (lambda mp: _register_as(mp, WAN, "wan-no-owner"), "wan-no-owner: ref: Invalid reference to model version"),
 ])
 def test_the_self_check_names_the_model_and_field(monkeypatch, capsys, breakage, message):
     breakage(monkeypatch)
@@ -224,6 +232,18 @@ def test_the_self_check_names_the_model_and_field(monkeypatch, capsys, breakage,
     assert main(["models"]) == 1
     err = capsys.readouterr().err
     assert "registry error: " in err and message in err.replace("\n", "")
+
+
+def test_model_references_are_parsed_by_the_replicate_library():
+    assert models.parse_ref("jaaari/kokoro-82m:f559560e") == ("jaaari/kokoro-82m", "f559560e")
+    assert models.parse_ref("wan-video/wan-2.2-i2v-fast") == ("wan-video/wan-2.2-i2v-fast", None)
+    for bad in ("wan-2.2", "a/b/c", "a/b:", ""):
+        with pytest.raises(ValueError):
+            models.parse_ref(bad)
+        with pytest.raises(ValueError, match="unknown Replicate video model"):
+            models.get_model(bad, "video")
+    with pytest.raises(ValueError, match="is not the pinned version"):
+        models.get_model("jaaari/kokoro-82m:0000", "speech")
 
 
 def test_pipeline_models_prints_the_registry(capsys):
