@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from pipeline import costs, media, voiceover
@@ -31,12 +32,14 @@ from pipeline.manifests import (
 )
 from pipeline.progress import Progress, ProgressCallback, report
 from pipeline.providers import Provider
-from pipeline.publish import publish_final
+from pipeline.publish import publish_final, publish_text
 from pipeline.step_models import (
+    BURN_MODEL,
     FFMPEG,
     FINISH_MUSIC_MODEL,
     MUX_COPY_MODEL,
     MUX_REENCODE_MODEL,
+    MUX_SUBTITLED_MODEL,
     STITCH_CLIPS_MODEL,
     STITCH_MODEL,
 )
@@ -234,7 +237,7 @@ def mux_video(plan: VideoPlan, stitched: StitchedManifest, music: MusicManifest,
     the video and a ``mov_text`` track muxed by stream copy (``FinalManifest.subtitles``). Captions
     "burned" re-encode the video once with the captions drawn in ("reencode")."""
     if soundtrack is not None and soundtrack.track is not None:
-        return voiceover.mux_soundtrack(plan, stitched, music, soundtrack, generator, workspace, ledger, characters)
+        return _mux_soundtrack(plan, stitched, music, soundtrack, generator, workspace, ledger, characters)
     labels = {"video_id": plan.video_id, "stage": "final_video"}
     track = _fitting_track(plan, music)
     if track is not None:
@@ -262,9 +265,78 @@ def mux_video(plan: VideoPlan, stitched: StitchedManifest, music: MusicManifest,
 
     video = generator.generate(request, call)
     method = "stream_copy" if video.model == MUX_COPY_MODEL else "reencode"
+    return _final_manifest(plan, video, method, stitched, music, generator, workspace, ledger, characters)
+
+
+def _final_manifest(plan: VideoPlan, video: MediaManifest, method: str, stitched: StitchedManifest,
+                    music: MusicManifest, generator: Generator, workspace: Workspace, ledger: Ledger | None,
+                    characters: CharactersManifest | None, *, extra: Iterable[CostLine] = (),
+                    subtitles: dict | None = None) -> FinalManifest:
+    """Publish the muxed final ``video`` (``publish.publish_final``) and record it: cost lines
+    (``costs.final_costs``: plan, characters, segments, ``extra`` narration clips, music; reconciled
+    with ``ledger``), paid and reused USD, the chunk count, ``method`` and ``subtitles``."""
     path, uri = publish_final(video, plan.video_id, generator.store, workspace)
-    lines = costs.final_costs(plan, stitched, music, ledger, characters)
+    lines = costs.final_costs(plan, stitched, music, ledger, characters, extra=extra)
     paid, reused = costs.totals(lines)
     return FinalManifest(video_id=plan.video_id, video=video, path=path, published_uri=uri, beats=len(plan.beats),
                          chunks=sum(1 for c in lines if c.stage == "chunk_videos" and c.source == "manifest"),
-                         cost_usd=paid, paid_usd=paid, reused_usd=reused, costs=lines, mux_method=method)
+                         cost_usd=paid, paid_usd=paid, reused_usd=reused, costs=lines, mux_method=method,
+                         subtitles=subtitles)
+
+
+def _mux_soundtrack(plan: VideoPlan, stitched: StitchedManifest, music: MusicManifest, soundtrack: SoundtrackManifest,
+                   generator: Generator, workspace: Workspace, ledger: Ledger | None,
+                   characters: CharactersManifest | None = None) -> FinalManifest:
+    """``mux_video`` with the soundtrack's track: the stitched video (its captions burned in
+    first for ``captions: burned``, one re-encode: "reencode") and the soundtrack's AAC track muxed
+    by stream copy, with the narration's cues as a ``mov_text`` track unless ``captions: none``.
+    The video is published as ``videos/<video_id>.mp4`` and the cues beside it as ``.vtt`` and
+    ``.srt`` (local files, or S3 objects next to the published video: ``publish.publish_text``).
+    Cost lines: the plan's, the characters', the segments', the narration clips', the music's,
+    reconciled with ``ledger``. Raises media.MediaError, OSError, or the S3 client's errors."""
+    from pipeline import subtitle_media
+
+    labels = {"video_id": plan.video_id, "stage": "final_video"}
+    texts = voiceover.subtitle_texts(plan, soundtrack)
+    captions = soundtrack.captions if texts else "none"
+    video = stitched.video
+    if texts and captions == "burned":
+        burn = GenerationRequest(media_type="video", provider=FFMPEG, model=BURN_MODEL,
+                                 params={"fps": plan.fps, "style": subtitle_media.CAPTION_STYLE, "vtt": texts[0]},
+                                 inputs={"video": video.sha256}, labels={**labels, "stage": "burn_captions"})
+
+        def burn_call(scratch: Path) -> ProviderResult:
+            (scratch / "in.vtt").write_text(texts[0], encoding="utf-8")
+            out = scratch / "burned.mp4"
+            subtitle_media.burn_captions(generator.local_path(video), scratch / "in.vtt", out, fps=plan.fps,
+                                         workdir=scratch)
+            return ProviderResult(path=out, model=BURN_MODEL, extra={"method": "reencode"})
+
+        video = generator.generate(burn, burn_call)
+    track = soundtrack.track
+    assert track is not None  # mux_video calls this only for a soundtrack with a track
+    track_sub = texts[0] if texts and captions != "none" else None
+    model = MUX_SUBTITLED_MODEL if track_sub is not None or captions == "burned" else MUX_COPY_MODEL
+    request = GenerationRequest(media_type="video", provider=FFMPEG, model=model,
+                                params={"subtitles": track_sub} if track_sub else {},
+                                inputs={"video": video.sha256, "track": track.sha256}, labels=labels)
+
+    def call(scratch: Path) -> ProviderResult:
+        out = scratch / "final.mp4"
+        subs = None
+        if track_sub:
+            subs = scratch / "narration.vtt"
+            subs.write_text(track_sub, encoding="utf-8")
+        subtitle_media.mux_copy_subtitled(generator.local_path(video), generator.local_path(track), subs, out)
+        return ProviderResult(path=out, model=model, verify="stream_copy",
+                              extra={"method": "stream_copy", "loudness": track.extra.get("loudness", {})})
+
+    final = generator.generate(request, call)
+    subs_info = None
+    if texts:
+        vtt = publish_text(texts[0], f"{plan.video_id}.vtt", generator.store, workspace)
+        srt = publish_text(texts[1], f"{plan.video_id}.srt", generator.store, workspace)
+        subs_info = {"vtt": vtt, "srt": srt, "cues": texts[0].count(" --> "),
+                     "track": "mov_text" if track_sub else None, "captions": captions}
+    return _final_manifest(plan, final, "reencode" if captions == "burned" else "stream_copy", stitched, music,
+                           generator, workspace, ledger, characters, extra=soundtrack.costs, subtitles=subs_info)

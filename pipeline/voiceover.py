@@ -21,28 +21,22 @@ from typing import Callable, Iterable
 
 from pipeline import audio_mix, costs, media, narration, subtitles
 from pipeline.generation import GenerationRequest, Generator, ProviderResult
-from pipeline.ledger import Ledger
 from pipeline.manifests import (
-    CharactersManifest,
     Cue,
-    FinalManifest,
     MediaManifest,
     MusicManifest,
     NarrationManifest,
     NarrationPlan,
     PlannedBeat,
     SoundtrackManifest,
-    StitchedManifest,
     VideoPlan,
     segment_key,
 )
 from pipeline.progress import Progress, ProgressCallback, report
 from pipeline.providers import Provider
-from pipeline.publish import publish_final, publish_text
 from pipeline.spec import BeatSpec, SpecError, VideoSpec
 from pipeline.spec_characters import beat_characters
-from pipeline.step_models import BURN_MODEL, FFMPEG, MIX_MODEL, MUX_COPY_MODEL, MUX_SUBTITLED_MODEL, SILENCE_MODEL  # noqa: F401
-from pipeline.store import Workspace
+from pipeline.step_models import BURN_MODEL, FFMPEG, MIX_MODEL, SILENCE_MODEL  # noqa: F401 (re-exported)
 
 Voicer = Callable[[GenerationRequest], MediaManifest]
 """Voices one clip request (``voice_clip`` bound to a provider and a generator)."""
@@ -235,68 +229,3 @@ def subtitle_texts(plan: VideoPlan, soundtrack: SoundtrackManifest) -> tuple[str
     if not soundtrack.cues:
         return None
     return subtitles.to_vtt(soundtrack.cues, title=plan.title), subtitles.to_srt(soundtrack.cues)
-
-
-# --- the final mux with the soundtrack -------------------------------------------------------------
-
-def mux_soundtrack(plan: VideoPlan, stitched: StitchedManifest, music: MusicManifest, soundtrack: SoundtrackManifest,
-                   generator: Generator, workspace: Workspace, ledger: Ledger | None,
-                   characters: CharactersManifest | None = None) -> FinalManifest:
-    """``stages.mux_video`` with the soundtrack's track: the stitched video (its captions burned in
-    first for ``captions: burned``, one re-encode: "reencode") and the soundtrack's AAC track muxed
-    by stream copy, with the narration's cues as a ``mov_text`` track unless ``captions: none``.
-    The video is published as ``videos/<video_id>.mp4`` and the cues beside it as ``.vtt`` and
-    ``.srt`` (local files, or S3 objects next to the published video: ``publish.publish_text``).
-    Cost lines: the plan's, the characters', the segments', the narration clips', the music's,
-    reconciled with ``ledger``. Raises media.MediaError, OSError, or the S3 client's errors."""
-    from pipeline import subtitle_media
-
-    labels = {"video_id": plan.video_id, "stage": "final_video"}
-    texts = subtitle_texts(plan, soundtrack)
-    captions = soundtrack.captions if texts else "none"
-    video = stitched.video
-    if texts and captions == "burned":
-        burn = GenerationRequest(media_type="video", provider=FFMPEG, model=BURN_MODEL,
-                                 params={"fps": plan.fps, "style": subtitle_media.CAPTION_STYLE, "vtt": texts[0]},
-                                 inputs={"video": video.sha256}, labels={**labels, "stage": "burn_captions"})
-
-        def burn_call(scratch: Path) -> ProviderResult:
-            (scratch / "in.vtt").write_text(texts[0], encoding="utf-8")
-            out = scratch / "burned.mp4"
-            subtitle_media.burn_captions(generator.local_path(video), scratch / "in.vtt", out, fps=plan.fps,
-                                         workdir=scratch)
-            return ProviderResult(path=out, model=BURN_MODEL, extra={"method": "reencode"})
-
-        video = generator.generate(burn, burn_call)
-    track = soundtrack.track
-    assert track is not None  # mux_video calls this only for a soundtrack with a track
-    track_sub = texts[0] if texts and captions != "none" else None
-    model = MUX_SUBTITLED_MODEL if track_sub is not None or captions == "burned" else MUX_COPY_MODEL
-    request = GenerationRequest(media_type="video", provider=FFMPEG, model=model,
-                                params={"subtitles": track_sub} if track_sub else {},
-                                inputs={"video": video.sha256, "track": track.sha256}, labels=labels)
-
-    def call(scratch: Path) -> ProviderResult:
-        out = scratch / "final.mp4"
-        subs = None
-        if track_sub:
-            subs = scratch / "narration.vtt"
-            subs.write_text(track_sub, encoding="utf-8")
-        subtitle_media.mux_copy_subtitled(generator.local_path(video), generator.local_path(track), subs, out)
-        return ProviderResult(path=out, model=model, verify="stream_copy",
-                              extra={"method": "stream_copy", "loudness": track.extra.get("loudness", {})})
-
-    final = generator.generate(request, call)
-    path, uri = publish_final(final, plan.video_id, generator.store, workspace)
-    subs_info = None
-    if texts:
-        vtt = publish_text(texts[0], f"{plan.video_id}.vtt", generator.store, workspace)
-        srt = publish_text(texts[1], f"{plan.video_id}.srt", generator.store, workspace)
-        subs_info = {"vtt": vtt, "srt": srt, "cues": texts[0].count(" --> "),
-                     "track": "mov_text" if track_sub else None, "captions": captions}
-    lines = costs.final_costs(plan, stitched, music, ledger, characters, extra=soundtrack.costs)
-    paid, reused = costs.totals(lines)
-    return FinalManifest(video_id=plan.video_id, video=final, path=path, published_uri=uri, beats=len(plan.beats),
-                         chunks=sum(1 for c in lines if c.stage == "chunk_videos" and c.source == "manifest"),
-                         cost_usd=paid, paid_usd=paid, reused_usd=reused, costs=lines,
-                         mux_method="reencode" if captions == "burned" else "stream_copy", subtitles=subs_info)
