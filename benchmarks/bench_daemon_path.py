@@ -17,7 +17,8 @@ Configurations:
 - ``before``: dagster.yaml as of commit 9687ed2 (default run launcher, run queue every 5 s,
   3 runs per video, pools of 4 at run granularity, run monitoring every 30 s).
 - ``default-launcher``: today's dagster.yaml with Dagster's DefaultRunLauncher (isolates the launcher).
-- ``forkserver``: today's dagster.yaml (ForkServerRunLauncher).
+- ``forkserver``: today's dagster.yaml (ForkServerRunLauncher), with handoffs.
+- ``no-handoff``: the same with ``PIPELINE_HANDOFF=0``: every stage waits for its sensor's tick.
 - ``forkserver+defs`` (``--preload-experiment``): the same, with ``pipeline.definitions`` added to the
   fork server's preload (the project does not do this: code edits would need a daemon restart).
 - ``op-granularity`` (``--granularity-experiment``): today's dagster.yaml with pools at op granularity.
@@ -103,6 +104,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "before": {"source": "before", "overrides": {}},
     "default-launcher": {"overrides": {"run_launcher": None}},
     "forkserver": {"overrides": {}},
+    "no-handoff": {"overrides": {}, "env": {"PIPELINE_HANDOFF": "0"}},
     "forkserver+defs": {"overrides": {"run_launcher": {**LAUNCHER, "config": {
         "extra_preload_modules": ["pipeline.definitions"]}}}},
     "op-granularity": {"overrides": "op"},
@@ -116,6 +118,7 @@ LABELS = {
     "before": "before (commit 9687ed2: default launcher, queue 5 s, 3 runs/video, pools 4)",
     "default-launcher": "today's dagster.yaml, Dagster's DefaultRunLauncher",
     "forkserver": "today's dagster.yaml (ForkServerRunLauncher)",
+    "no-handoff": "today's dagster.yaml without handoffs (PIPELINE_HANDOFF=0: the sensors queue every stage)",
     "forkserver+defs": "ForkServerRunLauncher + pipeline.definitions preloaded (experiment)",
     "op-granularity": "today's dagster.yaml, pools at op granularity (experiment)",
     "local-runs-2": "ForkServerRunLauncher + at most 2 local-provider runs at once (experiment)",
@@ -317,9 +320,9 @@ def hops(runs: list[dict[str, Any]], t_submit: float, t_submitted: float) -> dic
         "plan run: queued": plan["starting"] - plan["enqueued"],
         "plan run: launch (starting -> RUN_START)": plan["start"] - plan["starting"],
         "plan run: execution": plan["end"] - plan["start"],
-        "fan-out sensor tick -> segment runs enqueued": first_work - plan["end"],
+        "plan run end -> segment runs enqueued (fan-out sensor; handoff: < 0)": first_work - plan["end"],
         "segment + music runs: first enqueued -> last succeeded": last["end"] - first_work,
-        "assembly sensor tick -> assemble run enqueued": asm["enqueued"] - last["end"],
+        "last run end -> assemble run enqueued (assembly sensor; handoff: < 0)": asm["enqueued"] - last["end"],
         "assemble run: queued": asm["starting"] - asm["enqueued"],
         "assemble run: launch (starting -> RUN_START)": asm["start"] - asm["starting"],
         "assemble run: execution to final_video materialized": final - asm["start"],
@@ -352,7 +355,7 @@ def daemon_render(config: str, *, warm_up: bool, timeout: float = 900.0) -> dict
     root = Path(tempfile.mkdtemp(prefix=f"bench-daemon-{_safe(config)}-"))
     overrides, source = _overrides(config)
     stack = DagsterStack.create(root, instance_overrides=overrides, instance_source=source,
-                                workspace=_workspace(config, root))
+                                workspace=_workspace(config, root), extra_env=CONFIGS[config].get("env"))
     result: dict[str, Any] = {"config": config}
     try:
         t0 = time.time()
@@ -448,7 +451,7 @@ def replicate_daemon_render(config: str, spec: Path, workload, *, seed: int, sca
     try:
         with ServerProcess(seed=seed, scale=scale, failed=[], fault_kind=None, fault_options={}) as server:
             stack = DagsterStack.create(root, instance_overrides=overrides, instance_source=source,
-                                        workspace=_workspace(config, root), extra_env={
+                                        workspace=_workspace(config, root), extra_env={**CONFIGS[config].get("env", {}),
                 "REPLICATE_API_TOKEN": server.token, "REPLICATE_BASE_URL": server.base_url,
                 "REPLICATE_OUTPUT_HOSTS": server.origin})
             try:

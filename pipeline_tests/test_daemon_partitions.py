@@ -158,11 +158,12 @@ def _ticked_after(instance: dg.DagsterInstance, sensor: str, since: float) -> bo
 
 
 def _canceled_as_duplicate(instance: dg.DagsterInstance, run: dg.DagsterRun) -> bool:
-    """True if ``run`` was canceled by the run coordinator as a second assembly of one state."""
+    """True if ``run`` was canceled by the run coordinator as a second assembly of one state (or a
+    second run of one sensor request)."""
     if run.status != dg.DagsterRunStatus.CANCELED:
         return False
     events = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_CANCELED)
-    return any("one assembly per state" in (e.message or "") for e in events)
+    return any(m in (e.message or "") for e in events for m in ("one assembly per state", "one run per request"))
 
 
 def _fanout_cursor(instance: dg.DagsterInstance) -> int:

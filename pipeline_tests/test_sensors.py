@@ -178,6 +178,39 @@ def test_assembly_waits_for_every_real_segment_then_fires_once(env, tmp_path, ca
     assert "asm: not assembled now: this state was assembled already (run " in capsys.readouterr().err
 
 
+def test_fanout_and_assembly_leave_a_stage_to_its_run_while_it_is_in_progress(env, tmp_path, capsys):
+    """A run in progress hands off its next stage itself when it ends (pipeline.orchestration.handoff):
+    the sensors hold their cursor before its records until it has ended, then act as the backstop.
+    (CANCELING is a status in progress that the test can set on a finished run.)"""
+    pipeline = env.defs.resources["pipeline"]
+    _plan(env.defs, env.instance, write_spec(tmp_path / "a.yaml", video_id="held"), env.data_dir)
+    [spec] = env.instance.fetch_materializations(dg.AssetKey("video_spec"), limit=1).records
+    plan_run = env.instance.get_run_by_id(spec.run_id)
+    env.instance.report_run_canceling(plan_run, "test: the plan run is still making its characters")
+    capsys.readouterr()
+    held = _tick(segment_fanout_sensor, env.instance, pipeline)
+    assert held.run_requests == [] and held.cursor == "0"  # before the plan's record
+    assert f"held: its plan run {spec.run_id[:8]} is still running" in capsys.readouterr().err
+    env.instance.report_run_canceled(plan_run, "test: ended")
+    fanned = _tick(segment_fanout_sensor, env.instance, pipeline, held.cursor)
+    assert len(fanned.run_requests) == 4 and fanned.cursor == str(spec.storage_id)
+
+    env.instance.add_dynamic_partitions("segments", ["000", "001", "002"])
+    assert execute(env.defs, env.instance, "render_music", "held", name="m").success
+    for i in (0, 1, 2):
+        assert execute(env.defs, env.instance, "render_segment", segment_partition_key("held", i), name="s").success
+    [last] = env.instance.fetch_materializations(dg.AssetKey("chunk_videos"), limit=1).records
+    segment_run = env.instance.get_run_by_id(last.run_id)
+    env.instance.report_run_canceling(segment_run, "test: the segment run is still ending")
+    capsys.readouterr()
+    waiting = _tick(assembly_sensor, env.instance, pipeline)
+    assert waiting.run_requests == [] and int(waiting.cursor) < last.storage_id
+    assert "held: segment 002 still running" in capsys.readouterr().err
+    env.instance.report_run_canceled(segment_run, "test: ended")
+    [request] = _tick(assembly_sensor, env.instance, pipeline, waiting.cursor).run_requests
+    assert request.job_name == "assemble_video" and request.partition_key == "held"
+
+
 def test_schedule_retries_failed_segments_a_bounded_number_of_times(env, tmp_path, monkeypatch):
     from pipeline.definitions import build_definitions
 

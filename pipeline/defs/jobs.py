@@ -9,16 +9,22 @@ import dagster as dg
 
 from pipeline.defs.assets import final_video, music, segment_assets, stitched_video, video_spec
 from pipeline.defs.character_assets import characters
+from pipeline.defs.hooks import handoff_hook
 from pipeline.defs.narration_assets import narration, soundtrack
 from pipeline.defs.partitions import per_segment, videos
 
+HOOKS = {handoff_hook}
+"""Every job's hooks: the handoff (``pipeline.defs.hooks``): a plan, segment or music run that ends its
+stage queues the next stage's runs itself; the sensors stay as the backstop."""
+
 plan_video_job = dg.define_asset_job("plan_video", selection=[video_spec, characters], partitions_def=videos,
+                                     hooks=HOOKS,
                                      description="Validate and plan one video (video_spec), then make its character "
                                                  "reference images (characters).")
 render_segment_job = dg.define_asset_job(
-    "render_segment", selection=[narration, *segment_assets], partitions_def=per_segment,
+    "render_segment", selection=[narration, *segment_assets], partitions_def=per_segment, hooks=HOOKS,
     description="Render one beat: narration -> beats -> storyboard_images -> chunk_videos for one (video, segment).")
-render_music_job = dg.define_asset_job("render_music", selection=[music], partitions_def=videos,
+render_music_job = dg.define_asset_job("render_music", selection=[music], partitions_def=videos, hooks=HOOKS,
                                        description="Generate one video's music track.")
 assemble_video_job = dg.define_asset_job("assemble_video", selection=[stitched_video, soundtrack, final_video],
                                          partitions_def=videos,

@@ -15,6 +15,14 @@ order, with which tags and run keys is ``pipeline.orchestration.planner``'s; the
   state is being or was assembled by another run (the CLI's). Logs what each video waits on.
 
 All three keep a cursor and are idempotent across ticks; none ever requests a phantom segment.
+
+**Handoffs come first** (``pipeline.orchestration.handoff``): a plan run that ends queues its
+segment and music runs, and the segment or music run that makes its video ready queues the
+assembly, at once, under these sensors' names and run keys. The fan-out and assembly sensors are
+the backstop: they look at a stage only once the runs making it have ended (the cursor stays
+before a record whose run is in progress), so they do not race a handoff; a request a handoff
+already queued is skipped by Dagster's run-key check; the run coordinator cancels a duplicate
+that still slips through ("one run per request").
 """
 
 from __future__ import annotations
@@ -32,9 +40,11 @@ from pipeline.manifests import VideoPlan
 from pipeline.orchestration.phantoms import phantoms_after_planning, planned_videos
 from pipeline.orchestration.render_lock import render_lock_holder
 from pipeline.orchestration.planner import LAUNCHED_BY_TAG, PlannedRun, Waiting, assembly_run, fanout_runs, plan_run
-from pipeline.orchestration.status import assembly_runs, video_status
+from pipeline.orchestration.status import IN_PROGRESS, VideoStatus, assembly_runs, video_status
 from pipeline.printable import printable
 from pipeline.submissions import list_submissions, render_claim
+
+IN_PROGRESS_VALUES = frozenset(s.value for s in IN_PROGRESS)
 
 TICK_S = 1
 """Minimum seconds between two evaluations of a sensor. The sensor daemon loops every 5 s
@@ -104,12 +114,11 @@ def spec_inbox_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineRes
     )
 
 
-def _launched_by(instance: dg.DagsterInstance, run_ids: set[str]) -> dict[str, str]:
-    """``{run_id: pipeline/launched_by}`` of those of ``run_ids`` that have the tag (one query)."""
+def _runs(instance: dg.DagsterInstance, run_ids: set[str]) -> dict[str, dg.DagsterRun]:
+    """``{run_id: run}`` of ``run_ids`` (one query)."""
     if not run_ids:
         return {}
-    runs = instance.get_runs(dg.RunsFilter(run_ids=sorted(run_ids)))
-    return {r.run_id: r.tags[LAUNCHED_BY_TAG] for r in runs if LAUNCHED_BY_TAG in r.tags}
+    return {r.run_id: r for r in instance.get_runs(dg.RunsFilter(run_ids=sorted(run_ids)))}
 
 
 @dg.sensor(jobs=[render_segment_job, render_music_job], minimum_interval_seconds=TICK_S,
@@ -121,24 +130,31 @@ def segment_fanout_sensor(context: dg.SensorEvaluationContext, pipeline: Pipelin
     A plan made by ``pipeline render`` (run tag ``pipeline/launched_by=cli``) is rendered by that
     process: no runs are requested for it. Every plan read, whoever made it, gets its phantoms
     recorded in the same result (``phantoms.phantoms_after_planning``: runless materializations of
-    the video's phantom segments, and of the other planned videos' phantoms among its keys)."""
+    the video's phantom segments, and of the other planned videos' phantoms among its keys).
+    A materialization whose plan run is still in progress is left for a later tick (the cursor
+    stays before it): that run makes the video's characters next and then hands off itself."""
     after = int(context.cursor or 0)
     records = context.instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=dg.AssetKey("video_spec"), after_storage_id=after), limit=100,
         ascending=True).records
     existing = set(context.instance.get_dynamic_partitions(segments.name))
-    launched_by = _launched_by(context.instance, {r.run_id for r in records if r.run_id})
+    makers = _runs(context.instance, {r.run_id for r in records if r.run_id})
     runs, new_keys, planned = [], [], []
     for record in records:
-        after = max(after, record.storage_id)
         video_id = record.partition_key
+        maker = makers.get(record.run_id)
+        if maker is not None and maker.status in IN_PROGRESS:
+            context.log.info(f"{video_id}: its plan run {record.run_id[:8]} is still running (its characters come "
+                             "next; the run queues the segment runs itself when it ends); looked at again next tick")
+            break  # the cursor stays before it
+        after = max(after, record.storage_id)
         plan = read_manifest(pipeline.manifests_dir, "video_spec", video_id)
         if not isinstance(plan, VideoPlan):
             context.log.warning(f"video_spec[{video_id}] materialized but its manifest is unreadable; skipped")
             continue
         new_keys += [seg for seg in plan.segment_keys if seg not in existing and seg not in new_keys]
         planned.append(video_id)
-        if launched_by.get(record.run_id) == "cli":
+        if maker is not None and maker.tags.get(LAUNCHED_BY_TAG) == "cli":
             context.log.info(f"{video_id}: planned by `pipeline render` (run {record.run_id[:8]}), which renders "
                              "it; no runs requested")
             continue
@@ -162,27 +178,45 @@ def assembly_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResou
     has ``chunk_videos`` newer than its spec and the video has fresh ``music`` (``planner.assembly_run``).
     The run key is the newest input's storage id: one assembly per state, and a backfilled segment
     assembles again. A state that another run (e.g. ``pipeline retry``) is assembling or assembled
-    is not requested. Each candidate video's decision is logged: what it waits on, or the request."""
+    is not requested. A video with a segment or music run still in progress is looked at again
+    next tick (the cursor stays before its records): the run that ends its stage hands off the
+    assembly itself. Each candidate video's decision is logged: what it waits on, or the request."""
     start = after = int(context.cursor or 0)
-    candidates: set[str] = set()
+    first_seen: dict[str, int] = {}  # video -> storage id of its first new input record
     for asset in ("chunk_videos", "narration", "music"):
         records = context.instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), after_storage_id=start), limit=1000,
             ascending=True).records
         for record in records:
             key = record.partition_key or ""
-            candidates.add(split_key(key)[0] if "|" in key else key)
+            video_id = split_key(key)[0] if "|" in key else key
+            first_seen[video_id] = min(first_seen.get(video_id, record.storage_id), record.storage_id)
             after = max(after, record.storage_id)
-    runs = []
-    for video_id in sorted(candidates):
+    runs, held = [], []
+    for video_id in sorted(first_seen):
         status = video_status(context.instance, pipeline.manifests_dir, video_id)
+        busy = _busy(context.instance, status)
+        if busy:
+            context.log.info(f"{video_id}: {', '.join(busy)} still running (the run that ends its stage queues the "
+                             "assembly itself); looked at again next tick")
+            held.append(first_seen[video_id] - 1)  # the cursor stays before its records
+            continue
         planned = assembly_run(status, assembly_runs(context.instance, video_id, status.assembly_state))
         if isinstance(planned, Waiting):
             context.log.info(f"{video_id}: not assembled now: {planned}")
             continue
         context.log.info(f"{video_id}: requesting assemble_video (run key {planned.run_key})")
         runs.append(run_request(planned))
-    return dg.SensorResult(run_requests=runs, cursor=str(after))
+    return dg.SensorResult(run_requests=runs, cursor=str(min([after, *held])))
+
+
+def _busy(instance: dg.DagsterInstance, status: VideoStatus) -> list[str]:
+    """What of ``status``'s video is still being made by a run in progress: "segment 002", "music"."""
+    busy = [f"segment {s.segment}" for s in status.segments if s.latest_run_status in IN_PROGRESS_VALUES]
+    music_run = status.latest_runs.get("music")
+    if music_run and (run := instance.get_run_by_id(music_run)) is not None and run.status in IN_PROGRESS:
+        busy.append("music")
+    return busy
 
 
 all_sensors = [spec_inbox_sensor, segment_fanout_sensor, assembly_sensor]
