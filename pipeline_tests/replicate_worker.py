@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--only", nargs="*", default=list(ALL))
     ap.add_argument("--plan", action="store_true")
     ap.add_argument("--lease", type=float, default=30.0)
+    ap.add_argument("--sync-wait", type=int, default=60)
     ap.add_argument("--ledger")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
                             allowed_hosts=[args.base_url],
                             workspace_root=str(ws.root), ledger_path=args.ledger, poll_interval_s=0.05, max_poll_interval_s=0.25,
                             backoff_initial_s=0.05, max_backoff_s=0.5, request_timeout_s=60.0, deadline_s=120.0,
-                            lease_s=args.lease)
+                            lease_s=args.lease, sync_wait_s=args.sync_wait)
     print("ready", flush=True)
     if args.go:
         deadline = time.monotonic() + 300

@@ -102,11 +102,11 @@ def test_500_before_create_is_looked_up_then_created_once(h):
 @pytest.mark.parametrize("fault, options", [
     ("server_error", {"status": 503, "after_create": True}),
     ("drop_connection", {}),
-    ("hang_after_create", {"seconds": 3.0}),  # the client times out after 0.4 s
+    ("hang_after_create", {"seconds": 3.0}),  # the client times out after 1.4 s (0.4 s + the 1 s sync wait)
 ])
 def test_ambiguous_create_failures_adopt_the_prediction_instead_of_paying_again(tmp_path, fake_replicate, fault,
                                                                                 options):
-    h = Harness(tmp_path, fake_replicate, request_timeout_s=0.4)
+    h = Harness(tmp_path, fake_replicate, request_timeout_s=0.4, sync_wait_s=1)
     fake_replicate.inject(fault, model=WAN, **options)
     video = h.chunk()
     assert fake_replicate.create_count(WAN) == 1 and fake_replicate.create_requests == 1
@@ -185,7 +185,8 @@ def test_unusable_output_is_a_clear_error_and_its_cost_still_counts(h, fault, me
     assert job.state == "failed" and h.ledger.spent_usd("v") == pytest.approx(0.05)
 
 
-def test_transient_poll_and_download_errors_are_retried_without_a_new_create(h):
+def test_transient_poll_and_download_errors_are_retried_without_a_new_create(tmp_path, fake_replicate):
+    h = Harness(tmp_path, fake_replicate, sync_wait_s=0)  # polled: in sync mode the create's answer has it
     h.server.inject("get_error", times=3, status=500)
     h.server.inject("download_error", times=2, status=503)
     video = h.chunk()

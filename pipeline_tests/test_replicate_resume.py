@@ -96,7 +96,8 @@ def _resume(ws: Workspace, server: FakeReplicate):
 def test_killed_while_polling_the_rerun_resumes_the_same_prediction(tmp_path):
     with FakeReplicate(run_seconds=0.05, render_scale=0.25) as server:
         server.inject("hold", model=WAN)  # the chunk runs until released
-        ws, proc = _setup(tmp_path, server)
+        # Its create is held 1 s (sync mode), answered still processing, then polled.
+        ws, proc = _setup(tmp_path, server, sync_wait_s=1)
         try:
             assert server.wait_for(lambda: (j := _wan_job(ws)) is not None and j.state == "in_flight", timeout=30)
             pid = _wan_job(ws).prediction_id

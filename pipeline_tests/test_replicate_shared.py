@@ -141,7 +141,8 @@ def test_processes_sharing_requests_pay_once_per_key(tmp_path, create_latency):
 def test_a_killed_owner_is_taken_over_without_a_second_create(tmp_path):
     with FakeServerProcess("--run-seconds", "0.2", "--render-scale", "0.25") as server:
         server.inject("hold", model=FLUX)  # the prediction runs until released
-        owner = Worker(server, tmp_path, "payer", "--only", "image0")
+        # Its create is held 1 s (sync mode), answered still processing: the owner is then polling.
+        owner = Worker(server, tmp_path, "payer", "--only", "image0", "--sync-wait", "1")
         job = wait_until(lambda: (j := _job_of(tmp_path, FLUX)) is not None and j.state == "in_flight" and j,
                          "the owner's job in flight")
         assert ProcessIdentity.parse(job.owner).pid == owner.proc.pid

@@ -102,6 +102,8 @@ class ReplicateSettings(dg.Config):
     choose none; None: the registry defaults. ``poll_interval_s``: first polling interval,
     seconds; ``max_poll_interval_s``: the interval's cap, seconds (2 s: a 45 s chunk is seen done about
     1 s late on average instead of 5 s at a 10 s cap; reads are not billed; BENCHMARKS.md section 1).
+    ``sync_wait_s``: sync mode, whole seconds (``Prefer: wait=n``, 0 off, at most 60): a create is
+    held until its prediction ends or n seconds pass, so one that ends sooner is seen at once.
     ``lease_s``: ledger ownership lease, seconds (renewed every third of it).
     ``deadline_s``: polling deadline per model kind, seconds (``{"video": 900}``; kinds image,
     video, audio, speech, text; the others keep the provider's defaults: image 600, video 1800, audio 1200,
@@ -123,6 +125,7 @@ class ReplicateSettings(dg.Config):
     music_model: str | None = None
     poll_interval_s: float = 1.0
     max_poll_interval_s: float = 2.0
+    sync_wait_s: int = 60
     lease_s: float = DEFAULT_LEASE_S
     deadline_s: dict[str, float] | None = None
     max_reads_per_minute: float = 1500.0
@@ -322,7 +325,8 @@ class PipelineResource(dg.ConfigurableResource):
                     workspace=self.workspace, ledger_path=self.ledger_target,
                     allowed_hosts=list(hosts) if hosts else None,
                     poll_interval_s=settings.poll_interval_s,
-                    max_poll_interval_s=settings.max_poll_interval_s, lease_s=settings.lease_s,
+                    max_poll_interval_s=settings.max_poll_interval_s, sync_wait_s=settings.sync_wait_s,
+                    lease_s=settings.lease_s,
                     deadline_s=dict(settings.deadline_s) if settings.deadline_s else None,
                     max_reads_per_minute=settings.max_reads_per_minute,
                     **{f"{kind}_model": ref for kind, ref in chosen.items()})

@@ -82,7 +82,8 @@ def run_media(provider: "ReplicateProvider", request: GenerationRequest, model: 
 
     ``extra["timings_s"]`` says where the call's wall time went, seconds (those that happened):
     ``pad_s`` (start image padded to the generated ratio), ``upload_s`` (start image to model input:
-    PNG read, hashed, inlined or uploaded), ``create_s``, ``poll_s``, ``seen_late_s``
+    PNG read, hashed, inlined or uploaded), ``create_s`` (in sync mode with the held answer's
+    wait), ``poll_s`` (~0 when the create's answer had ended), ``seen_late_s``
     (``Predictions.create`` / ``poll``), ``download_s``, ``verify_s``, ``crop_s``, and ``total_s`` (the whole
     call; the rest is ledger work). The Generator logs them in ``logs/provider_calls.jsonl``."""
     began = time.monotonic()

@@ -1,6 +1,7 @@
 """HTTP access to the Replicate API: one httpx client per provider and process, the errors a request
 can end in, JSON reads (single, or retried with tenacity), creating a prediction with a
-server-side deadline (``Cancel-After``) and canceling. (The Files API is in ``files``.)
+server-side deadline (``Cancel-After``), optionally in sync mode (``Prefer: wait=n``: the create is
+held until the prediction ends or n seconds pass), and canceling. (The Files API is in ``files``.)
 
 The client is a plain ``httpx.Client`` (no replicate-library internals): bearer token, API root,
 timeouts (``DefaultTimeout`` also gives one to any request sent without), no redirects, and no
@@ -36,14 +37,17 @@ from pipeline.providers.replicate.ratelimit import (
     wait_for_server,
 )
 
-__all__ = ["DEFAULT_BASE_URL", "MIN_CANCEL_AFTER_S", "Ambiguous", "DefaultTimeout", "NotFound", "NotSent",
-           "RateLimited", "ReplicateApi", "Transient", "cancel_after", "iso", "parse_time", "wait_for_server"]
+__all__ = ["DEFAULT_BASE_URL", "MAX_SYNC_WAIT_S", "MIN_CANCEL_AFTER_S", "Ambiguous", "DefaultTimeout", "NotFound",
+           "NotSent", "RateLimited", "ReplicateApi", "Transient", "cancel_after", "iso", "parse_time", "sync_wait",
+           "wait_for_server"]
 
 log = logging.getLogger("pipeline.providers.replicate")
 
 DEFAULT_BASE_URL = "https://api.replicate.com"
 MIN_CANCEL_AFTER_S = 5.0
 """The shortest ``Cancel-After`` the API accepts, seconds (OpenAPI spec of predictions.create)."""
+MAX_SYNC_WAIT_S = 60
+"""The longest ``Prefer: wait=n`` the API accepts, seconds (OpenAPI spec: 1 <= n <= 60)."""
 
 
 class DefaultTimeout(httpx.BaseTransport):
@@ -94,6 +98,14 @@ def cancel_after(seconds: float) -> str:
     if s % 60 == 0:
         return f"{s // 60}m"
     return f"{s}s"
+
+
+def sync_wait(seconds: float) -> int:
+    """``seconds`` as a ``Prefer: wait=n`` length: whole seconds from 0 (no sync mode) to
+    MAX_SYNC_WAIT_S. Raises ValueError otherwise."""
+    if not 0 <= seconds <= MAX_SYNC_WAIT_S or int(seconds) != seconds:
+        raise ValueError(f"sync_wait_s: whole seconds from 0 (off) to {MAX_SYNC_WAIT_S}, not {seconds}")
+    return int(seconds)
 
 
 class ReplicateApi:
@@ -222,19 +234,28 @@ class ReplicateApi:
             before_sleep=lambda rs: log.warning("retrying %s after %s", what, self.redact(str(rs.outcome.exception()))))
         return retrying(self.read_json, path, what=what)
 
-    def create(self, model: ReplicateModel, inp: dict[str, Any], *, deadline_s: float) -> dict[str, Any]:
+    def create(self, model: ReplicateModel, inp: dict[str, Any], *, deadline_s: float,
+               wait_s: int = 0) -> dict[str, Any]:
         """POST one create (never retried here) with ``Cancel-After`` = ``deadline_s`` seconds (at
         least MIN_CANCEL_AFTER_S). Official models go to ``/v1/models/{owner}/{name}/predictions``,
-        pinned versions to ``/v1/predictions``. Returns the prediction JSON. Raises RateLimited
-        (429, with the server's wait), Ambiguous (5xx, timeout, dropped connection, unreadable
-        answer), NotSent (no connection), or ProviderError (permanent: 4xx, e.g. invalid input or
-        content policy)."""
+        pinned versions to ``/v1/predictions``. ``wait_s`` (whole seconds, 1..MAX_SYNC_WAIT_S; 0:
+        none) asks for sync mode, ``Prefer: wait=<wait_s>``: Replicate holds the request until the
+        prediction ends or ``wait_s`` pass, and answers with it as it is then (terminal, or still
+        starting/processing); the read timeout of this request is ``request_timeout_s`` *plus*
+        ``wait_s``, so a held answer is never taken for a lost one. Returns the prediction JSON.
+        Raises RateLimited (429, with the server's wait), Ambiguous (5xx, timeout, dropped
+        connection, unreadable answer), NotSent (no connection), or ProviderError (permanent: 4xx,
+        e.g. invalid input or content policy)."""
         self.client()  # no token: ProviderError before anything else
         path, body = ((f"/v1/models/{model.ref}/predictions", {"input": inp}) if not model.version
                       else ("/v1/predictions", {"version": model.version, "input": inp}))
         headers = {"Cancel-After": cancel_after(max(MIN_CANCEL_AFTER_S, deadline_s))}
+        extra: dict[str, Any] = {}
+        if sync_wait(wait_s):
+            headers["Prefer"] = f"wait={int(wait_s)}"
+            extra["timeout"] = httpx.Timeout(self.request_timeout_s + wait_s, connect=min(10.0, self.request_timeout_s))
         try:
-            response = self.send("POST", path, json=body, headers=headers)
+            response = self.send("POST", path, json=body, headers=headers, **extra)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise NotSent(f"{type(exc).__name__}: {exc}") from None
         except httpx.TransportError as exc:

@@ -61,6 +61,18 @@ class OutputUnusable(Exception):
         return self.cause in DETERMINISTIC_CAUSES
 
 
+def inlined(output: Any) -> bool:
+    """True if a prediction's ``output`` holds a ``data:`` URI (a file inlined in the answer, as
+    Replicate has done in sync-mode answers) rather than only URLs."""
+    if isinstance(output, str):
+        return output.startswith("data:")
+    if isinstance(output, list):
+        return any(inlined(v) for v in output)
+    if isinstance(output, dict):
+        return any(inlined(v) for v in output.values())
+    return False
+
+
 def output_urls(output: Any) -> list[str]:
     """The URLs in a prediction's ``output`` (a URL, a list of them, or a dict of them)."""
     if isinstance(output, str):

@@ -12,7 +12,8 @@ for, or own it (resume, look up, create, poll, use the output) under a renewed l
    and the paying video as ``paid_by``.
 4. **owner**: under ``Ledger.hold`` (lease renewed every lease/3 through create, polling, download
    and verification): resume an ``in_flight`` prediction, look up an ``intent`` left by a crash,
-   or create; poll; use the output; record the terminal state and cost.
+   or create; poll (not when the sync-mode create's answer had ended: ``predictions``); use the
+   output; record the terminal state and cost.
 
 Unusable paid outputs: the cause is counted on the job (``unusable``). A deterministic cause
 (``too_large``, ``refused_host``) is a permanent error at once; any other may be bought once more,

@@ -9,7 +9,8 @@ next and hands reads to a few worker threads (so HTTP latency does not bound the
 
 - **Few in flight** (GET mode): ``GET /v1/predictions/{id}`` at once, then ``poll_interval_s``
   later, x1.5 up to ``max_poll_interval_s``, earliest due first (round-robin when the budget is the
-  bottleneck). The default 2 s cap sees a finished prediction ~1 s late on average.
+  bottleneck). The default 2 s cap sees a finished prediction ~1 s late on average; one that ends
+  within its create's sync wait (``Prefer: wait``, ``predictions``) is never polled at all.
 - **Many in flight** (list mode, from ``list_min``: by default when GET mode would need over half
   the budget, 25 at 1500/min and a 2 s cap): a *sweep* of ``GET /v1/predictions?created_after=
   <oldest watched creation - skew>`` (100 per page, newest first, ``next`` up to ``list_max_pages``)

@@ -8,15 +8,28 @@ look up an earlier create, poll to a terminal status, cancel at the deadline.
   4xx answers (invalid input, content policy, 401/402) are permanent. Every create carries
   ``Cancel-After`` = the polling deadline, so a killed process leaves nothing running for long.
   A create is only sent while the caller's ledger lease is held.
-- **Poll** through the process's one ``poller.Poller`` (reads ``poll_interval_s`` x1.5 up to
-  ``max_poll_interval_s`` apart, within the read budget, batched when many are in flight) until
-  ``succeeded``, ``failed``, ``canceled`` or ``aborted``, or the per-kind deadline, when the
-  prediction is canceled and the ledger job closed as ``canceled``.
+- **Sync mode** (``sync_wait_s``, default 60; 0 off): creates carry ``Prefer: wait=n`` (n at most
+  the polling deadline): Replicate holds the answer until the prediction ends or n s pass. One that
+  ends within n s is in the answer, seen at once instead of a poll interval late (~1 s on average
+  at the 2 s cap), and ``poll`` returns it without a read (the id is recorded in the ledger first,
+  and the outcome handled, exactly as after a polled one); a longer one is polled. Default 60, the
+  API's maximum: a held create costs an open connection and no read budget, and any less sends
+  more predictions back to polling. Crash safety is unchanged: the intent is recorded before the
+  POST, the lease is renewed by its own thread while the answer is held, a held create that times
+  out (read timeout: the request timeout plus n) or loses its connection is ambiguous like any
+  other, and a process killed meanwhile leaves an intent its successor resolves by lookup. An
+  answer with ``data:`` URIs in its output (files inlined) is not used: the prediction is read by id.
+- **Poll** (a prediction not ended within the sync wait, resumed or adopted) through the process's
+  one ``poller.Poller`` (reads ``poll_interval_s`` x1.5 up to ``max_poll_interval_s`` apart,
+  within the read budget, batched when many are in flight) until ``succeeded``, ``failed``,
+  ``canceled`` or ``aborted``, or the per-kind deadline, when the prediction is canceled and the
+  ledger job closed as ``canceled``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 from contextlib import contextmanager
@@ -37,8 +50,10 @@ from pipeline.providers.replicate.client import (
     Transient,
     iso,
     parse_time,
+    sync_wait,
     wait_for_server,
 )
+from pipeline.providers.replicate.download import inlined
 from pipeline.providers.replicate.poller import TERMINAL_STATUSES, shared_poller
 
 log = logging.getLogger("pipeline.providers.replicate")
@@ -71,11 +86,14 @@ class Predictions:
     ``backoff_initial_s`` .. ``max_backoff_s``; ``lookup_skew_s`` how far before an intent a lookup
     still matches; ``lookup_max_pages`` pages of ``GET /v1/predictions`` read at most.
     ``normalize`` maps an input value to what it is compared as (upload URL -> content sha256).
+    ``sync_wait_s``: whole seconds a create asks Replicate to hold its answer (``Prefer: wait``,
+    0..60; 0: no sync mode, every prediction is polled).
     """
 
     def __init__(self, api: ReplicateApi, ledger: Ledger, *, deadlines_s: dict[str, float], poll_interval_s: float,
                  max_poll_interval_s: float, max_create_attempts: int, backoff_initial_s: float, max_backoff_s: float,
-                 lookup_skew_s: float, lookup_max_pages: int, normalize: Callable[[Any], Any] = lambda v: v):
+                 lookup_skew_s: float, lookup_max_pages: int, normalize: Callable[[Any], Any] = lambda v: v,
+                 sync_wait_s: int = 0):
         self.api, self.ledger = api, ledger
         self.deadlines_s = deadlines_s
         self.poll_interval_s, self.max_poll_interval_s = poll_interval_s, max_poll_interval_s
@@ -83,7 +101,9 @@ class Predictions:
         self.backoff_initial_s, self.max_backoff_s = backoff_initial_s, max_backoff_s
         self.lookup_skew_s, self.lookup_max_pages = lookup_skew_s, lookup_max_pages
         self.normalize = normalize
+        self.sync_wait_s = sync_wait(sync_wait_s)
         self._created_at: dict[str, float | None] = {}  # prediction id -> creation time (Unix s), until polled
+        self._ended: dict[str, dict[str, Any]] = {}  # prediction id -> its terminal create answer, until polled
 
     # --- create --------------------------------------------------------------------------------
 
@@ -92,8 +112,9 @@ class Predictions:
         """Create ``job``'s prediction, retrying 429 (after the wait it names), 5xx, timeouts and dropped
         connections; after an ambiguous failure, look it up before creating again. Returns
         (prediction id, adopted, creates sent). ``timings`` gets ``create_s``: seconds of the whole
-        create, retries and their waits included. Raises ProviderError: permanent for a refusal
-        (the job is closed ``failed``), retryable when retries are exhausted or the lease was lost."""
+        create, retries, their waits and the sync wait included; an answer showing the prediction
+        ended is kept for ``poll``. Raises ProviderError: permanent for a refusal (the job is closed
+        ``failed``), retryable when retries are exhausted or the lease was lost."""
         with timed(timings, "create_s"):
             return self._create(job, model, inp, lease)
 
@@ -101,6 +122,7 @@ class Predictions:
         state = {"ambiguous": False, "sent": 0}
         wait = wait_for_server(wait_exponential_jitter(initial=self.backoff_initial_s, max=self.max_backoff_s))
         deadline_s = self.deadlines_s[model.kind]
+        wait_s = min(self.sync_wait_s, math.floor(deadline_s))  # never held past the polling deadline
 
         def before_sleep(rs: RetryCallState) -> None:
             log.warning("%s: create attempt %d failed (%s); retrying in %.2f s", model.id, rs.attempt_number,
@@ -117,7 +139,7 @@ class Predictions:
                                     "its ledger lease); not creating a prediction", retryable=True)
             state["sent"] += 1
             try:
-                pred = self.api.create(model, inp, deadline_s=deadline_s)
+                pred = self.api.create(model, inp, deadline_s=deadline_s, wait_s=wait_s)
             except Ambiguous:
                 state["ambiguous"] = True
                 raise
@@ -127,7 +149,10 @@ class Predictions:
                                        retryable=False)
                 raise
             self._created_at[pred["id"]] = parse_time(pred.get("created_at"))
-            log.info("%s: created prediction %s", model.id, pred["id"])
+            status = pred.get("status")
+            if status in TERMINAL_STATUSES and not (model.kind != "text" and inlined(pred.get("output"))):
+                self._ended[pred["id"]] = pred
+            log.info("%s: created prediction %s (%s)", model.id, pred["id"], status)
             return pred["id"], False
 
         retrying = Retrying(stop=stop_after_attempt(self.max_create_attempts), wait=wait,
@@ -241,13 +266,18 @@ class Predictions:
         Replicate bills for it: ``jobs.Call.charge``) and raise ProviderError(retryable). If the API
         stays unreachable, raise ProviderError(retryable) and leave the ledger in flight so a rerun
         resumes this prediction. ``timings`` gets ``poll_s`` (seconds waited) and ``seen_late_s``
-        (its ``completed_at`` -> seen: this machine's clock against Replicate's, at least 0)."""
+        (its ``completed_at`` -> seen: this machine's clock against Replicate's, at least 0).
+
+        A prediction whose create answer showed it ended (sync mode, see the module doc) is not read
+        again: that answer is returned (``poll_s`` ~0, and ``seen_late_s`` from the same clocks)."""
         deadline_s = self.deadlines_s[model.kind]
+        created_at, ended = self._created_at.pop(pid, None), self._ended.pop(pid, None)
         try:
             with timed(timings, "poll_s"):
-                pred = shared_poller(self.api).wait(pid, timeout_s=deadline_s, first_interval_s=self.poll_interval_s,
-                                                    max_interval_s=self.max_poll_interval_s,
-                                                    created_at=self._created_at.pop(pid, None))
+                pred = ended or shared_poller(self.api).wait(pid, timeout_s=deadline_s,
+                                                             first_interval_s=self.poll_interval_s,
+                                                             max_interval_s=self.max_poll_interval_s,
+                                                             created_at=created_at)
             completed = parse_time(pred.get("completed_at"))
             if timings is not None and completed is not None:
                 timings["seen_late_s"] = max(0.0, time.time() - completed)

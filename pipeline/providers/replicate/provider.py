@@ -80,6 +80,8 @@ class ReplicateProvider(Provider):
       1.08x of the critical path at real latencies: BENCHMARKS.md section 1); reads are not billed.
       A cap below the first interval is raised to it. Deployments set both in ``ReplicateSettings``
       (Dagster resource / run config, or ``build_definitions(replicate_max_poll_interval_s=...)``).
+    - ``sync_wait_s`` (60; 0 off, at most 60, whole seconds): creates ask Replicate to hold their answer until the
+      prediction ends or that long (``Prefer: wait``), so no polling lateness; why 60, and how: ``predictions``.
     - ``deadline_s``: polling deadline, seconds: one number, or a dict by kind (image/video/audio/text);
       defaults DEFAULT_DEADLINES_S. On expiry the prediction is canceled; creates send it as
       ``Cancel-After`` (at least 5 s, the API's minimum) so Replicate cancels it by itself if this
@@ -88,13 +90,11 @@ class ReplicateProvider(Provider):
       (polls, lookups, file checks), shared by every provider of the process with the same API root
       and token; see ``ratelimit`` and ``poller``.
     - ``lease_s`` (30.0): ledger ownership lease, seconds, renewed every third of it while working.
-      ``wait_limit_s``: the longest wait for another process's job, seconds (default twice the deadline
-      plus 60 s).
-    - ``request_timeout_s`` (30.0): HTTP timeout per request (create included), seconds.
+      ``wait_limit_s``: the longest wait for another process's job, seconds (default twice the deadline plus 60 s).
     - ``max_create_attempts`` (6), ``backoff_initial_s`` (1.0), ``max_backoff_s`` (60.0): create
       retries and exponential backoff with jitter, seconds (a 429's Retry-After takes precedence).
-    - ``max_download_attempts`` (4), ``max_download_bytes``: an int for every kind or a dict by kind;
-      defaults DEFAULT_MAX_DOWNLOAD_BYTES.
+    - ``max_download_attempts`` (4), ``max_download_bytes``: an int for every kind or a dict by kind; default
+      DEFAULT_MAX_DOWNLOAD_BYTES. ``request_timeout_s`` (30.0): HTTP timeout per request (a create: plus the sync wait).
     - ``lookup_skew_s`` (120.0): how far before the recorded intent a lookup still matches predictions
       (clock skew), seconds; ``lookup_max_pages`` (20) pages of ``GET /v1/predictions`` at most.
     - ``transport``: an httpx transport for the API client (tests only).
@@ -121,6 +121,7 @@ class ReplicateProvider(Provider):
         max_cost_usd: float | None = None,
         poll_interval_s: float = 1.0,
         max_poll_interval_s: float = 2.0,
+        sync_wait_s: int = 60,
         deadline_s: float | dict[str, float] | None = None,
         lease_s: float = DEFAULT_LEASE_S,
         wait_limit_s: float | None = None,
@@ -176,7 +177,7 @@ class ReplicateProvider(Provider):
         self.predictions = Predictions(self.api, self.ledger, deadlines_s=self.deadlines_s,
                                        poll_interval_s=poll_interval_s, max_poll_interval_s=max_poll_interval_s,
                                        max_create_attempts=max_create_attempts, backoff_initial_s=backoff_initial_s,
-                                       max_backoff_s=max_backoff_s, lookup_skew_s=lookup_skew_s,
+                                       max_backoff_s=max_backoff_s, lookup_skew_s=lookup_skew_s, sync_wait_s=sync_wait_s,
                                        lookup_max_pages=lookup_max_pages, normalize=self.uploads.normalize)
         waits = {k: float(wait_limit_s) if wait_limit_s is not None else 2 * d + 60.0
                  for k, d in self.deadlines_s.items()}
