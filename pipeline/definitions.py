@@ -60,6 +60,18 @@ def _env(name: str, *, required: bool = False) -> dg.EnvVar | None:
     return dg.EnvVar(name) if required or os.environ.get(name) else None
 
 
+def _int_env(name: str) -> int | None:
+    """The variable's whole number if it is set (not a secret: read when the definitions are built).
+    Raises ValueError naming it when it is not a whole number."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"${name} must be a whole number of seconds, not {raw!r}") from None
+
+
 def _given(value: Any, fallback: Any) -> Any:
     return fallback if value is None else value
 
@@ -122,6 +134,7 @@ def replicate_settings(deployment: str = "local", **values: Any) -> ReplicateSet
     hosts = [h.strip() for h in os.environ.get("REPLICATE_OUTPUT_HOSTS", "").split(",") if h.strip()]
     env_values = {"api_token": token or _env("REPLICATE_API_TOKEN", required=deployment == "production"),
                   "base_url": _env("REPLICATE_BASE_URL"), "output_hosts": hosts or None,
+                  "sync_wait_s": _int_env("REPLICATE_SYNC_WAIT_S"),
                   **{f"{kind}_model": _env(f"REPLICATE_{kind.upper()}_MODEL") for kind in ("image", "video", "music")}}
     merged = {name: _given(values.get(name), env_values.get(name)) for name in ReplicateSettings.model_fields}
     return ReplicateSettings(**{k: v for k, v in merged.items() if v is not None})

@@ -163,8 +163,11 @@ def test_three_videos_render_across_two_workers_and_survive_killed_workers(servi
     from pipeline.procs import ProcessIdentity
 
     with FakeServerProcess("--run-seconds", "0.3", "0.8", "--render-scale", "0.25") as fake:
+        # A 2 s sync wait: the held chunk's create answers (and its run logs the prediction id, which
+        # the kill below waits for) after 2 s instead of 60; every other prediction still ends in
+        # the create's answer.
         replicate = {"REPLICATE_API_TOKEN": fake.token, "REPLICATE_BASE_URL": fake.base_url,
-                     "REPLICATE_OUTPUT_HOSTS": fake.origin}
+                     "REPLICATE_OUTPUT_HOSTS": fake.origin, "REPLICATE_SYNC_WAIT_S": "2"}
         with running_cluster(tmp_path, monkeypatch, replicate=replicate) as cluster, cluster.instance() as instance:
             fake.inject("hold", model=VIDEO_MODEL)  # the first chunk prediction waits for release()
             t0 = time.monotonic()

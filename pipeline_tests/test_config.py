@@ -29,7 +29,7 @@ TOKEN = "r8_ConfigTestToken0123456789abcdef"
 ENV_NAMES = ("PIPELINE_DEPLOYMENT", "PIPELINE_DATA_DIR", "PIPELINE_INBOX_DIR", "PIPELINE_DEFAULT_PROVIDER",
              "PIPELINE_LOCAL_FAULTS", "PIPELINE_S3_BUCKET", "PIPELINE_S3_PREFIX", "REPLICATE_API_TOKEN",
              "REPLICATE_BASE_URL", "REPLICATE_OUTPUT_HOSTS", "REPLICATE_IMAGE_MODEL", "REPLICATE_VIDEO_MODEL",
-             "REPLICATE_MUSIC_MODEL")
+             "REPLICATE_MUSIC_MODEL", "REPLICATE_SYNC_WAIT_S")
 
 
 @pytest.fixture
@@ -78,6 +78,7 @@ def test_environment_variables_are_read_by_the_definitions(no_env, tmp_path):
     no_env.setenv("REPLICATE_BASE_URL", "http://127.0.0.1:7")
     no_env.setenv("REPLICATE_OUTPUT_HOSTS", "http://127.0.0.1:7, cdn.example.com")
     no_env.setenv("PIPELINE_LOCAL_FAULTS", str(tmp_path / "drill.json"))
+    no_env.setenv("REPLICATE_SYNC_WAIT_S", "7")
     pipeline = build_definitions().resources["pipeline"]
     assert pipeline.workspace.root == (tmp_path / "env-data").resolve()
     assert pipeline.inbox_path == tmp_path / "env-inbox"
@@ -86,6 +87,7 @@ def test_environment_variables_are_read_by_the_definitions(no_env, tmp_path):
     assert defaults.sources["video"].startswith("$REPLICATE_VIDEO_MODEL")
     replicate = pipeline.provider("replicate")
     assert replicate.base_url == "http://127.0.0.1:7" and replicate.video_model == KLING
+    assert replicate.predictions.sync_wait_s == 7  # Prefer: wait=7
     assert pipeline.provider("local").faults_file == str(tmp_path / "drill.json")
     # Explicit values beat the environment.
     explicit = build_definitions(str(tmp_path / "x"), default_provider="local",
