@@ -93,6 +93,19 @@ def _resume(ws: Workspace, server: FakeReplicate):
     return stages.render_chunks(beat, storyboard, provider, gen), gen
 
 
+def resume_adopts(ws: Workspace, server: FakeReplicate, pred, logs: str) -> None:
+    """Resume the killed render: its chunk is fake prediction ``pred``, adopted by lookup (one
+    chunk create in all), verified, recorded as adopted; the token is not in the killed run's ``logs``."""
+    chunks, gen = _resume(ws, server)
+    video = chunks.chunks[0].video
+    assert video.prediction_id == pred.id and video.extra["obtained_by"] == "adopted"
+    assert server.create_count(WAN) == 1 and server.create_requests == 2  # storyboard + the one chunk create
+    assert media.verify_video(gen.local_path(video)).frames == 81
+    (record,) = Ledger(ws.root / "ledger.sqlite").predictions(key=video.cache_key)
+    assert record.prediction_id == pred.id and record.adopted and record.status == "succeeded"
+    assert server.token not in logs
+
+
 def test_killed_while_polling_the_rerun_resumes_the_same_prediction(tmp_path):
     with FakeReplicate(run_seconds=0.05, render_scale=0.25) as server:
         server.inject("hold", model=WAN)  # the chunk runs until released
@@ -136,11 +149,4 @@ def test_killed_between_create_and_the_ledger_write_the_lookup_adopts_the_predic
             logs = _kill(proc)
         (pred,) = [p for p in server.predictions.values() if p.model == WAN]
 
-        chunks, gen = _resume(ws, server)
-        video = chunks.chunks[0].video
-        assert video.prediction_id == pred.id and video.extra["obtained_by"] == "adopted"
-        assert server.create_count(WAN) == 1 and server.create_requests == 2  # storyboard + the one chunk create
-        assert media.verify_video(gen.local_path(video)).frames == 81
-        (record,) = Ledger(ws.root / "ledger.sqlite").predictions(key=video.cache_key)
-        assert record.prediction_id == pred.id and record.adopted and record.status == "succeeded"
-        assert server.token not in logs
+        resume_adopts(ws, server, pred, logs)

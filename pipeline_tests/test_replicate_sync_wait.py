@@ -206,7 +206,7 @@ def test_the_ledger_lease_is_renewed_while_the_create_is_held(tmp_path):
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
 def test_killed_while_the_sync_create_is_held_the_rerun_adopts_the_prediction(tmp_path):
-    from pipeline_tests.test_replicate_resume import _kill, _resume, _setup, _wan_job
+    from pipeline_tests.test_replicate_resume import _kill, _setup, _wan_job, resume_adopts
 
     with FakeReplicate(run_seconds=0.05, render_scale=0.25) as server:
         server.inject("hold", model=WAN)  # the chunk runs until released: its create stays held
@@ -222,11 +222,4 @@ def test_killed_while_the_sync_create_is_held_the_rerun_adopts_the_prediction(tm
         (pred,) = [p for p in server.predictions.values() if p.model == WAN]
         server.release()
 
-        chunks, gen = _resume(ws, server)
-        video = chunks.chunks[0].video
-        assert video.prediction_id == pred.id and video.extra["obtained_by"] == "adopted"
-        assert server.create_count(WAN) == 1 and server.create_requests == 2  # storyboard + the one chunk create
-        assert media.verify_video(gen.local_path(video)).frames == 81
-        (record,) = Ledger(ws.root / "ledger.sqlite").predictions(key=video.cache_key)
-        assert record.prediction_id == pred.id and record.adopted and record.status == "succeeded"
-        assert server.token not in logs
+        resume_adopts(ws, server, pred, logs)
