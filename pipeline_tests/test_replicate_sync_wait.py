@@ -15,7 +15,6 @@ import httpx
 import pytest
 
 from pipeline import media
-from pipeline.ledger import Ledger
 from pipeline.providers import get_provider
 from pipeline.providers.replicate.client import ReplicateApi
 from pipeline_tests.fake_replicate import FakeReplicate
