@@ -1,10 +1,14 @@
 """Shared fixtures: a temporary Dagster instance (DAGSTER_HOME) and data directory per test, and
-session-wide renders of every example spec (rendered once, asserted on by many tests)."""
+renders of every example spec (rendered once per test run, shared by the xdist workers, asserted
+on by many tests)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pickle
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,22 +52,68 @@ def env(tmp_path, monkeypatch) -> Env:
         yield Env(data, instance, build_definitions(str(data)))
 
 
+def _shared_root(tmp_path_factory) -> Path:
+    """A directory every pytest-xdist worker of this run shares (the run's base temp directory; the
+    session's own base temp directory without xdist)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@contextmanager
+def _file_lock(path: Path, *, blocking: bool = True):
+    """An exclusive ``flock`` on ``path``: yields True once held, or False at once if ``blocking``
+    is False and another process holds it."""
+    with open(path, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="session")
 def rendered_examples(tmp_path_factory) -> dict[str, tuple[Env, RenderReport]]:
-    """Every spec in examples/ rendered with the local provider into one instance."""
-    root = tmp_path_factory.mktemp("examples")
+    """Every spec in examples/ rendered with the local provider into one instance, once per test
+    run: the pytest-xdist workers share the instance and data directory (in the run's base temp
+    directory). Each worker renders the specs no other worker is rendering (a lock per spec) and
+    saves each report (pickled) beside them; then waits for the rest and loads their reports. Each
+    worker has its own ``DagsterInstance`` on the shared DAGSTER_HOME (SQLite storage: several
+    processes may use it). Tests only read what is shared; a test that renders again makes its own
+    render (``test_rerun_reuses_everything``)."""
+    root = _shared_root(tmp_path_factory) / "examples"
     home = make_dagster_home(root / "dagster_home")
     data = root / "data"
+    reports = root / "reports"
+    reports.mkdir(exist_ok=True)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DAGSTER_HOME", str(home))
         mp.setenv("PIPELINE_DATA_DIR", str(data))
         instance = dg.DagsterInstance.get()
         env = Env(data, instance, build_definitions(str(data)))
-        out = {}
-        for spec in EXAMPLE_SPECS:
+
+        def render(spec: Path) -> None:
             report = env.render(spec, max_parallel=2)
             assert report.final is not None, f"{spec.name}: {[r.error for r in report.failed]}"
-            out[spec.stem] = (env, report)
+            tmp = reports / f"{spec.stem}.pickle.tmp"
+            tmp.write_bytes(pickle.dumps(report))
+            tmp.replace(reports / f"{spec.stem}.pickle")
+
+        lock = lambda spec: reports / f"{spec.stem}.lock"  # noqa: E731
+        done = lambda spec: (reports / f"{spec.stem}.pickle").exists()  # noqa: E731
+        for spec in EXAMPLE_SPECS:  # the specs nobody else is rendering
+            with _file_lock(lock(spec), blocking=False) as mine:
+                if mine and not done(spec):
+                    render(spec)
+        out = {}
+        for spec in EXAMPLE_SPECS:  # wait for the others' (render here what a failed worker left)
+            with _file_lock(lock(spec)):
+                if not done(spec):
+                    render(spec)
+            out[spec.stem] = (env, pickle.loads((reports / f"{spec.stem}.pickle").read_bytes()))
         yield out
         instance.dispose()
 
@@ -104,3 +154,4 @@ def copy_example(name: str, dest: Path) -> Path:
 
 
 __all__ = ["Env", "EXAMPLE_SPECS", "write_spec", "copy_example", "os"]
+

@@ -15,7 +15,7 @@ from pipeline.generation import read_call_log
 from pipeline.manifests import load_manifest
 from pipeline.spec import DRAFT_RESOLUTION, load_spec
 from pipeline.store import Workspace
-from pipeline_tests.conftest import EXAMPLE_SPECS
+from pipeline_tests.conftest import EXAMPLE_SPECS, EXAMPLES
 from pipeline_tests.frames import first_frame, integrated_loudness, last_frame, psnr
 
 NAMES = [p.stem for p in EXAMPLE_SPECS]
@@ -135,8 +135,11 @@ def test_runs_are_recorded_in_the_instance(rendered_examples):
     assert len(mats) == 1
 
 
-def test_rerun_reuses_everything(rendered_examples):
-    env, first = rendered_examples["tortoise-and-hare"]
+def test_rerun_reuses_everything(env):
+    """Renders the example again and again, so in an instance of its own: the shared
+    ``rendered_examples`` are only read (other workers assert on them at the same time)."""
+    first = env.render(EXAMPLES / "tortoise-and-hare.yaml", max_parallel=2)
+    assert first.final is not None, [r.error for r in first.failed]
     before = len(read_call_log(Workspace.at(env.data_dir)))
     runs_before = len(env.instance.get_run_records(dg.RunsFilter(tags={"video": "tortoise-and-hare"})))
     same = env.render(Path("examples/tortoise-and-hare.yaml"), max_parallel=2)
