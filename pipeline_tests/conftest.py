@@ -25,8 +25,12 @@ INSTANCE_YAML = "telemetry:\n  enabled: false\n"
 
 
 def make_dagster_home(path: Path) -> Path:
+    """``path`` with the tests' dagster.yaml, written atomically: two xdist workers may make the
+    shared examples' home at once, and neither may read the other's half-written file."""
     path.mkdir(parents=True, exist_ok=True)
-    (path / "dagster.yaml").write_text(INSTANCE_YAML)
+    tmp = path / f"dagster.yaml.{os.getpid()}.tmp"
+    tmp.write_text(INSTANCE_YAML)
+    os.replace(tmp, path / "dagster.yaml")
     return path
 
 
@@ -85,14 +89,19 @@ def rendered_examples(tmp_path_factory) -> dict[str, tuple[Env, RenderReport]]:
     processes may use it). Tests only read what is shared; a test that renders again makes its own
     render (``test_rerun_reuses_everything``)."""
     root = _shared_root(tmp_path_factory) / "examples"
-    home = make_dagster_home(root / "dagster_home")
     data = root / "data"
     reports = root / "reports"
-    reports.mkdir(exist_ok=True)
+    reports.mkdir(parents=True, exist_ok=True)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DAGSTER_HOME", str(home))
-        mp.setenv("PIPELINE_DATA_DIR", str(data))
-        instance = dg.DagsterInstance.get()
+        # Dagster's SQLite storage is not safe to create from two processes at once ("table
+        # secondary_indexes already exists" when both workers reach this fixture together): the
+        # first worker creates the instance under a lock, the other opens it afterwards.
+        with _file_lock(reports / "instance.lock"):
+            home = make_dagster_home(root / "dagster_home")
+            mp.setenv("DAGSTER_HOME", str(home))
+            mp.setenv("PIPELINE_DATA_DIR", str(data))
+            instance = dg.DagsterInstance.get()
+            instance.get_runs(limit=1)  # the run, event-log and schedule storages exist now
         env = Env(data, instance, build_definitions(str(data)))
 
         def render(spec: Path) -> None:
