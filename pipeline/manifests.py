@@ -23,6 +23,7 @@ from pipeline.manifests_base import (  # noqa: F401 (re-exported: they were defi
     CostLine,
     MediaManifest,
     _Manifest,
+    default_from_cost,
     segment_key,
     utc_now,
 )
@@ -304,9 +305,7 @@ class FinalManifest(_Manifest):
     @model_validator(mode="before")
     @classmethod
     def _paid_of_old_manifests(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "paid_usd" not in data:
-            data = {**data, "paid_usd": data.get("cost_usd", 0.0)}
-        return data
+        return default_from_cost(data, "paid_usd")
 
 
 StitchedManifest.model_rebuild()

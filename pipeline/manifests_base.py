@@ -72,9 +72,15 @@ class MediaManifest(_Manifest):
     @model_validator(mode="before")
     @classmethod
     def _price_of_old_manifests(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "price_usd" not in data:
-            data = {**data, "price_usd": data.get("cost_usd", 0.0)}
-        return data
+        return default_from_cost(data, "price_usd")
+
+
+def default_from_cost(data: Any, name: str) -> Any:
+    """Raw manifest ``data`` (a dict, before validation) with field ``name`` set to its ``cost_usd``
+    (USD; 0.0 without one) when a manifest written before ``name`` existed lacks it; anything else as is."""
+    if isinstance(data, dict) and name not in data:
+        return {**data, name: data.get("cost_usd", 0.0)}
+    return data
 
 
 class CostLine(_Manifest):

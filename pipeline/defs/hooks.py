@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import dagster as dg
 
-from pipeline.defs.io_manager import read_manifest
-from pipeline.manifests import VideoPlan
 from pipeline.orchestration.handoff import HANDOFF_AFTER, hand_off
 from pipeline.printable import printable
 
@@ -20,14 +18,8 @@ def handoff_hook(context: dg.HookContext) -> None:
     asset = context.op.name
     if asset not in HANDOFF_AFTER.values():
         return
-    manifests_dir = context.resources.pipeline.manifests_dir
-
-    def plan_of(video_id: str) -> VideoPlan | None:
-        plan = read_manifest(manifests_dir, "video_spec", video_id)
-        return plan if isinstance(plan, VideoPlan) else None
-
     try:
-        done = hand_off(context.instance, context.run_id, asset, manifests_dir, plan_of)
+        done = hand_off(context.instance, context.run_id, asset, context.resources.pipeline.manifests_dir)
     except Exception as exc:  # noqa: BLE001 - the sensors do it on their next tick
         context.log.warning(f"handoff after {asset} failed; the sensors will request the next runs: "
                             f"{printable(repr(exc))}")

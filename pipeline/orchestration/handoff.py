@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,9 +46,10 @@ from dagster._core.remote_origin import RemoteJobOrigin
 from dagster._core.origin import JobPythonOrigin
 from dagster._core.storage.tags import RUN_KEY_TAG, SENSOR_NAME_TAG
 
+from pipeline.defs.io_manager import read_manifest
 from pipeline.defs.partitions import partition_key
 from pipeline.manifests import VideoPlan
-from pipeline.orchestration.coordinator import assembly_lock
+from pipeline.orchestration.coordinator import assembly_lock, video_for_tags
 from pipeline.orchestration.phantoms import ensure_plan_partitions
 from pipeline.orchestration.planner import LAUNCHED_BY_TAG, PlannedRun, assembly_run, fanout_runs
 from pipeline.orchestration.status import assembly_runs, video_status
@@ -173,22 +174,22 @@ def assemble_when_ready(instance: dg.DagsterInstance, origin: dg.DagsterRun,
 
 
 def hand_off(instance: dg.DagsterInstance, run_id: str, asset: str,
-             manifests_dir: str | Path | TextObjects, plan_of: Callable[[str], VideoPlan | None]) -> Handoff:
+             manifests_dir: str | Path | TextObjects) -> Handoff:
     """The handoff of run ``run_id`` after its step of ``asset`` succeeded (``HANDOFF_AFTER``):
-    ``fan_out`` after a plan, ``assemble_when_ready`` after a segment or the music. ``plan_of``:
-    video id -> its plan (the ``video_spec`` manifest). Returns what it did; never raises for a
+    ``fan_out`` after a plan (read from its ``video_spec`` manifest in ``manifests_dir``),
+    ``assemble_when_ready`` after a segment or the music. Returns what it did; never raises for a
     run that may not hand off (``handoff_blocker``)."""
     run = instance.get_run_by_id(run_id)
     if run is None or HANDOFF_AFTER.get(run.job_name) != asset:
         return Handoff(skipped="not a handoff point")
     if (blocker := handoff_blocker(instance, run)) is not None:
         return Handoff(skipped=blocker)
-    video_id = run.tags.get("dagster/partition/video") or run.tags.get("dagster/partition")
+    video_id = video_for_tags(run.tags)
     if not video_id:
         return Handoff(skipped="run of no single video")
     if run.job_name == PLAN_JOB:
-        plan = plan_of(video_id)
-        if plan is None:
+        plan = read_manifest(manifests_dir, "video_spec", video_id)
+        if not isinstance(plan, VideoPlan):
             return Handoff(skipped="plan manifest unreadable")
         return fan_out(instance, run, plan)
     return assemble_when_ready(instance, run, manifests_dir, video_id)
