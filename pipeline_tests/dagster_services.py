@@ -108,6 +108,32 @@ def wait_until(predicate: Callable[[], Any], *, timeout: float, interval: float 
         time.sleep(interval)
 
 
+RUN_EVENT_OF_STATUS = {"SUCCESS": "PIPELINE_SUCCESS", "FAILURE": "PIPELINE_FAILURE", "CANCELED": "PIPELINE_CANCELED"}
+"""The run event (``event_type_value``) that puts a run in each finished status."""
+
+
+def wait_for_run_status(instance, run_id: str, status, *, timeout: float, interval: float = 0.2,
+                        on_timeout: Callable[[], str] | None = None) -> list[str]:
+    """Wait until run ``run_id`` has finished in ``status`` (a ``DagsterRunStatus``) *and* the run
+    event that finished it is stored; return that event's messages (oldest first).
+
+    The repository's storage writes the run record before the run event
+    (``pipeline/orchestration/storage.py``: Dagster's run-retry daemon must never see the event
+    first), so a reader that sees the status can still miss the event for a moment; waiting on the
+    status alone and then reading the events is a race. AssertionError after ``timeout`` seconds."""
+    kind = RUN_EVENT_OF_STATUS[status.value]
+
+    def finished() -> list[str] | None:
+        run = instance.get_run_by_id(run_id)
+        if run is None or run.status != status:
+            return None
+        return [e.message or e.dagster_event.message or "" for e in instance.all_logs(run_id)
+                if e.dagster_event is not None and e.dagster_event.event_type_value == kind] or None
+
+    return wait_until(finished, timeout=timeout, interval=interval,
+                      what=f"run {run_id} to be {status.value} with its {kind} event stored", on_timeout=on_timeout)
+
+
 @dataclass
 class Service:
     """One subprocess in its own session (so it and every child it spawns can be signalled)."""

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from dagster import Array, Field
 from dagster import _check as check
-from dagster._core.errors import DagsterLaunchFailedError
+from dagster._core.errors import DagsterInvariantViolationError, DagsterLaunchFailedError
 from dagster._core.events import EngineEventData
 from dagster._core.launcher import CheckRunHealthResult, LaunchRunContext, RunLauncher, WorkerStatus
 from dagster._core.launcher.default_run_launcher import DefaultRunLauncher
@@ -378,7 +378,11 @@ class ForkServerRunLauncher(RunLauncher, ConfigurableClass):
                 if not owner.is_alive():
                     break
                 time.sleep(0.1)
-        run = self._instance.get_run_by_id(run_id)
+        try:
+            instance = self._instance
+        except DagsterInvariantViolationError:  # the instance was disposed meanwhile (its process is ending)
+            return
+        run = instance.get_run_by_id(run_id)
         if run is None or run.is_finished:
             return
         if killed:
@@ -386,7 +390,7 @@ class ForkServerRunLauncher(RunLauncher, ConfigurableClass):
                        "it was killed (SIGKILL).")
         else:
             message = f"Run worker {owner} exited without reporting the cancellation; run marked canceled."
-        self._instance.report_run_canceled(run, message)
+        instance.report_run_canceled(run, message)
 
     def dispose(self) -> None:
         """Nothing to stop: run workers outlive the daemon by design, and the fork server exits by
