@@ -22,7 +22,7 @@ demo: setup
 
 ## Run the whole test suite (two pytest-xdist workers: most tests wait on processes, not the CPU).
 test: setup
-	$(BIN)/python -m pytest -n 2
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 ## The Dagster UI and daemon (sensors, schedules, backfills) on http://127.0.0.1:3000
 dev: setup

@@ -28,12 +28,11 @@ CASE_TIMEOUT_S = 60.0
 """Per case, in-process: the slowest valid case takes ~3 s on an idle machine."""
 SUBPROCESS_TIMEOUT_S = 180.0
 
-SUBPROCESS_SAMPLE = [
+SUBPROCESS_SAMPLE = [  # what a real process meets differently (blocking opens, devices, sizes, a
+    # terminal stream); test_validate_whole_corpus_in_process covers every case's message
     "fifo.yaml", "link-to-fifo.yaml", "link-dev-zero.yaml", "link-dev-stdin.yaml", "link-secret-abs.yaml",
-    "link-secret-rel.yaml", "link-secret-broken.yaml", "link-etc-shadow.yaml", "link-loop-a.yaml", "link-self.yaml",
-    "link-dangling.yaml", "link-valid.yaml", "dir.yaml", "sock.yaml", "sparse-10g.yaml", "size-2mb.yaml",
-    "nest-list-10000.yaml", "billion-laughs.yaml", "garbage-5.yaml", "utf-16-le-bom.yaml", "dup-music-bpm.yaml",
-    "num-beats0-duration_s-21-flow.json", "text-beats0-prompt-06.json", "text-title-09.yaml", "esc\x1b[31m-2-bad.yaml",
+    "link-loop-a.yaml", "dir.yaml", "sock.yaml", "sparse-10g.yaml", "size-2mb.yaml", "nest-list-10000.yaml",
+    "billion-laughs.yaml", "utf-16-le-bom.yaml", "text-title-09.yaml", "esc\x1b[31m-2-bad.yaml",
 ]
 
 

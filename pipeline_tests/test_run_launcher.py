@@ -35,7 +35,9 @@ from pipeline.orchestration.launcher import OWNER_TAG, ForkServerRunLauncher
 from pipeline.procs import ProcessIdentity
 from pipeline_tests.dagster_services import DagsterStack, wait_for_run_status, wait_until, write_instance_yaml
 
-pytestmark = pytest.mark.timeout(600)
+# One xdist worker runs this module (`--dist loadgroup`): its module-scoped Dagster stack is then
+# started once, not once per worker (about 35 s of a loaded 2-core machine each).
+pytestmark = [pytest.mark.timeout(600), pytest.mark.xdist_group("run_launcher")]
 
 PROBE_MODULE = "launcher_probe_defs"
 PROBE_SOURCE = '''

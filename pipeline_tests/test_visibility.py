@@ -40,6 +40,10 @@ from pipeline_tests.conftest import write_spec
 from pipeline_tests.dagster_services import DagsterStack
 from pipeline_tests.fake_replicate import FakeReplicate
 
+# One xdist worker runs this module (`--dist loadgroup`): its module-scoped Dagster stack is then
+# started once, not once per worker (about 35 s of a loaded 2-core machine each).
+pytestmark = pytest.mark.xdist_group("visibility")
+
 FINAL = dg.AssetKey("final_video")
 DURATION_CHECK = dg.AssetCheckKey(FINAL, "duration_matches_spec")
 DATA_URI = re.compile(r"\]\(data:(image/[a-z]+);base64,([A-Za-z0-9+/=]+)\)")

@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import dagster as dg
-from dagster_aws.s3 import S3Resource
 from pydantic import PrivateAttr, field_validator
 
 if TYPE_CHECKING:
+    from dagster_aws.s3 import S3Resource
+
     from pipeline.inbox import InboxSource
 
 from pipeline.generation import Generator
@@ -64,7 +65,11 @@ class S3Settings(dg.Config):
     profile_name: str | None = None
 
     def s3_resource(self) -> S3Resource:
-        """The dagster-aws S3Resource for these settings (its ``get_client`` makes a new client)."""
+        """The dagster-aws S3Resource for these settings (its ``get_client`` makes a new client).
+        dagster-aws is imported here, not with the module: it pulls in boto3 and much of Dagster's
+        storage layer, about 1 s of CPU in every process that loads the definitions, S3 or not."""
+        from dagster_aws.s3 import S3Resource
+
         return S3Resource(endpoint_url=self.endpoint_url, region_name=self.region_name,
                           profile_name=self.profile_name)
 
