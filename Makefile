@@ -20,7 +20,8 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/pipeline render $(SPEC)
 
-## Run the whole test suite (two pytest-xdist workers: most tests wait on processes, not the CPU).
+## Run the whole test suite: two pytest-xdist workers (the suite is CPU-bound on 2 cores; BENCHMARKS.md
+## section 12); a module marked xdist_group runs on one worker, so its module-scoped Dagster stack starts once.
 test: setup
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
 

@@ -66,8 +66,8 @@ class S3Settings(dg.Config):
 
     def s3_resource(self) -> S3Resource:
         """The dagster-aws S3Resource for these settings (its ``get_client`` makes a new client).
-        dagster-aws is imported here, not with the module: it pulls in boto3 and much of Dagster's
-        storage layer, about 1 s of CPU in every process that loads the definitions, S3 or not."""
+        dagster-aws is imported here, not with the module: it pulls in boto3 and more of Dagster,
+        0.4 s of CPU in every process that loads the definitions, S3 or not (measured 2026-11-22)."""
         from dagster_aws.s3 import S3Resource
 
         return S3Resource(endpoint_url=self.endpoint_url, region_name=self.region_name,
