@@ -253,6 +253,17 @@ def run_measured(args: Sequence[str], *, env: dict[str, str], cwd: Path, timeout
 
 # --- output ------------------------------------------------------------------------------------
 
+def cpu_times() -> tuple[float, float]:
+    """(busy, total) jiffies of all CPUs since boot (/proc/stat; busy excludes idle and iowait);
+    (0, 0) where there is no /proc."""
+    try:
+        fields = [float(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return 0.0, 0.0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)
+    return sum(fields) - idle, sum(fields)
+
+
 def table(rows: Iterable[dict[str, Any]] | Sequence[Sequence[Any]], headers: Sequence[str] | str = "keys",
           floatfmt: str = ".2f") -> str:
     """A GitHub-flavoured Markdown table (tabulate)."""

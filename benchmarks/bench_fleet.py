@@ -83,6 +83,7 @@ from _common import (  # noqa: E402
     ROOT,
     VENV_BIN,
     TreeSampler,
+    cpu_times,
     emit,
     heading,
     load_averages,
@@ -224,16 +225,6 @@ def simulate_fleet(order: list[str], workloads: dict[str, Any], asm: dict[str, f
 
 # --- the run ------------------------------------------------------------------------------------
 
-def _cpu_times() -> tuple[float, float]:
-    """(busy, total) jiffies of all CPUs since boot (/proc/stat)."""
-    try:
-        fields = [float(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    except (OSError, ValueError, IndexError):
-        return 0.0, 0.0
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)
-    return sum(fields) - idle, sum(fields)
-
-
 def _peak_concurrency(intervals: list[tuple[float, float]]) -> int:
     edges = sorted([(a, 1) for a, b in intervals] + [(b, -1) for a, b in intervals], key=lambda e: (e[0], e[1]))
     now = peak = 0
@@ -368,14 +359,14 @@ def run_fleet(args: argparse.Namespace, base: Path) -> dict[str, Any]:
                     if warm["done"] != {WARMUP_VIDEO}:
                         raise RuntimeError(f"the warm-up video did not finish: {warm}\n{stack.tails()}")
                     result["warm_up_s"] = time.time() - t0
-                la_start, cpu_start = load_averages(), _cpu_times()
+                la_start, cpu_start = load_averages(), cpu_times()
                 with TreeSampler(daemon.proc.pid, interval=0.5) as mem, \
                         TreeSampler(server.pid, interval=0.5) as fake_mem:
                     t_submit = time.time()
                     submitted = _submit(stack, replicate_specs, args.submit)
                     state = _wait_fleet(stack, instance, video_ids, args.timeout)
                     t_waited = time.time()
-                la_end, cpu_end = load_averages(), _cpu_times()
+                la_end, cpu_end = load_averages(), cpu_times()
                 runs = {v: _video_runs(instance, v) for v in video_ids}
                 why = {v: [_why(instance, rid) for rid in rids[:2]] for v, rids in state["failed"].items()}
             calls = read_call_log(Workspace.at(stack.data_dir))

@@ -25,7 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import emit, heading, machine_info, table  # noqa: E402
+from _common import cpu_times, emit, heading, machine_info, table  # noqa: E402
+
+from pipeline.procs import _stat_fields  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 HZ = os.sysconf("SC_CLK_TCK")
@@ -52,12 +54,14 @@ def kind_of(pid: str) -> str | None:
     except OSError:
         return None
     if not cmd:  # a kernel thread, or a process that exited before it was first seen (a zombie)
+        fields = _stat_fields(int(pid))
         try:
             comm = Path(f"/proc/{pid}/comm").read_text().strip()
-            parent = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
-        except (OSError, IndexError):
+        except OSError:
             return None
-        if pid == "2" or parent == "2":
+        if fields is None:
+            return None
+        if pid == "2" or fields[1] == b"2":
             return "kernel threads"
         return "ffmpeg" if "ffmpeg" in comm else f"exited before first seen: {comm}"
     for needle, kind in KINDS:
@@ -66,20 +70,10 @@ def kind_of(pid: str) -> str | None:
     return "other: " + Path(cmd.split()[0]).name
 
 
-def cpu_ticks(pid: str) -> tuple[int, str] | None:
+def cpu_ticks(pid: str) -> tuple[int, bytes] | None:
     """(utime + stime in clock ticks, start time) of ``pid``, or None if it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2:].split()
-        return int(fields[11]) + int(fields[12]), fields[19]
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def machine_busy_s() -> float:
-    """CPU seconds the whole machine has been busy since boot (/proc/stat, all but idle and iowait)."""
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    return (sum(values) - values[3] - values[4]) / HZ
+    fields = _stat_fields(int(pid))
+    return (int(fields[11]) + int(fields[12]), fields[19]) if fields else None
 
 
 class Sampler:
@@ -140,11 +134,11 @@ def main() -> int:
     command = args.command or [str(ROOT / ".venv" / "bin" / "python"), "-m", "pytest", "-n", "2",
                                "--dist", "loadgroup", "-q"]
     sampler = Sampler(args.interval)
-    busy0, t0 = machine_busy_s(), time.monotonic()
+    busy0, t0 = cpu_times()[0] / HZ, time.monotonic()
     sampler.start()
     code = subprocess.call(command, cwd=ROOT, env={**os.environ, "DAGSTER_HOME": str(ROOT)})
     sampler.stop()
-    wall, busy = time.monotonic() - t0, machine_busy_s() - busy0
+    wall, busy = time.monotonic() - t0, cpu_times()[0] / HZ - busy0
     rows = sampler.table()
     heading(f"CPU by kind of process: `{' '.join(command)}` (exit {code})")
     emit(table(rows))

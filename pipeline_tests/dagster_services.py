@@ -108,10 +108,6 @@ def wait_until(predicate: Callable[[], Any], *, timeout: float, interval: float 
         time.sleep(interval)
 
 
-RUN_EVENT_OF_STATUS = {"SUCCESS": "PIPELINE_SUCCESS", "FAILURE": "PIPELINE_FAILURE", "CANCELED": "PIPELINE_CANCELED"}
-"""The run event (``event_type_value``) that puts a run in each finished status."""
-
-
 def wait_for_run_status(instance, run_id: str, status, *, timeout: float, interval: float = 0.2,
                         on_timeout: Callable[[], str] | None = None) -> list[str]:
     """Wait until run ``run_id`` has finished in ``status`` (a ``DagsterRunStatus``) *and* the run
@@ -121,7 +117,9 @@ def wait_for_run_status(instance, run_id: str, status, *, timeout: float, interv
     (``pipeline/orchestration/storage.py``: Dagster's run-retry daemon must never see the event
     first), so a reader that sees the status can still miss the event for a moment; waiting on the
     status alone and then reading the events is a race. AssertionError after ``timeout`` seconds."""
-    kind = RUN_EVENT_OF_STATUS[status.value]
+    from dagster._core.events import EVENT_TYPE_TO_PIPELINE_RUN_STATUS
+
+    [kind] = [event.value for event, to in EVENT_TYPE_TO_PIPELINE_RUN_STATUS.items() if to == status]
 
     def finished() -> list[str] | None:
         run = instance.get_run_by_id(run_id)
